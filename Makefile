@@ -1,0 +1,73 @@
+# Verity — the two commands a newcomer needs are `make serve` and `make test`.
+# Every target installs what it needs into .venv itself (Python 3.11).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMPS := .stamps
+HOST   ?= 127.0.0.1
+PORT   ?= 3000
+
+# The project's own model store and built bentos (contents git-ignored).
+export BENTOML_HOME := $(CURDIR)/bentos
+export BENTOML_DO_NOT_TRACK := True
+export PYTHONPATH := $(CURDIR)
+export TF_CPP_MIN_LOG_LEVEL := 2
+
+# This machine's pip config lists local mirrors that lack most packages; hide that noise only.
+PIP := $(PY) -m pip install --quiet --disable-pip-version-check
+QUIET_PIP := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+
+.PHONY: help setup setup-runtime serve models test test-fast lint bench build clean
+
+help:
+	@echo "make serve   install, build the default models, serve on http://$(HOST):$(PORT)"
+	@echo "make test    install and run the whole test suite"
+	@echo "make models  export the served models into bentos/ (hub, or dev weights offline)"
+	@echo "make bench   benchmarks (results printed and written under bench/results/)"
+	@echo "make build   bentoml build (offline)"
+	@echo "make lint    ruff"
+
+$(PY):
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found (set PYTHON=...)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) "pip>=25.1" $(QUIET_PIP)
+
+# One stamp per dependency group; re-installed when pyproject.toml changes.
+$(STAMPS)/%: pyproject.toml | $(PY)
+	@mkdir -p $(STAMPS)
+	@echo "installing dependency group '$*' ..."
+	$(PIP) --group $* $(QUIET_PIP)
+	@touch $@
+
+setup-runtime: $(STAMPS)/runtime $(STAMPS)/export
+setup: setup-runtime $(STAMPS)/dev
+
+models: setup-runtime
+	$(PY) -m models ensure
+
+serve: models
+	$(VENV)/bin/bentoml serve service:Verity --host $(HOST) --port $(PORT)
+
+test: setup
+	$(PY) -m pytest
+
+test-fast: setup
+	$(PY) -m pytest -m "not slow and not e2e"
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+bench: setup models
+	$(PY) -m bench.image
+
+build: models
+	$(VENV)/bin/bentoml build --output tag
+
+clean:
+	rm -rf $(VENV) $(STAMPS) .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The public HTTP API: routes, request parsing, error shape, detection pipelines."""

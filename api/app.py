@@ -1,0 +1,174 @@
+"""The FastAPI application mounted into the BentoML API service (``service.py``).
+
+Routes reach the model services through ``app.state.engine``, which the BentoML service sets
+up when it starts; nothing here loads a model or imports torch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from api.engine import Engine
+from api.image_detection import detect_image, read_image_payload
+from api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
+from config import Settings
+from errors import NotFound, ServiceUnavailable, VerityError
+from models.catalog import load_catalog
+from models.store import list_stored
+
+log = logging.getLogger(__name__)
+
+MULTIPART_OVERHEAD = 64 * 1024
+READY_TIMEOUT_S = 5.0
+
+_STATUS_CODES = {
+    400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+    405: "method_not_allowed", 409: "conflict", 413: "payload_too_large",
+    415: "unsupported_media_type", 422: "invalid_input", 429: "rate_limited",
+    503: "service_unavailable",
+}
+
+
+def error_response(
+    request: Request, status: int, code: str, message: str, headers: dict[str, str] | None = None,
+    details: dict[str, Any] | None = None,
+) -> JSONResponse:
+    error: dict[str, Any] = {
+        "code": code,
+        "message": message,
+        "request_id": request.scope.get("state", {}).get("request_id"),
+    }
+    if details:
+        error["details"] = details
+    return JSONResponse({"error": error}, status_code=status, headers=headers)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(VerityError)
+    async def _verity_error(request: Request, exc: VerityError) -> JSONResponse:
+        return error_response(request, exc.status, exc.code, exc.message, exc.headers, exc.details)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()
+        ]
+        message = "; ".join(f"{'.'.join(map(str, p['loc']))}: {p['msg']}" for p in problems)
+        return error_response(request, 422, "invalid_input", message, details={"errors": problems})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _STATUS_CODES.get(exc.status_code, "http_error")
+        return error_response(request, exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return error_response(request, 500, "internal_error", "an internal error occurred")
+
+
+def engine_of(request: Request) -> Engine:
+    engine = getattr(request.app.state, "engine", None)
+    if engine is None:
+        raise ServiceUnavailable("the service is starting", code="starting")
+    return engine
+
+
+def create_app(settings: Settings) -> FastAPI:
+    app = FastAPI(
+        title="Verity",
+        version="1",
+        description="Deepfake detection for images, video, audio and camera frames.",
+    )
+    _install_error_handlers(app)
+    image_limit = settings.max_image_bytes * 4 // 3 + MULTIPART_OVERHEAD  # base64 in JSON
+
+    def body_limit(path: str) -> int:
+        return image_limit if path.endswith("/v1/detect/image") else settings.max_json_body_bytes
+
+    app.add_middleware(BodySizeLimitMiddleware, limit_for=body_limit)
+    app.add_middleware(RequestIdMiddleware)
+
+    @app.get("/health", tags=["health"])
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/health/live", tags=["health"])
+    async def live() -> dict[str, str]:
+        return {"status": "alive"}
+
+    @app.get("/health/ready", tags=["health"])
+    async def ready(request: Request) -> JSONResponse:
+        engine = engine_of(request)
+        models, warnings, failed = [], [], []
+
+        async def probe(model_id: str) -> None:
+            served = engine.image_models[model_id]
+            try:
+                await asyncio.wait_for(served.detector.health(), READY_TIMEOUT_S)
+            except Exception:  # noqa: BLE001 - any failure means not ready
+                failed.append(model_id)
+            models.append(served.stored.describe())
+            warnings.extend(served.warnings)
+
+        await asyncio.gather(*(probe(m) for m in engine.image_models))
+        if failed:
+            raise ServiceUnavailable(f"models not loaded yet: {sorted(failed)}", code="not_ready")
+        return JSONResponse({"status": "ready", "models": models, "warnings": warnings})
+
+    @app.get("/v1/models", tags=["models"])
+    async def list_models(request: Request) -> dict[str, Any]:
+        engine = engine_of(request)
+        served = [
+            {**m.stored.describe(), "served": True, "default": mid == engine.default_image_model,
+             "warnings": m.warnings}
+            for mid, m in engine.image_models.items()
+        ]
+        stored_versions: dict[str, list[str]] = {}
+        for stored in list_stored():
+            stored_versions.setdefault(stored.model_id, []).append(stored.version)
+        others = [
+            {
+                "id": entry.id, "modality": entry.modality, "architecture": entry.architecture,
+                "source": entry.source, "threshold": entry.threshold, "served": False,
+                "stored_versions": stored_versions.get(entry.id, []),
+            }
+            for entry in load_catalog().values()
+            if entry.id not in engine.image_models
+        ]
+        return {"models": served + others}
+
+    @app.post("/v1/detect/image", tags=["detect"])
+    async def detect_image_route(
+        request: Request,
+        model: Annotated[str | None, Query(description="catalog id; default: the served default")] = None,
+        explain: Annotated[bool, Query(description="add an occlusion heatmap")] = False,
+    ) -> JSONResponse:
+        """Multipart field `image` (or `file`), JSON `{"image": "data:image/...;base64,..."}`,
+        or a raw `image/*` body."""
+        engine = engine_of(request)
+        engine.image_model(model)  # unknown model: fail before reading a large body
+        data = await read_image_payload(request)
+        return JSONResponse(await detect_image(engine, data, model_id=model, explain=explain))
+
+    @app.get("/", include_in_schema=False)
+    async def root() -> dict[str, str]:
+        return {"service": "verity", "docs": "/docs", "models": "/v1/models", "health": "/health/ready"}
+
+    # BentoML's router answers unknown paths with plain text; this keeps every error JSON.
+    @app.api_route(
+        "/{path:path}",
+        methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
+        include_in_schema=False,
+    )
+    async def not_found(path: str) -> None:
+        raise NotFound(f"no route /{path}", code="route_not_found")
+
+    return app

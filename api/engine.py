@@ -1,0 +1,64 @@
+"""The models the API service can call, and how to find one by catalog id."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from config import Settings
+from errors import InvalidInput, NotFound
+from models.catalog import load_catalog
+from models.store import StoredModel
+
+log = logging.getLogger(__name__)
+
+DEV_WEIGHTS_MESSAGE = (
+    "model {id} runs with randomly initialised development weights (weights=dev): "
+    "the verdict is NOT meaningful"
+)
+
+
+class ImageDetectorClient(Protocol):
+    """What the API needs from an image model service (a BentoML dependency or a local one)."""
+
+    async def predict(self, pixels: np.ndarray) -> np.ndarray: ...
+
+    async def health(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    stored: StoredModel
+    detector: ImageDetectorClient
+
+    @property
+    def warnings(self) -> list[dict[str, str]]:
+        if self.stored.weights == "dev":
+            return [{"code": "dev_weights", "message": DEV_WEIGHTS_MESSAGE.format(id=self.stored.model_id)}]
+        return []
+
+
+class Engine:
+    def __init__(self, settings: Settings, image_models: dict[str, ServedModel]) -> None:
+        self.settings = settings
+        self.image_models = image_models
+        self.default_image_model = settings.image_model
+        for served in image_models.values():
+            for warning in served.warnings:
+                log.warning(warning["message"], extra={"model": served.stored.describe()})
+
+    def image_model(self, model_id: str | None) -> ServedModel:
+        model_id = model_id or self.default_image_model
+        if model_id in self.image_models:
+            return self.image_models[model_id]
+        catalog = load_catalog()
+        if model_id in catalog and catalog[model_id].modality == "image":
+            raise InvalidInput(
+                f"model {model_id!r} is in the catalog but not served here; "
+                f"served image models: {sorted(self.image_models)}",
+                code="model_not_served",
+            )
+        raise NotFound(f"unknown model {model_id!r}; see GET /v1/models", code="model_not_found")

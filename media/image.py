@@ -1,0 +1,92 @@
+"""Decode an untrusted image into an upright 8-bit RGB picture, or fail with a 4xx error."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from errors import BadMedia, TooLarge, UnsupportedMedia, VerityError
+from media.sniff import IMAGE_FORMATS, sniff
+
+# PIL's own bomb guard warns at MAX_IMAGE_PIXELS and raises at twice that; Verity checks the
+# header size against its own cap before decoding, so PIL's guard is a backstop only.
+Image.MAX_IMAGE_PIXELS = None
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    image: Image.Image  # RGB, EXIF orientation applied
+    format: str
+    width: int
+    height: int
+    original_mode: str
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB the way a viewer would show it."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        # 16/32-bit grey: PIL's convert("RGB") clips at 255 instead of scaling, which turns a
+        # normal 16-bit photo into a white sheet. Scale the real range down to 8 bits.
+        grey = np.asarray(image, dtype=np.float64)
+        full_scale = 65535.0 if mode.startswith("I;16") or grey.max() > 255 else 255.0
+        grey8 = np.clip(np.rint(grey * (255.0 / full_scale)), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey8, mode="L").convert("RGB")
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+        mode = image.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        # Transparent pixels carry arbitrary colour; composite on white as a viewer shows them.
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    return image.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
+
+
+def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> DecodedImage:
+    if not data:
+        raise BadMedia("the file is empty", code="empty_file")
+    if len(data) > max_bytes:
+        raise TooLarge(
+            f"image is {len(data)} bytes; the limit is {max_bytes}", code="file_too_large"
+        )
+    kind = sniff(data)
+    if kind not in IMAGE_FORMATS:
+        raise UnsupportedMedia(
+            f"not a supported image (detected: {kind or 'unknown'}); "
+            f"send one of {', '.join(sorted(IMAGE_FORMATS))}",
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > max_pixels:
+                raise TooLarge(
+                    f"image is {width}x{height} = {width * height} pixels; "
+                    f"the limit is {max_pixels}",
+                    code="too_many_pixels",
+                )
+            if width == 0 or height == 0:
+                raise BadMedia("the image has no pixels", code="corrupt_image")
+            original_mode = image.mode
+            image.load()  # decode now, so truncation fails here and not later
+            image = ImageOps.exif_transpose(image) or image
+            rgb = _to_rgb(image)
+    except VerityError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise TooLarge(str(exc), code="too_many_pixels") from exc
+    except UnidentifiedImageError as exc:
+        raise BadMedia(f"the {kind} file could not be read as an image", code="corrupt_image") from exc
+    except Exception as exc:  # noqa: BLE001 - any decoder failure on untrusted bytes is the file's fault
+        raise BadMedia(f"the {kind} file could not be decoded: {exc}", code="corrupt_image") from exc
+    return DecodedImage(
+        image=rgb, format=kind, width=rgb.width, height=rgb.height, original_mode=original_mode
+    )

@@ -1,0 +1,55 @@
+"""Compare an ONNX export with its source framework, and INT8 with FP32."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from errors import ParityError
+from models.postprocess import fake_probabilities
+
+# Largest allowed |onnx - source| on raw outputs. fp32 exports of the catalog architectures
+# land near 1e-5 on this machine; 1e-3 leaves room for op-fusion differences, not for bugs.
+FP32_TOLERANCE = 1e-3
+
+
+def run_onnx(path: Path, batch: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: batch.astype(np.float32)})[0]
+
+
+def check_parity(
+    model_id: str, onnx_out: np.ndarray, source_out: np.ndarray, tolerance: float = FP32_TOLERANCE
+) -> float:
+    """Return the max abs difference, or raise ParityError naming the worst element."""
+    if onnx_out.shape != source_out.shape:
+        raise ParityError(model_id, float("inf"), tolerance, f"shape {onnx_out.shape} vs {source_out.shape}")
+    diff = np.abs(onnx_out.astype(np.float64) - source_out.astype(np.float64))
+    worst = float(diff.max()) if diff.size else 0.0
+    if not np.isfinite(worst) or worst > tolerance:
+        where = np.unravel_index(int(np.nanargmax(diff)), diff.shape)
+        raise ParityError(model_id, worst, tolerance, f"output index {tuple(int(i) for i in where)}")
+    return worst
+
+
+@dataclass(frozen=True)
+class Agreement:
+    verdict_agreement: float  # share of probe items with the same thresholded verdict
+    max_probability_diff: float
+
+
+def int8_agreement(
+    fp32_out: np.ndarray,
+    int8_out: np.ndarray,
+    *,
+    output_kind: str,
+    fake_index: int,
+    threshold: float,
+) -> Agreement:
+    p32 = fake_probabilities(fp32_out, output_kind, fake_index)  # type: ignore[arg-type]
+    p8 = fake_probabilities(int8_out, output_kind, fake_index)  # type: ignore[arg-type]
+    same = (p32 >= threshold) == (p8 >= threshold)
+    return Agreement(float(same.mean()), float(np.abs(p32 - p8).max()))

@@ -1,0 +1,96 @@
+"""Export -> verify -> store (fp32), then quantize -> measure agreement -> store (int8)."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import onnx
+import onnxruntime
+
+from models.catalog import get_entry
+from models.export.parity import FP32_TOLERANCE, check_parity, int8_agreement, run_onnx
+from models.export.probe import probe_batch
+from models.export.quantize import quantize_int8
+from models.export.save import save_onnx
+from models.export.source import ExportSource
+from models.store import StoredModel
+
+log = logging.getLogger(__name__)
+
+PROBE_SIZE = 16
+
+
+def make_source(
+    model_id: str,
+    *,
+    source: str | None = None,
+    offline: bool = False,
+    dev_overrides: dict[str, Any] | None = None,
+    fake_index: int | None = None,
+) -> ExportSource:
+    entry = get_entry(model_id)
+    if source and Path(source).suffix in (".h5", ".keras"):
+        from models.export.keras import KerasImageSource
+
+        return KerasImageSource(entry, path=Path(source), fake_index=fake_index)
+    if entry.source == "file":
+        raise ValueError(f"{model_id} needs --source pointing at a .h5 or .keras file")
+    from models.export.hf import HFImageSource
+
+    return HFImageSource(entry, source=source, offline=offline, dev_overrides=dev_overrides)
+
+
+def export_source(
+    src: ExportSource, *, int8: bool = True, tolerance: float = FP32_TOLERANCE
+) -> list[StoredModel]:
+    info = src.info
+    info.versions.update({"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__})
+    probe = probe_batch(info.input, PROBE_SIZE)
+    stored: list[StoredModel] = []
+    with tempfile.TemporaryDirectory(prefix="verity-export-") as tmp:
+        fp32_path = Path(tmp) / "fp32.onnx"
+        src.export_onnx(fp32_path)
+        source_out = src.predict(probe)
+        fp32_out = run_onnx(fp32_path, probe)
+        parity = check_parity(info.model_id, fp32_out, source_out, tolerance)
+        log.info("%s fp32 parity: max abs diff %.3g (tolerance %.1g)", info.model_id, parity, tolerance)
+        base = {
+            **info.metadata(),
+            "parity_max_abs_diff": parity,
+            "parity_tolerance": tolerance,
+            "parity_probe_size": PROBE_SIZE,
+        }
+        stored.append(save_onnx(fp32_path, {**base, "precision": "fp32"}))
+        if int8:
+            int8_path = quantize_int8(fp32_path, Path(tmp) / "int8.onnx")
+            agreement = int8_agreement(
+                fp32_out,
+                run_onnx(int8_path, probe),
+                output_kind=info.output,
+                fake_index=info.fake_index,
+                threshold=info.threshold,
+            )
+            log.info(
+                "%s int8 agreement with fp32: %.1f%% verdicts, max prob diff %.3g",
+                info.model_id, agreement.verdict_agreement * 100, agreement.max_probability_diff,
+            )
+            stored.append(
+                save_onnx(
+                    int8_path,
+                    {
+                        **base,
+                        "precision": "int8",
+                        "int8_agreement": agreement.verdict_agreement,
+                        "int8_max_probability_diff": agreement.max_probability_diff,
+                    },
+                )
+            )
+    return stored
+
+
+def export_model(model_id: str, **kwargs: Any) -> list[StoredModel]:
+    int8 = kwargs.pop("int8", True)
+    return export_source(make_source(model_id, **kwargs), int8=int8)

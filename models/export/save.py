@@ -1,0 +1,43 @@
+"""Put an exported ONNX file and its metadata into the BentoML model store (``bentos/``)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import bentoml
+from bentoml.exceptions import NotFound
+
+from models.store import ONNX_FILE, StoredModel, get_stored
+
+log = logging.getLogger(__name__)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_onnx(onnx_path: Path, metadata: dict[str, Any]) -> StoredModel:
+    """Store ``onnx_path`` as ``<model_id>:<precision>-<sha12>``; storing the same bytes twice
+    is a no-op, so re-running an export is idempotent."""
+    sha = sha256_of(onnx_path)
+    tag = f"{metadata['model_id']}:{metadata['precision']}-{sha[:12]}"
+    try:
+        existing = get_stored(tag)
+        log.info("model %s already stored", tag)
+        return existing
+    except NotFound:
+        pass
+    full = {**metadata, "sha256": sha}
+    labels = {k: str(full[k]) for k in ("modality", "precision", "weights")}
+    with bentoml.models.create(tag, labels=labels, metadata=full) as model:
+        shutil.copyfile(onnx_path, model.path_of(ONNX_FILE))
+    log.info("stored model %s (%s weights)", tag, full["weights"])
+    return get_stored(tag)

@@ -1,0 +1,53 @@
+"""What every export source provides to the export pipeline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+from models.catalog import ImageInputSpec
+
+
+@dataclass
+class SourceInfo:
+    model_id: str
+    modality: str
+    source: str
+    architecture: str
+    weights: Literal["pretrained", "dev"]
+    labels: list[str]
+    fake_index: int
+    output: Literal["logits", "probabilities"]
+    threshold: float
+    input: ImageInputSpec
+    license: str = ""
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "model_id": self.model_id,
+            "modality": self.modality,
+            "source": self.source,
+            "architecture": self.architecture,
+            "weights": self.weights,
+            "labels": list(self.labels),
+            "fake_index": self.fake_index,
+            "output": self.output,
+            "threshold": self.threshold,
+            "input": self.input.to_dict(),
+            "license": self.license,
+            "export_versions": {k: str(v) for k, v in self.versions.items()},
+        }
+
+
+class ExportSource(Protocol):
+    info: SourceInfo
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """Raw outputs of the source framework on a preprocessed batch."""
+
+    def export_onnx(self, path: Path) -> None:
+        """Write an fp32 ONNX graph with a dynamic batch axis."""

@@ -1,0 +1,102 @@
+"""Read exported models from the BentoML model store (``bentos/``, SPEC §3).
+
+Run-time side: imports bentoml only. Each stored model is one ONNX file plus the metadata that
+export wrote beside it (input spec, label map, threshold, precision, weights, parity figures).
+The metadata, not the catalog, is what serving trusts: it describes the file actually loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import bentoml
+
+from models.catalog import ImageInputSpec
+
+ONNX_FILE = "model.onnx"
+
+
+@dataclass(frozen=True)
+class StoredModel:
+    tag: str
+    path: Path
+    metadata: dict[str, Any]
+    created_at: str
+
+    @property
+    def model_id(self) -> str:
+        return str(self.metadata["model_id"])
+
+    @property
+    def version(self) -> str:
+        return self.tag.split(":", 1)[1]
+
+    @property
+    def precision(self) -> str:
+        return str(self.metadata["precision"])
+
+    @property
+    def weights(self) -> str:
+        return str(self.metadata["weights"])
+
+    @property
+    def threshold(self) -> float:
+        return float(self.metadata["threshold"])
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.path / ONNX_FILE
+
+    @property
+    def input_spec(self) -> ImageInputSpec:
+        return ImageInputSpec.from_dict(self.metadata["input"])
+
+    def describe(self) -> dict[str, Any]:
+        """The public description used by /v1/models, /health/ready and every result."""
+        return {
+            "id": self.model_id,
+            "modality": self.metadata["modality"],
+            "version": self.version,
+            "precision": self.precision,
+            "weights": self.weights,
+            "threshold": self.threshold,
+            "architecture": self.metadata.get("architecture"),
+            "source": self.metadata.get("source"),
+            "labels": list(self.metadata.get("labels", [])),
+            "fake_index": self.metadata.get("fake_index"),
+            "parity_max_abs_diff": self.metadata.get("parity_max_abs_diff"),
+            "int8_agreement": self.metadata.get("int8_agreement"),
+            "sha256": self.metadata.get("sha256"),
+        }
+
+
+def _stored(model: Any) -> StoredModel:
+    info = model.info
+    return StoredModel(
+        tag=str(model.tag),
+        path=Path(model.path),
+        metadata=dict(info.metadata),
+        created_at=info.creation_time.isoformat(),
+    )
+
+
+def list_stored(model_id: str | None = None) -> list[StoredModel]:
+    """Every exported Verity model in the store, newest first."""
+    found = []
+    for model in bentoml.models.list(model_id) if model_id else bentoml.models.list():
+        if "model_id" in model.info.metadata:
+            found.append(_stored(model))
+    return sorted(found, key=lambda m: m.created_at, reverse=True)
+
+
+def find_stored(model_id: str, precision: str) -> StoredModel | None:
+    for stored in list_stored(model_id):
+        if stored.precision == precision:
+            return stored
+    return None
+
+
+def get_stored(tag: str) -> StoredModel:
+    return _stored(bentoml.models.get(tag))

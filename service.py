@@ -1,0 +1,112 @@
+"""BentoML services: thin wiring of the parts in api/, models/ and config/.
+
+* ``ImageDetector`` (one class per served image model): one ONNX Runtime session and one
+  batchable API; adaptive batching merges pixels from concurrent requests (SPEC §2).
+* ``Verity``: the public API service. It mounts the FastAPI app from ``api.app`` and depends on
+  the detectors; all request handling (decoding, validation, aggregation) lives there.
+
+Serve with ``make serve`` (``bentoml serve service:Verity``). Models come from the BentoML store
+under ``$BENTOML_HOME`` (``bentos/``), filled by ``make models``. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import anyio
+import bentoml
+import numpy as np
+
+from api.app import create_app
+from api.engine import Engine, ServedModel
+from config import get_settings
+from logs import configure_logging
+from models.runtime import OnnxModel
+from models.store import ONNX_FILE, StoredModel, find_stored
+
+settings = get_settings()
+log = logging.getLogger("service")
+app = create_app(settings)
+
+
+def _stored_or_fail(model_id: str) -> StoredModel:
+    stored = find_stored(model_id, settings.precision)
+    if stored is None:
+        raise RuntimeError(
+            f"model {model_id!r} ({settings.precision}) is not in the model store at "
+            f"{os.environ.get('BENTOML_HOME', '~/bentoml')}; run `make models` first"
+        )
+    return stored
+
+
+def image_detector_service(stored: StoredModel) -> Any:
+    """A model service for one stored image model: its session and one batchable API."""
+
+    class ImageDetector:
+        model = bentoml.models.BentoModel(stored.tag)
+
+        def __init__(self) -> None:
+            configure_logging(settings)
+            self.session = OnnxModel(
+                self.model.path_of(ONNX_FILE),
+                intra_op_threads=settings.intra_op_threads,
+                inter_op_threads=settings.ort_inter_op_threads,
+            )
+            if stored.weights == "dev":
+                log.warning("%s loaded with DEV weights: verdicts are not meaningful", stored.tag)
+
+        @bentoml.api(
+            batchable=True,
+            batch_dim=0,
+            max_batch_size=settings.batch_max_size,
+            max_latency_ms=settings.batch_max_latency_ms,
+        )
+        async def predict(self, pixels: np.ndarray) -> np.ndarray:
+            # ORT releases the GIL; a worker thread keeps this process's event loop responsive.
+            return await anyio.to_thread.run_sync(self.session.run, pixels)
+
+        @bentoml.api
+        async def health(self) -> dict[str, Any]:
+            return {"tag": stored.tag, "loaded": True}
+
+    name = "ImageDetector" if stored.model_id == settings.image_model else f"ImageDetector_{stored.model_id}"
+    ImageDetector.__name__ = ImageDetector.__qualname__ = name.replace("-", "_")
+    return bentoml.service(name=name.replace("-", "_"), workers=1, traffic={"timeout": 120})(ImageDetector)
+
+
+STORED_IMAGE_MODELS = {mid: _stored_or_fail(mid) for mid in settings.served_image_models}
+IMAGE_DETECTORS = {mid: image_detector_service(s) for mid, s in STORED_IMAGE_MODELS.items()}
+ImageDetector = IMAGE_DETECTORS[settings.image_model]
+
+
+class _VerityAPI:
+    """The public API service: attaches the detectors to the FastAPI app's engine."""
+
+    def __init__(self) -> None:
+        configure_logging(settings)
+        app.state.engine = Engine(
+            settings,
+            {
+                mid: ServedModel(stored=STORED_IMAGE_MODELS[mid], detector=getattr(self, _dep_attr(mid)))
+                for mid in IMAGE_DETECTORS
+            },
+        )
+
+
+def _dep_attr(model_id: str) -> str:
+    return "detector_" + model_id.replace("-", "_")
+
+
+# One `bentoml.depends` class attribute per served model; BentoML discovers dependencies from
+# class attributes, so the class is assembled here rather than written out per model.
+Verity = bentoml.service(name="Verity", workers=1, traffic={"timeout": 300})(
+    bentoml.asgi_app(app, path="/")(
+        type(
+            "Verity",
+            (_VerityAPI,),
+            {_dep_attr(mid): bentoml.depends(svc) for mid, svc in IMAGE_DETECTORS.items()},
+        )
+    )
+)
