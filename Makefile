@@ -13,7 +13,8 @@ HOST   ?= 127.0.0.1
 PORT   ?= 3000
 
 # The project's own model store and built bentos (contents git-ignored).
-export BENTOML_HOME := $(CURDIR)/bentos
+BENTOML_HOME ?= $(CURDIR)/bentos
+export BENTOML_HOME
 export BENTOML_DO_NOT_TRACK := True
 export PYTHONPATH := $(CURDIR)
 export TF_CPP_MIN_LOG_LEVEL := 2

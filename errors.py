@@ -35,6 +35,10 @@ class NotFound(VerityError):
     status, code = 404, "not_found"
 
 
+class MethodNotAllowed(VerityError):
+    status, code = 405, "method_not_allowed"
+
+
 class TooLarge(VerityError):
     status, code = 413, "payload_too_large"
 

@@ -13,13 +13,15 @@ from typing import Annotated, Any
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from api.engine import Engine
 from api.image_detection import detect_image, read_image_payload
 from api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
 from config import Settings
-from errors import NotFound, ServiceUnavailable, VerityError
+from errors import MethodNotAllowed, NotFound, ServiceUnavailable, VerityError
 from models.catalog import load_catalog
 from models.store import list_stored
 
@@ -29,15 +31,26 @@ MULTIPART_OVERHEAD = 64 * 1024
 READY_TIMEOUT_S = 5.0
 
 _STATUS_CODES = {
-    400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-    405: "method_not_allowed", 409: "conflict", 413: "payload_too_large",
-    415: "unsupported_media_type", 422: "invalid_input", 429: "rate_limited",
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_input",
+    429: "rate_limited",
     503: "service_unavailable",
 }
 
 
 def error_response(
-    request: Request, status: int, code: str, message: str, headers: dict[str, str] | None = None,
+    request: Request,
+    status: int,
+    code: str,
+    message: str,
+    headers: dict[str, str] | None = None,
     details: dict[str, Any] | None = None,
 ) -> JSONResponse:
     error: dict[str, Any] = {
@@ -57,9 +70,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = [
-            {"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()
-        ]
+        problems = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
         message = "; ".join(f"{'.'.join(map(str, p['loc']))}: {p['msg']}" for p in problems)
         return error_response(request, 422, "invalid_input", message, details={"errors": problems})
 
@@ -127,8 +138,12 @@ def create_app(settings: Settings) -> FastAPI:
     async def list_models(request: Request) -> dict[str, Any]:
         engine = engine_of(request)
         served = [
-            {**m.stored.describe(), "served": True, "default": mid == engine.default_image_model,
-             "warnings": m.warnings}
+            {
+                **m.stored.describe(),
+                "served": True,
+                "default": mid == engine.default_image_model,
+                "warnings": m.warnings,
+            }
             for mid, m in engine.image_models.items()
         ]
         stored_versions: dict[str, list[str]] = {}
@@ -136,8 +151,12 @@ def create_app(settings: Settings) -> FastAPI:
             stored_versions.setdefault(stored.model_id, []).append(stored.version)
         others = [
             {
-                "id": entry.id, "modality": entry.modality, "architecture": entry.architecture,
-                "source": entry.source, "threshold": entry.threshold, "served": False,
+                "id": entry.id,
+                "modality": entry.modality,
+                "architecture": entry.architecture,
+                "source": entry.source,
+                "threshold": entry.threshold,
+                "served": False,
                 "stored_versions": stored_versions.get(entry.id, []),
             }
             for entry in load_catalog().values()
@@ -168,7 +187,21 @@ def create_app(settings: Settings) -> FastAPI:
         methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
         include_in_schema=False,
     )
-    async def not_found(path: str) -> None:
+    async def not_found(request: Request, path: str) -> None:
+        allowed = sorted(
+            {
+                method
+                for route in request.app.router.routes
+                if isinstance(route, APIRoute)
+                and route.path != "/{path:path}"
+                and route.matches(request.scope)[0] == Match.PARTIAL
+                for method in route.methods
+            }
+        )
+        if allowed:
+            raise MethodNotAllowed(
+                f"{request.method} is not allowed on /{path}", headers={"Allow": ", ".join(allowed)}
+            )
         raise NotFound(f"no route /{path}", code="route_not_found")
 
     return app

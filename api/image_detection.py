@@ -96,9 +96,7 @@ def _ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1000, 2)
 
 
-async def detect_image(
-    engine: Engine, data: bytes, *, model_id: str | None, explain: bool
-) -> dict[str, Any]:
+async def detect_image(engine: Engine, data: bytes, *, model_id: str | None, explain: bool) -> dict[str, Any]:
     started = time.perf_counter()
     settings: Settings = engine.settings
     served = engine.image_model(model_id)

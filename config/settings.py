@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MB = 1024 * 1024
 
@@ -21,7 +22,7 @@ class Settings(BaseSettings):
 
     # Models -----------------------------------------------------------------------------
     image_model: str = Field("vit-dima806", description="catalog id of the default image model")
-    image_models: list[str] = Field(
+    image_models: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="catalog ids served as image detectors; the default model is always served",
     )
@@ -30,9 +31,7 @@ class Settings(BaseSettings):
     ort_inter_op_threads: int = Field(1, ge=1)
     batch_max_size: int = Field(32, ge=2)
     batch_max_latency_ms: int = Field(200, ge=1, description="longest a request waits for a batch")
-    uncertain_band: float = Field(
-        0.05, ge=0.0, lt=0.5, description="|p - threshold| below this is UNCERTAIN"
-    )
+    uncertain_band: float = Field(0.05, ge=0.0, lt=0.5, description="|p - threshold| below this is UNCERTAIN")
 
     # Media limits (SPEC §6) ---------------------------------------------------------------
     max_image_bytes: int = Field(10 * MB, ge=1)
@@ -43,7 +42,9 @@ class Settings(BaseSettings):
     @classmethod
     def _split_csv(cls, value: object) -> object:
         # Accept "a,b" as well as a JSON list so the variable is easy to set by hand.
-        if isinstance(value, str) and not value.strip().startswith("["):
+        if isinstance(value, str):
+            if value.strip().startswith("["):
+                return json.loads(value)
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 

@@ -53,9 +53,7 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> DecodedImag
     if not data:
         raise BadMedia("the file is empty", code="empty_file")
     if len(data) > max_bytes:
-        raise TooLarge(
-            f"image is {len(data)} bytes; the limit is {max_bytes}", code="file_too_large"
-        )
+        raise TooLarge(f"image is {len(data)} bytes; the limit is {max_bytes}", code="file_too_large")
     kind = sniff(data)
     if kind not in IMAGE_FORMATS:
         raise UnsupportedMedia(
@@ -69,8 +67,7 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> DecodedImag
             width, height = image.size
             if width * height > max_pixels:
                 raise TooLarge(
-                    f"image is {width}x{height} = {width * height} pixels; "
-                    f"the limit is {max_pixels}",
+                    f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}",
                     code="too_many_pixels",
                 )
             if width == 0 or height == 0:
@@ -85,7 +82,8 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> DecodedImag
         raise TooLarge(str(exc), code="too_many_pixels") from exc
     except UnidentifiedImageError as exc:
         raise BadMedia(f"the {kind} file could not be read as an image", code="corrupt_image") from exc
-    except Exception as exc:  # noqa: BLE001 - any decoder failure on untrusted bytes is the file's fault
+    except Exception as exc:
+        # Decoders raise many types on hostile bytes; all of them mean the file is broken.
         raise BadMedia(f"the {kind} file could not be decoded: {exc}", code="corrupt_image") from exc
     return DecodedImage(
         image=rgb, format=kind, width=rgb.width, height=rgb.height, original_mode=original_mode

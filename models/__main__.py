@@ -1,10 +1,10 @@
 """``python -m models``: export catalog models into the BentoML store and list what is stored.
 
-    python -m models export vit-dima806                 # hub checkpoint, or dev weights offline
-    python -m models export vit-dima806 --source ./my-hf-dir
-    python -m models export keras-cnn --source detector.h5
-    python -m models ensure                             # export the served models if missing
-    python -m models list
+python -m models export vit-dima806                 # hub checkpoint, or dev weights offline
+python -m models export vit-dima806 --source ./my-hf-dir
+python -m models export keras-cnn --source detector.h5
+python -m models ensure                             # export the served models if missing
+python -m models list
 """
 
 from __future__ import annotations
@@ -58,8 +58,9 @@ def _cmd_list(_: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m models", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m models", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     export = sub.add_parser("export", help="export one catalog model to ONNX (fp32 + int8)")
     export.add_argument("model_id")

@@ -28,9 +28,7 @@ def preprocess_image(image: Image.Image, spec: ImageInputSpec) -> np.ndarray:
     if image.size != (width, height):
         image = image.resize((width, height), resample=_RESAMPLE[spec.resample])
     pixels = np.asarray(image, dtype=np.float32) * np.float32(spec.rescale)
-    pixels = (pixels - np.asarray(spec.mean, dtype=np.float32)) / np.asarray(
-        spec.std, dtype=np.float32
-    )
+    pixels = (pixels - np.asarray(spec.mean, dtype=np.float32)) / np.asarray(spec.std, dtype=np.float32)
     if spec.layout == "NCHW":
         pixels = pixels.transpose(2, 0, 1)
     return np.ascontiguousarray(pixels, dtype=np.float32)

@@ -38,9 +38,7 @@ def model_store(bentoml_home: Path) -> dict[str, list]:
 
     return {
         "vit-dima806": export_model("vit-dima806", offline=True, dev_overrides=TINY_VIT),
-        "siglip-open-deepfake": export_model(
-            "siglip-open-deepfake", offline=True, dev_overrides=TINY_SIGLIP
-        ),
+        "siglip-open-deepfake": export_model("siglip-open-deepfake", offline=True, dev_overrides=TINY_SIGLIP),
     }
 
 

@@ -67,13 +67,20 @@ def build_dev_model(entry: CatalogEntry, overrides: dict[str, Any] | None = None
     """The catalog architecture with seeded random weights (SPEC §3, weights = "dev")."""
     dims = {**entry.dev_config, **(overrides or {})}
     id2label = dict(enumerate(entry.labels))
-    label_kwargs = {"num_labels": len(entry.labels), "id2label": id2label,
-                    "label2id": {v: k for k, v in id2label.items()}}
+    label_kwargs = {
+        "num_labels": len(entry.labels),
+        "id2label": id2label,
+        "label2id": {v: k for k, v in id2label.items()},
+    }
     if entry.architecture.startswith("Siglip"):
         config = transformers.SiglipConfig(
             vision_config=dims,
-            text_config={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-                         "intermediate_size": 37},
+            text_config={
+                "hidden_size": 32,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 2,
+                "intermediate_size": 37,
+            },
             **label_kwargs,
         )
     else:
@@ -112,7 +119,8 @@ class HFImageSource:
         else:
             log.warning(
                 "model hub unreachable or offline: building %s from its config with seeded "
-                "random weights; its verdicts are NOT meaningful (weights=dev)", entry.id,
+                "random weights; its verdicts are NOT meaningful (weights=dev)",
+                entry.id,
             )
             self.model = build_dev_model(entry, dev_overrides)
             weights = "dev"
@@ -132,7 +140,9 @@ class HFImageSource:
             architecture=type(self.model).__name__,
             weights=weights,  # type: ignore[arg-type]
             labels=labels,
-            fake_index=_fake_index(id2label, entry.fake_index) if weights == "pretrained" else entry.fake_index,
+            fake_index=_fake_index(id2label, entry.fake_index)
+            if weights == "pretrained"
+            else entry.fake_index,
             output="logits",
             threshold=entry.threshold,
             input=spec,

@@ -75,7 +75,9 @@ def export_source(
             )
             log.info(
                 "%s int8 agreement with fp32: %.1f%% verdicts, max prob diff %.3g",
-                info.model_id, agreement.verdict_agreement * 100, agreement.max_probability_diff,
+                info.model_id,
+                agreement.verdict_agreement * 100,
+                agreement.max_probability_diff,
             )
             stored.append(
                 save_onnx(

@@ -1,0 +1,279 @@
+"""The public API in-process: BentoML's ASGI app (``Verity.to_asgi()``) through TestClient."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import socket
+
+import pytest
+from PIL import Image
+
+from tests.media_factory import encode, jpeg_bytes, photo, png_header_only
+
+pytestmark = pytest.mark.http
+
+RESULT_KEYS = {
+    "id",
+    "modality",
+    "created_at",
+    "verdict",
+    "fake_probability",
+    "threshold",
+    "model",
+    "segments",
+    "faces",
+    "media",
+    "timing_ms",
+    "warnings",
+}
+
+
+def post_image(client, data: bytes, *, name: str = "face.jpg", params: str = "", field: str = "image"):
+    return client.post(f"/v1/detect/image{params}", files={field: (name, data, "application/octet-stream")})
+
+
+def assert_error(response, status: int, code: str | None = None) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    error = response.json()["error"]
+    assert set(error) >= {"code", "message", "request_id"}
+    assert error["message"]
+    assert error["request_id"] == response.headers["x-request-id"]
+    if code is not None:
+        assert error["code"] == code, error
+    return error
+
+
+def assert_result(body: dict, *, model_id: str = "vit-dima806") -> None:
+    assert set(body) >= RESULT_KEYS
+    assert body["id"].startswith("det_")
+    assert body["modality"] == "image"
+    assert body["verdict"] in {"FAKE", "REAL", "UNCERTAIN"}
+    assert 0.0 <= body["fake_probability"] <= 1.0
+    assert body["threshold"] == 0.5
+    assert body["model"]["id"] == model_id
+    assert body["model"]["precision"] == "fp32"
+    assert body["model"]["version"].startswith("fp32-")
+    # Dev weights are never silent (SPEC §3).
+    assert body["model"]["weights"] == "dev"
+    assert any(w["code"] == "dev_weights" for w in body["warnings"])
+    assert set(body["timing_ms"]) >= {"decode", "inference", "total"}
+    assert body["timing_ms"]["total"] >= body["timing_ms"]["inference"] >= 0
+
+
+# --- health and catalog --------------------------------------------------------------------
+
+
+def test_health_endpoints(client):
+    assert client.get("/health").json() == {"status": "ok"}
+    assert client.get("/health/live").status_code == 200
+    ready = client.get("/health/ready")
+    assert ready.status_code == 200
+    body = ready.json()
+    assert body["status"] == "ready"
+    assert {m["id"] for m in body["models"]} == {"vit-dima806", "siglip-open-deepfake"}
+    assert all(m["weights"] == "dev" for m in body["models"])
+    assert {w["code"] for w in body["warnings"]} == {"dev_weights"}
+
+
+def test_models_lists_served_and_catalog(client):
+    models = {m["id"]: m for m in client.get("/v1/models").json()["models"]}
+    default = models["vit-dima806"]
+    assert default["served"] and default["default"]
+    assert default["modality"] == "image"
+    assert default["precision"] == "fp32" and default["weights"] == "dev"
+    assert default["threshold"] == 0.5 and default["version"]
+    assert default["parity_max_abs_diff"] < 1e-3
+    assert models["siglip-open-deepfake"]["served"] and not models["siglip-open-deepfake"]["default"]
+    assert models["vit-deepfake-v2"]["served"] is False
+    assert models["keras-cnn"]["served"] is False
+
+
+# --- detection -----------------------------------------------------------------------------
+
+
+def test_detect_multipart(client):
+    response = post_image(client, jpeg_bytes(320, 240))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert_result(body)
+    assert body["media"]["width"] == 320 and body["media"]["height"] == 240
+    assert body["media"]["format"] == "jpeg"
+    assert response.headers["x-request-id"].startswith("req_")
+
+
+def test_detect_accepts_file_field_and_same_picture_same_score(client):
+    data = jpeg_bytes(300, 300, seed=3)
+    first = post_image(client, data).json()
+    second = post_image(client, data, field="file").json()
+    assert first["fake_probability"] == second["fake_probability"]
+    assert first["id"] != second["id"]
+
+
+def test_detect_json_data_url_camera_frame(client):
+    data = jpeg_bytes(640, 480, seed=1)
+    url = "data:image/jpeg;base64," + base64.b64encode(data).decode()
+    response = client.post("/v1/detect/image", json={"image": url})
+    assert response.status_code == 200, response.text
+    assert_result(response.json())
+    bare = client.post("/v1/detect/image", json={"image": base64.b64encode(data).decode()})
+    assert bare.json()["fake_probability"] == response.json()["fake_probability"]
+
+
+def test_detect_raw_body(client):
+    response = client.post(
+        "/v1/detect/image", content=encode(photo(200, 100), "PNG"), headers={"content-type": "image/png"}
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["media"]["format"] == "png"
+
+
+def test_detect_with_second_model(client):
+    response = post_image(client, jpeg_bytes(), params="?model=siglip-open-deepfake")
+    assert response.status_code == 200, response.text
+    assert_result(response.json(), model_id="siglip-open-deepfake")
+
+
+def test_detect_honours_exif_orientation(client):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise for display
+    data = encode(photo(320, 200), "JPEG", exif=exif.tobytes())
+    media = post_image(client, data).json()["media"]
+    assert (media["width"], media["height"]) == (200, 320)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "CMYK", "I;16"])
+def test_detect_converts_modes(client, mode):
+    image = photo(64, 48)
+    fmt = "JPEG" if mode == "CMYK" else "PNG"
+    converted = image.convert("L").convert("I;16") if mode == "I;16" else image.convert(mode)
+    response = post_image(client, encode(converted, fmt))
+    assert response.status_code == 200, response.text
+    assert response.json()["media"]["mode"] == mode
+
+
+def test_explain_returns_heatmap(client):
+    response = post_image(client, jpeg_bytes(), params="?explain=true")
+    assert response.status_code == 200, response.text
+    explanation = response.json()["explanation"]
+    assert explanation["method"].startswith("occlusion")
+    heatmap = Image.open(io.BytesIO(base64.b64decode(explanation["heatmap_png"])))
+    assert heatmap.format == "PNG" and heatmap.size == (32, 32)  # the tiny model's input size
+    assert len(explanation["grid"]) == 7 and all(v >= 0 for row in explanation["grid"] for v in row)
+    assert "explain" in response.json()["timing_ms"]
+
+
+def test_openapi_docs(client):
+    assert client.get("/docs").status_code == 200
+    spec = client.get("/openapi.json").json()
+    assert "/v1/detect/image" in spec["paths"]
+
+
+# --- the error table (SPEC §4): every status this issue can produce -----------------------
+
+
+def test_400_invalid_json(client):
+    response = client.post(
+        "/v1/detect/image", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert_error(response, 400, "invalid_json")
+
+
+def test_404_unknown_model_and_route(client):
+    assert_error(post_image(client, jpeg_bytes(), params="?model=nope"), 404, "model_not_found")
+    assert_error(client.get("/v1/nothing-here"), 404, "route_not_found")
+
+
+def test_405_wrong_method(client):
+    response = client.get("/v1/detect/image")
+    assert_error(response, 405, "method_not_allowed")
+    assert "POST" in response.headers["allow"]
+
+
+def test_413_body_over_cap_before_reading(client):
+    big = b"\xff\xd8\xff" + b"\0" * (14 * 1024 * 1024)
+    assert_error(post_image(client, big), 413, "payload_too_large")
+
+
+def test_413_decoded_image_over_byte_cap(client):
+    # 10 MB + 1 of real image bytes fits the (base64-sized) body cap but not the image cap.
+    data = b"\xff\xd8\xff" + b"\0" * (10 * 1024 * 1024)
+    response = client.post("/v1/detect/image", content=data, headers={"content-type": "image/jpeg"})
+    assert_error(response, 413, "file_too_large")
+
+
+def test_413_pixel_bomb(client):
+    assert_error(post_image(client, png_header_only(100_000, 100_000), name="x.png"), 413, "too_many_pixels")
+    real = encode(Image.new("L", (7000, 7000)), "PNG")  # 49 Mpx, tiny on the wire
+    assert len(real) < 1024 * 1024
+    assert_error(post_image(client, real, name="big.png"), 413, "too_many_pixels")
+
+
+def test_415_wrong_type(client):
+    assert_error(post_image(client, b"hello, this is text\n" * 10, name="face.jpg"), 415)
+    assert_error(post_image(client, b"%PDF-1.7\n%..." + b"\0" * 100, name="x.jpg"), 415)
+    response = client.post("/v1/detect/image", content=b"abc", headers={"content-type": "text/plain"})
+    assert_error(response, 415, "unsupported_content_type")
+
+
+def test_422_bad_media_and_inputs(client):
+    assert_error(post_image(client, b""), 422, "empty_file")
+    assert_error(post_image(client, jpeg_bytes()[:400]), 422, "corrupt_image")
+    assert_error(post_image(client, b"\x89PNG\r\n\x1a\n" + b"garbage" * 20, name="x.png"), 422)
+    response = client.post("/v1/detect/image", files={"other": ("a.jpg", jpeg_bytes(), "image/jpeg")})
+    assert_error(response, 422, "missing_file")
+    assert_error(
+        client.post("/v1/detect/image", json={"image": "data:image/jpeg;base64,@@@"}), 422, "invalid_base64"
+    )
+    assert_error(client.post("/v1/detect/image", json={"nothing": 1}), 422, "missing_image")
+    assert_error(client.post("/v1/detect/image", json=[1, 2]), 422, "invalid_json")
+    assert_error(client.post("/v1/detect/image", json={"upload_id": "up_1"}), 422, "uploads_unavailable")
+    assert_error(post_image(client, jpeg_bytes(), params="?model=vit-deepfake-v2"), 422, "model_not_served")
+    assert_error(post_image(client, jpeg_bytes(), params="?explain=maybe"), 422, "invalid_input")
+
+
+def test_client_request_id_is_echoed(client):
+    response = client.post("/v1/detect/image", json={"nothing": 1}, headers={"x-request-id": "abc-123"})
+    assert response.headers["x-request-id"] == "abc-123"
+    assert response.json()["error"]["request_id"] == "abc-123"
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_503_when_starting_and_when_model_service_is_down(service_module):
+    from _bentoml_impl.client import RemoteProxy
+    from starlette.testclient import TestClient
+
+    from api.app import create_app
+    from api.engine import Engine, ServedModel
+    from config import get_settings
+
+    settings = get_settings()
+    app = create_app(settings)
+    with TestClient(app) as starting:
+        response = post_image(starting, jpeg_bytes())
+        assert_error(response, 503, "starting")
+        assert response.headers["retry-after"]
+
+    # A real BentoML client for the detector, pointed at a port where nothing listens.
+    dead = RemoteProxy(
+        f"http://127.0.0.1:{_closed_port()}", service=service_module.ImageDetector
+    ).as_service()
+    stored = service_module.STORED_IMAGE_MODELS["vit-dima806"]
+    app.state.engine = Engine(settings, {"vit-dima806": ServedModel(stored=stored, detector=dead)})
+    with TestClient(app) as down:
+        response = post_image(down, jpeg_bytes())
+        assert_error(response, 503, "model_unavailable")
+        assert int(response.headers["retry-after"]) > 0
+        assert_error(down.get("/health/ready"), 503, "not_ready")
+
+
+def test_error_bodies_are_json_objects(client):
+    body = post_image(client, b"").content
+    assert isinstance(json.loads(body)["error"], dict)
