@@ -29,6 +29,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         offline=args.offline,
         int8=not args.no_int8,
         fake_index=args.fake_index,
+        like_model=args.like,
     )
     for model in stored:
         log.info("stored %s", model.tag, extra={"model": model.describe()})
@@ -67,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--source", help="hub id, local HF directory, or a .h5/.keras file")
     export.add_argument("--offline", action="store_true", help="never contact the hub (dev weights)")
     export.add_argument("--no-int8", action="store_true")
-    export.add_argument("--fake-index", type=int, help="output index meaning fake (Keras models)")
+    export.add_argument("--fake-index", type=int, help="output index meaning fake (Keras / ONNX files)")
+    export.add_argument("--like", help="for a .onnx source: the catalog id whose preprocessing it uses")
     export.set_defaults(func=_cmd_export)
     ensure = sub.add_parser("ensure", help="export the served models unless already stored")
     ensure.add_argument("--offline", action="store_true")

@@ -63,6 +63,11 @@ def _model_class(architecture: str) -> Any:
     return getattr(transformers, architecture, transformers.AutoModelForImageClassification)
 
 
+def _load_pretrained(location: str) -> torch.nn.Module:
+    # The checkpoint's own config names its architecture (ViT, SigLIP, ConvNeXt, ...).
+    return transformers.AutoModelForImageClassification.from_pretrained(location).eval()
+
+
 def build_dev_model(entry: CatalogEntry, overrides: dict[str, Any] | None = None) -> torch.nn.Module:
     """The catalog architecture with seeded random weights (SPEC §3, weights = "dev")."""
     dims = {**entry.dev_config, **(overrides or {})}
@@ -105,12 +110,12 @@ class HFImageSource:
         weights = "pretrained"
         processor_raw: dict[str, Any] = {}
         if location and Path(location).is_dir():
-            self.model = _model_class(entry.architecture).from_pretrained(location).eval()
+            self.model = _load_pretrained(location)
             pre = Path(location) / "preprocessor_config.json"
             processor_raw = json.loads(pre.read_text()) if pre.exists() else {}
             origin = f"dir:{Path(location).resolve()}"
         elif location and not offline and dev_overrides is None and hub_reachable():
-            self.model = _model_class(entry.architecture).from_pretrained(location).eval()
+            self.model = _load_pretrained(location)
             try:
                 processor_raw = transformers.AutoImageProcessor.from_pretrained(location).to_dict()
             except Exception:  # noqa: BLE001 - fall back to the catalog's spec, logged

@@ -30,7 +30,15 @@ def make_source(
     offline: bool = False,
     dev_overrides: dict[str, Any] | None = None,
     fake_index: int | None = None,
+    like_model: str | None = None,
 ) -> ExportSource:
+    """The export source for ``model_id``: a .onnx file (stored under any id, preprocessing
+    ``like_model``'s), a Keras file, or an HF checkpoint (hub id, local dir, or dev weights)."""
+    if source and Path(source).suffix == ".onnx":
+        from models.export.onnx_file import OnnxFileSource
+
+        like = get_entry(like_model or "vit-dima806")
+        return OnnxFileSource(model_id, path=Path(source), like=like, fake_index=fake_index)
     entry = get_entry(model_id)
     if source and Path(source).suffix in (".h5", ".keras"):
         from models.export.keras import KerasImageSource
