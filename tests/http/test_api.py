@@ -277,3 +277,17 @@ def test_503_when_starting_and_when_model_service_is_down(service_module):
 def test_error_bodies_are_json_objects(client):
     body = post_image(client, b"").content
     assert isinstance(json.loads(body)["error"], dict)
+
+
+def test_413_streamed_body_without_content_length(client):
+    """A chunked upload with no Content-Length is cut off at the cap, not buffered whole."""
+    sent = 0
+
+    def chunks():
+        nonlocal sent
+        for _ in range(40):
+            sent += 1
+            yield b"\xff" * (1024 * 1024)
+
+    response = client.post("/v1/detect/image", content=chunks(), headers={"content-type": "image/jpeg"})
+    assert_error(response, 413, "payload_too_large")
