@@ -38,11 +38,16 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) "pip>=25.1" $(QUIET_PIP)
 
-# One stamp per dependency group; re-installed when pyproject.toml changes.
+# One stamp per dependency group; re-installed when pyproject.toml changes. The group is read with
+# tomllib rather than `pip install --group`, which needs pip >= 25.1: a .venv made by an older pip
+# (python -m venv, an IDE) would otherwise fail with "no such option: --group".
+GROUP_REQUIREMENTS = $(PY) -c "import sys, tomllib; \
+	print(*tomllib.load(open('pyproject.toml', 'rb'))['dependency-groups'][sys.argv[1]], sep='\n')"
+
 $(STAMPS)/%: pyproject.toml | $(PY)
 	@mkdir -p $(STAMPS)
 	@echo "installing dependency group '$*' ..."
-	$(PIP) --group $* $(QUIET_PIP)
+	$(PIP) -r <($(GROUP_REQUIREMENTS) $*) $(QUIET_PIP)
 	@touch $@
 
 setup-runtime: $(STAMPS)/runtime $(STAMPS)/export

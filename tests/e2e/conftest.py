@@ -1,0 +1,46 @@
+"""E2E fixtures: one real ``bentoml serve service:Verity`` process tree for the session.
+
+The server binds 127.0.0.1 on a free port, serves the tiny models of the session's model store
+(``model_store`` in tests/conftest.py) and is stopped by this fixture, by the process group and
+PIDs it started (see tests/e2e/servers.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.servers import BIN_DIR, ServerProcess, free_port, server_home
+
+READY_TIMEOUT_S = 120.0
+
+
+@pytest.fixture(scope="session")
+def verity_server(model_store, bentoml_home: Path, tmp_path_factory) -> Iterator[ServerProcess]:
+    """A running ``bentoml serve service:Verity``; ``.url``, ``.pid`` (the root) and ``.tree()``."""
+    workdir = tmp_path_factory.mktemp("verity-server")
+    port = free_port()
+    server = ServerProcess(
+        [str(BIN_DIR / "bentoml"), "serve", "service:Verity", "--host", "127.0.0.1", "--port", str(port)],
+        port=port,
+        bentoml_home=server_home(bentoml_home, workdir / "bentoml-home"),
+        log_path=workdir / "server.log",
+    )
+    try:
+        server.wait_ready(READY_TIMEOUT_S)
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def server_url(verity_server: ServerProcess) -> str:
+    return verity_server.url
+
+
+@pytest.fixture(scope="session")
+def server_pid(verity_server: ServerProcess) -> int:
+    """PID of the ``bentoml serve`` process (the circus arbiter): the root of the server's tree."""
+    return verity_server.pid
