@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -13,6 +15,46 @@ from models.export.source import SourceInfo
 log = logging.getLogger(__name__)
 
 OPSET = 17
+_GENERATED = re.compile(r"__(\d+)")
+
+
+def _renumber_generated_names(graph: Any) -> None:
+    """Make the bytes of a conversion depend on the model only.
+
+    tf2onnx suffixes the names it makes up (``__<n>``, also the batch axis' ``unk__<n>``) from a
+    process-wide counter, drawn in an order that varies with the hash seed, and emits folded
+    constants in varying order. Without this, re-exporting the same file gave a new sha256 each
+    time, hence a new store tag instead of the idempotent no-op ``save_onnx`` promises. Node order
+    is stable, so number the suffixes by first appearance in it and sort the initializers.
+    """
+    order: dict[str, str] = {}
+
+    def seen(name: str) -> None:
+        for number in _GENERATED.findall(name):
+            order.setdefault(number, str(len(order)))
+
+    for node in graph.node:
+        for name in (node.name, *node.input, *node.output):
+            seen(name)
+    values = (*graph.input, *graph.output, *graph.value_info)
+    dims = [d for v in values for d in v.type.tensor_type.shape.dim if d.dim_param]  # "unk__<n>"
+    for name in (*(d.dim_param for d in dims), *sorted({t.name for t in graph.initializer})):
+        seen(name)
+
+    def rename(name: str) -> str:
+        return _GENERATED.sub(lambda m: f"__g{order[m.group(1)]}", name)
+
+    for node in graph.node:
+        node.name = rename(node.name)
+        node.input[:] = [rename(n) for n in node.input]
+        node.output[:] = [rename(n) for n in node.output]
+    for value in (*values, *graph.initializer):
+        value.name = rename(value.name)
+    for dim in dims:
+        dim.dim_param = rename(dim.dim_param)
+    initializers = sorted(graph.initializer, key=lambda t: t.name)
+    del graph.initializer[:]
+    graph.initializer.extend(initializers)
 
 
 class KerasImageSource:
@@ -27,9 +69,16 @@ class KerasImageSource:
             raise ValueError(f"{path.name}: expected an NHWC RGB image input, got {shape}")
         self._channels = int(shape[-1])
         height, width = int(shape[1] or entry.input.size[0]), int(shape[2] or entry.input.size[1])
-        units = int(self.model.output_shape[-1])
-        if units not in (1, 2):
-            raise ValueError(f"{path.name}: expected a 1-unit sigmoid or 2-unit softmax head, got {units}")
+        out_shape = self.model.output_shape
+        # One (batch, units) output: a list of shapes (several heads) or a spatial map would be
+        # accepted by the units check alone and then misread as class probabilities at serving.
+        if not (isinstance(out_shape, tuple) and len(out_shape) == 2 and out_shape[-1] in (1, 2)):
+            raise ValueError(
+                f"{path.name}: expected one (batch, units) output from a 1-unit sigmoid or 2-unit "
+                f"softmax head, got {out_shape}"
+            )
+        if fake_index is not None and fake_index not in (0, 1):
+            raise ValueError(f"{path.name}: fake_index must be 0 or 1 for a 2-label head, got {fake_index}")
         spec = ImageInputSpec(**{**entry.input.__dict__, "size": (height, width), "layout": "NHWC"})
         self.info = SourceInfo(
             model_id=entry.id,
@@ -56,5 +105,7 @@ class KerasImageSource:
         signature = (
             self._tf.TensorSpec((None, height, width, self._channels), self._tf.float32, name="pixel_values"),
         )
-        tf2onnx.convert.from_keras(self.model, input_signature=signature, opset=OPSET, output_path=str(path))
+        model_proto, _ = tf2onnx.convert.from_keras(self.model, input_signature=signature, opset=OPSET)
+        _renumber_generated_names(model_proto.graph)
+        path.write_bytes(model_proto.SerializeToString())
         self.info.versions["tf2onnx"] = tf2onnx.__version__

@@ -28,9 +28,12 @@ def check_parity(
     if onnx_out.shape != source_out.shape:
         raise ParityError(model_id, float("inf"), tolerance, f"shape {onnx_out.shape} vs {source_out.shape}")
     diff = np.abs(onnx_out.astype(np.float64) - source_out.astype(np.float64))
+    # A NaN on either side is the worst difference there is: count it as inf, so the error
+    # names the NaN's index (nanargmax skipped it, and raised ValueError when all were NaN).
+    diff = np.where(np.isnan(diff), np.inf, diff)
     worst = float(diff.max()) if diff.size else 0.0
     if not np.isfinite(worst) or worst > tolerance:
-        where = np.unravel_index(int(np.nanargmax(diff)), diff.shape)
+        where = np.unravel_index(int(np.argmax(diff)), diff.shape)
         raise ParityError(model_id, worst, tolerance, f"output index {tuple(int(i) for i in where)}")
     return worst
 
