@@ -73,7 +73,14 @@ def image_detector_service(stored: StoredModel) -> Any:
 
     name = "ImageDetector" if stored.model_id == settings.image_model else f"ImageDetector_{stored.model_id}"
     ImageDetector.__name__ = ImageDetector.__qualname__ = name.replace("-", "_")
-    return bentoml.service(name=name.replace("-", "_"), workers=1, traffic={"timeout": 120})(ImageDetector)
+    return bentoml.service(
+        name=name.replace("-", "_"),
+        workers=1,
+        traffic={"timeout": 120},
+        # BentoML 1.4's client to a dependency replaces its HTTP session every 100 calls or
+        # 300 s and closes the old one with calls still in flight, failing them; keep one session.
+        runner_connection={"max_requests": 2**31 - 1, "max_age": 10.0**9},
+    )(ImageDetector)
 
 
 STORED_IMAGE_MODELS = {mid: _stored_or_fail(mid) for mid in settings.served_image_models}

@@ -10,6 +10,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 import anyio
 import numpy as np
 from starlette.datastructures import UploadFile
@@ -82,7 +83,13 @@ async def read_image_payload(request: Request) -> bytes:
 
 async def predict(served: ServedModel, pixels: np.ndarray) -> np.ndarray:
     try:
-        return np.asarray(await served.detector.predict(pixels))
+        try:
+            return np.asarray(await served.detector.predict(pixels))
+        except aiohttp.ClientConnectionError:
+            # A dropped connection to the model service (e.g. a recycled client session) is
+            # worth one retry: inference is idempotent and the service is usually fine.
+            log.warning("model call lost its connection; retrying once")
+            return np.asarray(await served.detector.predict(pixels))
     except VerityError:
         raise
     except Exception as exc:  # the model service is down, restarting or overloaded

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import bentoml
+from bentoml.exceptions import NotFound
 
 from models.catalog import ImageInputSpec
 
@@ -84,8 +85,12 @@ def _stored(model: Any) -> StoredModel:
 
 def list_stored(model_id: str | None = None) -> list[StoredModel]:
     """Every exported Verity model in the store, newest first."""
+    try:
+        models = bentoml.models.list(model_id) if model_id else bentoml.models.list()
+    except NotFound:  # no model of that name yet (a fresh store)
+        return []
     found = []
-    for model in bentoml.models.list(model_id) if model_id else bentoml.models.list():
+    for model in models:
         if "model_id" in model.info.metadata:
             found.append(_stored(model))
     return sorted(found, key=lambda m: m.created_at, reverse=True)

@@ -44,3 +44,17 @@ def test_serving_imports_no_torch_or_tensorflow(model_store):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+
+
+def test_fresh_store_lists_nothing_instead_of_failing(tmp_path):
+    """`make models` on a fresh clone asks the empty store what it holds (it once crashed)."""
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "BENTOML_HOME": str(tmp_path / "fresh")}
+    probe = (
+        "import sys, json; from models.store import find_stored, list_stored; "
+        "sys.stdout.write(json.dumps([find_stored('vit-dima806', 'fp32'), list_stored('vit-dima806')]))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == [None, []]

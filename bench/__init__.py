@@ -1,0 +1,1 @@
+"""Benchmarks (``make bench``). Results are printed as Markdown and written under ``bench/results/``."""

@@ -1,0 +1,188 @@
+"""Pieces shared by the benchmark driver and its worker processes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = PROJECT_ROOT / "bench" / "results"
+MB = 1024 * 1024
+
+log = logging.getLogger("bench")
+
+
+def setup_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s", force=True
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
+
+
+def latency_stats(latencies_s: list[float]) -> dict[str, float]:
+    """Milliseconds: p50 / p99 (linear interpolation), min, max, mean."""
+    if not latencies_s:
+        return {}
+    ms = np.asarray(latencies_s, dtype=np.float64) * 1000.0
+    return {
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "min_ms": float(ms.min()),
+        "max_ms": float(ms.max()),
+        "mean_ms": float(ms.mean()),
+    }
+
+
+def _busy_cpu_s() -> float:
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
+
+@dataclass
+class RssSampler:
+    """Samples a process tree every ``interval_s`` in a thread: peak RSS (sum over the tree) and
+    CPU seconds per process, so each phase can also tell how much CPU *other* processes on the
+    machine took meanwhile (the benchmark wants a quiet machine; this says whether it had one).
+
+    ``overall_peak`` covers the whole life of the sampler; ``phase_peak`` and the CPU figures
+    restart at each ``start_phase()``; ``end_phase()`` returns the phase's figures.
+    """
+
+    pid: int
+    interval_s: float = 0.1
+    overall_peak: int = 0
+    phase_peak: int = 0
+    samples: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _thread: threading.Thread | None = None
+    _cpu: dict[int, list[float]] = field(default_factory=dict)
+
+    def __enter__(self) -> RssSampler:
+        self._root = psutil.Process(self.pid)
+        self._self = psutil.Process()
+        self.start_phase()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def start_phase(self) -> None:
+        with self._lock:
+            self._cpu = {}
+            self.phase_peak = 0
+            self._phase_start = (time.perf_counter(), _busy_cpu_s(), sum(self._self.cpu_times()[:2]))
+        self._sample(baseline=True)
+
+    def end_phase(self) -> dict[str, float]:
+        """Wall seconds, CPU seconds of the tree and of this process, CPU seconds of all other
+        processes, and those as a share of the machine's capacity over the phase."""
+        self._sample()
+        wall0, busy0, own0 = self._phase_start
+        wall = time.perf_counter() - wall0
+        busy = _busy_cpu_s() - busy0
+        own = sum(self._self.cpu_times()[:2]) - own0
+        with self._lock:
+            tree = sum(last - first for first, last in self._cpu.values())
+        other = max(0.0, busy - tree - own)
+        return {
+            "wall_s": wall,
+            "tree_cpu_s": tree,
+            "driver_cpu_s": own,
+            "other_cpu_s": other,
+            "other_cpu_share": other / (wall * (os.cpu_count() or 1)) if wall > 0 else 0.0,
+            "peak_rss_mb": self.phase_peak / MB,
+        }
+
+    def _sample(self, baseline: bool = False) -> None:
+        """``baseline``: the phase's first sample; processes first seen later are new, so all
+        their CPU time belongs to the phase."""
+        try:
+            procs = [self._root, *self._root.children(recursive=True)]
+        except psutil.Error:
+            return
+        rss = 0
+        for proc in procs:
+            try:
+                with proc.oneshot():
+                    rss += proc.memory_info().rss
+                    cpu = sum(proc.cpu_times()[:2])
+            except psutil.Error:
+                continue
+            with self._lock:
+                self._cpu.setdefault(proc.pid, [cpu if baseline else 0.0, cpu])[1] = cpu
+        self.samples += 1
+        self.overall_peak = max(self.overall_peak, rss)
+        self.phase_peak = max(self.phase_peak, rss)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._sample()
+
+
+def wait_for_quiet(max_wait_s: float, busy_limit: float = 0.10, window_s: float = 3.0) -> float:
+    """Wait (at most ``max_wait_s``) until the whole machine's CPU use over ``window_s`` falls
+    under ``busy_limit``; returns the last busy share seen."""
+    deadline = time.monotonic() + max_wait_s
+    busy = psutil.cpu_percent(interval=window_s) / 100
+    while busy >= busy_limit and time.monotonic() < deadline:
+        log.info("machine busy (%.0f%% CPU); waiting for it to be quiet", busy * 100)
+        busy = psutil.cpu_percent(interval=window_s) / 100
+    if busy >= busy_limit:
+        log.warning("machine still busy (%.0f%% CPU) after %.0fs; measuring anyway", busy * 100, max_wait_s)
+    return busy
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict[str, Any]:
+    return {
+        "nproc": os.cpu_count(),
+        "affinity_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "cpu_model": cpu_model(),
+        "memory_gb": round(psutil.virtual_memory().total / 1024**3, 1),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def timed(fn: Any, *args: Any) -> tuple[Any, float]:
+    start = time.perf_counter()
+    result = fn(*args)
+    return result, time.perf_counter() - start

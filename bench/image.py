@@ -1,0 +1,543 @@
+"""Image benchmark (``make bench``): the PyTorch baseline vs the served Verity API.
+
+Full-size ViT-base (``vit-dima806`` architecture), the same weights on every side, one run:
+
+* baseline: ``transformers.pipeline("image-classification")``, PyTorch eager fp32, one request
+  at a time with the pipeline's own preprocessing (``bench/baseline.py``, own process);
+* model-only: the stored ONNX model in ONNX Runtime with the served thread settings on
+  preprocessed batches of 1, 8 and 32 (``bench/model_only.py``, own process);
+* Verity: ``bentoml serve service:Verity`` (one server per precision, fp32 and int8), driven
+  over HTTP by closed-loop clients at concurrency 1, 8 and 32 (``bench/served.py``).
+
+Every configuration sees the same JPEG bytes (``bench/inputs.py``). Peak RSS is the sum of RSS
+over the measured process tree, sampled every 100 ms. Results go to ``bench/results/image.json``
+and a Markdown table on stdout.
+
+    python -m bench.image                      # the full run (what `make bench` does)
+    python -m bench.image --scale 0.25         # a quick smoke run with fewer requests
+
+Server settings come from the usual ``VERITY_*`` variables (for example
+``VERITY_BATCH_MAX_LATENCY_MS``); the ones in effect are recorded with the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.common import (
+    MB,
+    PROJECT_ROOT,
+    RESULTS_DIR,
+    RssSampler,
+    loadavg,
+    machine_info,
+    now_iso,
+    setup_logging,
+    wait_for_quiet,
+    write_json,
+)
+from bench.inputs import SIZES, digest, make_jpegs, write_jpegs
+
+log = logging.getLogger("bench.image")
+
+THROUGHPUT_TARGET = 3.0  # served int8 at concurrency >= 8 vs the baseline
+OVERHEAD_TARGET = 0.20  # 1 - served / model-only
+EQUALITY_TOLERANCE = 1e-3
+BUSY_LIMIT = 0.10  # other processes' share of the machine above which a figure is flagged
+WARMUP_REQUESTS = 12  # covers BentoML's adaptive-batching training phase (~11 batches)
+DYNAMIC_INT8_NOTE = (
+    " (dynamic int8 quantizes activations with one scale per batch, so a served image's score "
+    "depends on the images it was batched with)"
+)
+
+
+def requests_for(concurrency: int, scale: float) -> int:
+    """Requests per served run: enough rounds at each concurrency for a steady state."""
+    return max(concurrency, math.ceil(max(48, 6 * concurrency) * scale))
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("BENTOML_HOME", str(PROJECT_ROOT / "bentos"))
+    env["BENTOML_DO_NOT_TRACK"] = "True"
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env.update(extra or {})
+    return env
+
+
+def run_worker(module: str, args: list[str], out: Path, quiet_wait_s: float) -> dict[str, Any]:
+    """``python -m module args --out out`` in its own process, with its peak RSS."""
+    wait_for_quiet(quiet_wait_s, BUSY_LIMIT)
+    cmd = [sys.executable, "-m", module, *args, "--out", str(out)]
+    log.info("running %s", " ".join(cmd))
+    load_before = loadavg()
+    proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=child_env())
+    with RssSampler(proc.pid) as sampler:
+        rc = proc.wait()
+        phase = sampler.end_phase()
+    if rc != 0:
+        raise RuntimeError(f"{module} failed with exit status {rc}")
+    result = json.loads(out.read_text())
+    result["peak_rss_mb"] = sampler.overall_peak / MB
+    result["cpu"] = phase
+    result["loadavg_before"], result["loadavg_after"] = load_before, loadavg()
+    return result
+
+
+def effective_settings() -> dict[str, Any]:
+    from config.settings import Settings
+
+    settings = Settings()
+    return {
+        "image_model": settings.image_model,
+        "ort_intra_op_threads": settings.intra_op_threads,
+        "ort_inter_op_threads": settings.ort_inter_op_threads,
+        "batch_max_size": settings.batch_max_size,
+        "batch_max_latency_ms": settings.batch_max_latency_ms,
+        "overrides": {k: v for k, v in sorted(os.environ.items()) if k.startswith("VERITY_")},
+    }
+
+
+def run_served(
+    precision: str,
+    images: list[bytes],
+    concurrencies: list[int],
+    scale: float,
+    log_dir: Path,
+    quiet_wait_s: float,
+) -> dict[str, Any]:
+    from bench.served import Server, drive
+
+    env = child_env({"VERITY_PRECISION": precision})
+    with Server(env, log_dir / f"server-{precision}.log") as server, RssSampler(server.pid) as rss:
+        ready = server.wait_ready()
+        ready_rss = rss.overall_peak
+        models = ready.get("models", [])
+        served_precision = models[0].get("precision") if models else None
+        if served_precision != precision:
+            raise RuntimeError(f"server reports precision {served_precision!r}, expected {precision!r}")
+        warmup = min(WARMUP_REQUESTS, max(2, math.ceil(WARMUP_REQUESTS * scale)))
+        warm = drive(server.base_url, images, warmup, 1)
+        log.info("%s warm-up: %d requests, statuses %s", precision, warm["requests"], warm["statuses"])
+        runs = []
+        for concurrency in concurrencies:
+            requests = requests_for(concurrency, scale)
+            wait_for_quiet(quiet_wait_s, BUSY_LIMIT)
+            load_before = loadavg()
+            rss.start_phase()
+            result = drive(server.base_url, images, requests, concurrency)
+            result["cpu"] = rss.end_phase()
+            result["peak_rss_mb"] = result["cpu"]["peak_rss_mb"]
+            result["loadavg_before"], result["loadavg_after"] = load_before, loadavg()
+            log.info(
+                "served %s c=%d: %d/%d ok in %.1fs = %.2f images/s, p50 %.0f ms, p99 %.0f ms, "
+                "statuses %s, peak RSS %.0f MB, other processes' CPU %.0f%%",
+                precision,
+                concurrency,
+                result["ok"],
+                requests,
+                result["wall_s"],
+                result["images_per_s"],
+                result["latency"].get("p50_ms", float("nan")),
+                result["latency"].get("p99_ms", float("nan")),
+                result["statuses"],
+                result["peak_rss_mb"],
+                result["cpu"]["other_cpu_share"] * 100,
+            )
+            runs.append(result)
+        return {
+            "precision": precision,
+            "model": models[0] if models else {},
+            "ready_rss_mb": ready_rss / MB,
+            "peak_rss_mb": rss.overall_peak / MB,
+            "rss_samples": rss.samples,
+            "warmup": {k: warm[k] for k in ("requests", "statuses", "wall_s")},
+            "runs": runs,
+        }
+
+
+def equality_checks(results: dict[str, Any]) -> dict[str, Any]:
+    checks: dict[str, Any] = {"tolerance": EQUALITY_TOLERANCE}
+    onnx = {p: m["fake_probability_image0"] for p, m in results.get("model_only", {}).items()}
+    baseline = results.get("baseline")
+    if baseline and "fp32" in onnx:
+        pipeline_p = baseline["check"]["pipeline_fake_score_image0"]
+        logits = np.asarray(baseline["check"]["torch_logits_image0_project_preprocessing"], dtype=np.float64)
+        from models.postprocess import fake_probabilities
+
+        fake_index = int(results["served"].get("fp32", {}).get("model", {}).get("fake_index", 1) or 1)
+        torch_p = float(fake_probabilities(logits, "logits", fake_index)[0])
+        diff = abs(pipeline_p - onnx["fp32"])
+        checks["baseline_vs_onnx_fp32"] = {
+            "pipeline_fake_score": pipeline_p,
+            "onnx_fp32_probability": onnx["fp32"],
+            "abs_diff": diff,
+            "torch_on_project_preprocessing": torch_p,
+            "torch_vs_onnx_abs_diff": abs(torch_p - onnx["fp32"]),
+            "pass": diff <= EQUALITY_TOLERANCE,
+        }
+    for precision, served in results.get("served", {}).items():
+        if precision not in onnx:
+            continue
+        probs = [r["p"] for run in served["runs"] for r in run["results"] if r["index"] == 0]
+        if probs:
+            diff = max(abs(p - onnx[precision]) for p in probs)
+            checks[f"served_vs_onnx_{precision}"] = {
+                "served_responses": len(probs),
+                "max_abs_diff": diff,
+                "pass": diff <= EQUALITY_TOLERANCE,
+            }
+    return checks
+
+
+def targets(results: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    baseline = results.get("baseline")
+    int8 = results.get("served", {}).get("int8")
+    if baseline and int8:
+        ratios = {
+            run["concurrency"]: run["images_per_s"] / baseline["images_per_s"]
+            for run in int8["runs"]
+            if run["concurrency"] >= 8
+        }
+        if ratios:
+            out["int8_vs_baseline"] = {
+                "ratios": ratios,
+                "worst": min(ratios.values()),
+                "target": THROUGHPUT_TARGET,
+                "pass": min(ratios.values()) >= THROUGHPUT_TARGET
+                and all(run["errors"] == 0 for run in int8["runs"] if run["concurrency"] >= 8),
+            }
+    overheads = []
+    for precision, served in results.get("served", {}).items():
+        model_only = results.get("model_only", {}).get(precision)
+        if not model_only:
+            continue
+        by_batch = {row["batch_size"]: row["images_per_s"] for row in model_only["batches"]}
+        for run in served["runs"]:
+            reference = by_batch.get(run["concurrency"])
+            if reference:
+                run["overhead"] = 1.0 - run["images_per_s"] / reference
+                overheads.append((run["overhead"], precision, run["concurrency"]))
+    if overheads:
+        worst = max(overheads)
+        failed = sum(run["errors"] for served in results["served"].values() for run in served["runs"])
+        out["serving_overhead"] = {
+            "per_run": [{"precision": p, "concurrency": c, "overhead": o} for o, p, c in overheads],
+            "worst": worst[0],
+            "worst_at": f"{worst[1]} c={worst[2]}",
+            "target": OVERHEAD_TARGET,
+            "failed_requests": failed,
+            "pass": worst[0] <= OVERHEAD_TARGET and failed == 0,
+        }
+    return out
+
+
+def busy_phases(results: dict[str, Any]) -> dict[str, float]:
+    """Measurements during which other processes took more than BUSY_LIMIT of the machine."""
+    phases: dict[str, float] = {}
+    if results.get("baseline"):
+        phases["baseline"] = results["baseline"]["cpu"]["other_cpu_share"]
+    for precision, model_only in results.get("model_only", {}).items():
+        phases[f"model-only {precision}"] = model_only["cpu"]["other_cpu_share"]
+    for precision, served in results.get("served", {}).items():
+        for run in served["runs"]:
+            phases[f"served {precision} c={run['concurrency']}"] = run["cpu"]["other_cpu_share"]
+    return {name: share for name, share in phases.items() if share > BUSY_LIMIT}
+
+
+def _f(value: float | None, digits: int = 2) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _lat(stats: dict[str, float], key: str) -> str:
+    return _f(stats.get(key), 0)
+
+
+def _other_cpu(result: dict[str, Any]) -> str:
+    share = result.get("cpu", {}).get("other_cpu_share")
+    return "–" if share is None else f"{share * 100:.0f}%"
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = [
+        _row(
+            [
+                "configuration",
+                "concurrency",
+                "images/s",
+                "p50 ms",
+                "p99 ms",
+                "min–max ms",
+                "peak RSS MB",
+                "failed",
+                "× baseline",
+                "overhead vs model-only",
+                "other processes' CPU",
+            ]
+        ),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    baseline = results.get("baseline")
+    base_ips = baseline["images_per_s"] if baseline else None
+
+    def times(ips: float) -> str:
+        return f"{ips / base_ips:.2f}×" if base_ips else "–"
+
+    def latencies(lat: dict[str, float]) -> list[str]:
+        return [_lat(lat, "p50_ms"), _lat(lat, "p99_ms"), f"{_lat(lat, 'min_ms')}–{_lat(lat, 'max_ms')}"]
+
+    if baseline:
+        lines.append(
+            _row(
+                [
+                    "baseline: transformers pipeline, PyTorch eager fp32 "
+                    f"({baseline['torch_threads']} threads)",
+                    "1 (sequential)",
+                    _f(base_ips),
+                    *latencies(baseline["latency"]),
+                    f"{_f(baseline['peak_rss_mb'], 0)} (process)",
+                    f"0/{baseline['requests']}",
+                    "1.00×",
+                    "",
+                    _other_cpu(baseline),
+                ]
+            )
+        )
+    for precision in results["config"]["precisions"]:
+        model_only = results.get("model_only", {}).get(precision)
+        for row in model_only["batches"] if model_only else []:
+            lines.append(
+                _row(
+                    [
+                        f"model-only: ONNX Runtime {precision}, {model_only['intra_op_threads']} threads "
+                        f"(per-batch latency)",
+                        f"batch {row['batch_size']}",
+                        _f(row["images_per_s"]),
+                        *latencies(row["batch_latency"]),
+                        f"{_f(model_only['peak_rss_mb'], 0)} (process)",
+                        "0",
+                        times(row["images_per_s"]),
+                        "",
+                        _other_cpu(model_only),
+                    ]
+                )
+            )
+        served = results.get("served", {}).get(precision)
+        for run in served["runs"] if served else []:
+            lines.append(
+                _row(
+                    [
+                        f"Verity served {precision} (HTTP, adaptive batching)",
+                        str(run["concurrency"]),
+                        _f(run["images_per_s"]),
+                        *latencies(run["latency"]),
+                        f"{_f(run['peak_rss_mb'], 0)} (server)",
+                        f"{run['errors']}/{run['requests']}",
+                        times(run["images_per_s"]),
+                        f"{run['overhead'] * 100:.1f}%" if "overhead" in run else "–",
+                        _other_cpu(run),
+                    ]
+                )
+            )
+    out = ["\n".join(lines), ""]
+    if results.get("busy_phases"):
+        busy = ", ".join(f"{name} ({share * 100:.0f}%)" for name, share in results["busy_phases"].items())
+        out.append(
+            f"- **Warning: other processes took more than {BUSY_LIMIT * 100:.0f}% of the CPU during "
+            f"{busy}; those figures (and the targets built on them) are not reliable — rerun on a "
+            "quiet machine.**"
+        )
+    tg = results.get("targets", {})
+    caveat = " (not reliable: machine busy, see above)" if results.get("busy_phases") else ""
+    if "int8_vs_baseline" in tg:
+        t = tg["int8_vs_baseline"]
+        detail = ", ".join(f"c={c}: {r:.2f}×" for c, r in t["ratios"].items())
+        out.append(
+            f"- Target: served int8 throughput at concurrency ≥ 8 ≥ {t['target']:.0f}× baseline — "
+            f"{detail} → **{'PASS' if t['pass'] else 'MISS'}**{caveat}"
+        )
+    if "serving_overhead" in tg:
+        t = tg["serving_overhead"]
+        detail = ", ".join(
+            f"{r['precision']} c={r['concurrency']}: {r['overhead'] * 100:.1f}%" for r in t["per_run"]
+        )
+        out.append(
+            f"- Target: serving overhead (1 − served images/s at concurrency c ÷ model-only images/s at "
+            f"batch c, same precision and threads) ≤ {t['target'] * 100:.0f}% — {detail}; worst "
+            f"{t['worst'] * 100:.1f}% ({t['worst_at']})"
+            + (f", {t['failed_requests']} failed requests" if t["failed_requests"] else "")
+            + f" → **{'PASS' if t['pass'] else 'MISS'}**{caveat}"
+        )
+    checks = results.get("checks", {})
+    if "baseline_vs_onnx_fp32" in checks:
+        c = checks["baseline_vs_onnx_fp32"]
+        out.append(
+            f"- Same weights: pipeline fake score {c['pipeline_fake_score']:.6f} vs stored fp32 ONNX "
+            f"{c['onnx_fp32_probability']:.6f} on image 0: |Δ| = {c['abs_diff']:.2e} "
+            f"(≤ {checks['tolerance']:g}: {'yes' if c['pass'] else 'NO'}); torch vs ONNX on the same tensor "
+            f"|Δ| = {c['torch_vs_onnx_abs_diff']:.2e}"
+        )
+    served_checks = []
+    for precision in results["config"]["precisions"]:
+        check = checks.get(f"served_vs_onnx_{precision}")
+        if check:
+            note = "" if check["pass"] else DYNAMIC_INT8_NOTE if precision == "int8" else " (over tolerance)"
+            served_checks.append(f"{precision} max |Δ| {check['max_abs_diff']:.1e}{note}")
+    if served_checks:
+        out.append(
+            "- Served responses vs model-only ONNX (batch of one) on image 0: " + "; ".join(served_checks)
+        )
+    timings = []
+    for precision, served in results.get("served", {}).items():
+        for run in served["runs"][:1]:
+            t = run.get("server_timing_median_ms", {})
+            if t:
+                timings.append(
+                    f"{precision} c={run['concurrency']}: " + ", ".join(f"{k} {v:.0f}" for k, v in t.items())
+                )
+    if timings:
+        out.append("- Server-side timing, median ms (`timing_ms` of the responses): " + "; ".join(timings))
+    m, s = results["machine"], results["settings"]
+    warmup = next((v["warmup"]["requests"] for v in results.get("served", {}).values()), 0)
+    out.append(
+        f"- Machine: {m['nproc']} CPUs ({m['cpu_model']}), {m['memory_gb']} GB RAM, {m['platform']}; "
+        f"{results['finished_at']}; load average at start {results['loadavg_start']}, "
+        f"end {results['loadavg_end']}"
+    )
+    weights = results.get("served", {}).get("fp32", {}).get("model", {}).get("weights") or (
+        baseline["model"]["weights"] if baseline else "?"
+    )
+    out.append(
+        f"- Model: {s['image_model']} full-size ViT-base, weights={weights}; server settings: ORT intra-op "
+        f"threads {s['ort_intra_op_threads']}, batch max size {s['batch_max_size']}, batch max latency "
+        f"{s['batch_max_latency_ms']} ms{'; overrides ' + str(s['overrides']) if s['overrides'] else ''}"
+    )
+    out.append(
+        f"- Inputs: {len(SIZES)} JPEGs around 640×480 (sha {results['config']['inputs_sha']}); served runs: "
+        f"{results['config']['requests']} requests per concurrency after {warmup} warm-up requests; "
+        "p50/p99/min/max from one run; peak RSS = sum of RSS over the process tree, sampled every 100 ms"
+    )
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.image",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--precisions", default="fp32,int8")
+    parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply the request counts")
+    parser.add_argument("--baseline-requests", type=int, default=32)
+    parser.add_argument("--skip", default="", help="comma list of baseline,model-only,served")
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=300.0,
+        help="before each measurement wait up to this many seconds for other processes to go quiet",
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "image.json")
+    args = parser.parse_args(argv)
+    setup_logging()
+    os.environ.setdefault("BENTOML_HOME", str(PROJECT_ROOT / "bentos"))
+    precisions = [p for p in args.precisions.split(",") if p]
+    concurrencies = [int(c) for c in args.concurrency.split(",") if c]
+    skip = set(filter(None, args.skip.split(",")))
+    images = make_jpegs()
+    results: dict[str, Any] = {
+        "started_at": now_iso(),
+        "command": " ".join(["python -m bench.image", *(argv if argv is not None else sys.argv[1:])]),
+        "machine": machine_info(),
+        "settings": effective_settings(),
+        "loadavg_start": loadavg(),
+        "config": {
+            "precisions": precisions,
+            "concurrency": concurrencies,
+            "requests": {c: requests_for(c, args.scale) for c in concurrencies},
+            "baseline_requests": max(1, math.ceil(args.baseline_requests * args.scale)),
+            "inputs": [f"{w}x{h}" for w, h in SIZES],
+            "inputs_sha": digest(images),
+        },
+        "model_only": {},
+        "served": {},
+    }
+    log.info("machine %s; load average %s", results["machine"], results["loadavg_start"])
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="verity-bench-") as tmp:
+        image_dir = Path(tmp) / "images"
+        write_jpegs(images, image_dir)
+        if "baseline" not in skip:
+            results["baseline"] = run_worker(
+                "bench.baseline",
+                [
+                    "--images",
+                    str(image_dir),
+                    "--requests",
+                    str(results["config"]["baseline_requests"]),
+                    "--model-id",
+                    results["settings"]["image_model"],
+                ],
+                Path(tmp) / "baseline.json",
+                args.quiet_wait,
+            )
+        if "model-only" not in skip:
+            for precision in precisions:
+                results["model_only"][precision] = run_worker(
+                    "bench.model_only",
+                    [
+                        "--images",
+                        str(image_dir),
+                        "--precision",
+                        precision,
+                        "--batch-sizes",
+                        ",".join(map(str, concurrencies)),
+                        "--min-images",
+                        str(max(1, math.ceil(32 * args.scale))),
+                        "--min-reps",
+                        "2" if args.scale >= 1 else "1",
+                    ],
+                    Path(tmp) / f"model-only-{precision}.json",
+                    args.quiet_wait,
+                )
+        if "served" not in skip:
+            for precision in precisions:
+                results["served"][precision] = run_served(
+                    precision, images, concurrencies, args.scale, args.out.parent, args.quiet_wait
+                )
+    results["checks"] = equality_checks(results)
+    results["targets"] = targets(results)
+    results["busy_phases"] = busy_phases(results)
+    if results["busy_phases"]:
+        log.warning("other processes used the CPU during: %s", results["busy_phases"])
+    results["loadavg_end"] = loadavg()
+    results["finished_at"] = now_iso()
+    results["duration_s"] = time.perf_counter() - started
+    table = markdown(results)
+    results["markdown"] = table
+    write_json(args.out, results)
+    log.info("done in %.0fs; results in %s", results["duration_s"], args.out)
+    sys.stdout.write(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
