@@ -182,7 +182,9 @@ class Accounts:
         if not 0 <= grace_s <= MAX_GRACE_S:
             raise InvalidInput(f"grace_seconds must be between 0 and {MAX_GRACE_S}", code="invalid_grace")
         old = next((k for k in self.store.list_keys(user.id) if k.id == key_id), None)
-        if old is None or old.revoked_at is not None:
+        # A key that was already rolled (expires_at set) has its successor: rolling it again would
+        # push its expires_at out, keeping the old key alive for ever or reviving an expired one.
+        if old is None or old.revoked_at is not None or old.expires_at is not None:
             raise NotFound("no such active key", code="key_not_found")
         new, secret = self.create_key(user, old.name)
         now = self.clock()

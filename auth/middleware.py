@@ -35,6 +35,14 @@ PUBLIC_PATHS = frozenset(
 PUBLIC_PREFIXES = ("/health",)
 
 
+def _route_paths(app: ASGIApp) -> frozenset[str]:
+    paths = getattr(app.state, "route_paths", None)
+    if paths is None:
+        paths = frozenset(getattr(route, "path", "") for route in app.routes)  # type: ignore[attr-defined]
+        app.state.route_paths = paths  # type: ignore[attr-defined]
+    return paths
+
+
 def is_public(path: str) -> bool:
     return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
 
@@ -65,8 +73,11 @@ class AuthMiddleware:
             if accounts is None:
                 raise ServiceUnavailable("the service is starting", code="starting")
             principal = await anyio.to_thread.run_sync(self._authenticate, accounts, headers)
-            meter = meter_for(scope["method"], scope["path"].rstrip("/") or "/", accounts.settings)
-            if meter is not None:
+            path = scope["path"].rstrip("/") or "/"
+            meter = meter_for(scope["method"], path, accounts.settings)
+            # Meter only endpoints this app serves: a POST to a route that does not exist yet
+            # (audio, video, jobs arrive in later issues) is a 404, not a spent request.
+            if meter is not None and path in _route_paths(scope["app"]):
                 outcome = await anyio.to_thread.run_sync(
                     consume, accounts.store, principal.user, meter, accounts.settings, accounts.clock()
                 )

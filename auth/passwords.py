@@ -35,4 +35,7 @@ def verify_password(password: str, hashed: str) -> bool:
     encoded = password.encode("utf-8")
     if len(encoded) > MAX_PASSWORD_BYTES:
         return False
-    return bcrypt.checkpw(encoded, hashed.encode("ascii"))
+    try:
+        return bcrypt.checkpw(encoded, hashed.encode("ascii"))
+    except ValueError:  # not a bcrypt hash: accounts made by external issuers store "!"
+        return False

@@ -134,8 +134,13 @@ class JwksVerifier:
     def _fetch(self) -> None:
         with urllib.request.urlopen(self.config.jwks_url, timeout=self.timeout_s) as response:
             document = json.loads(response.read())
+        # A broken document (an HTML error page, a bare list) is a failed fetch, not a crash.
+        if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+            raise ValueError("the JWKS document has no key list")
         keys = {}
-        for raw in document.get("keys", []):
+        for raw in document["keys"]:
+            if not isinstance(raw, dict):
+                continue
             try:
                 keys[raw.get("kid", "")] = PyJWK(raw)
             except jwt.PyJWTError:
@@ -149,7 +154,7 @@ class JwksVerifier:
                 self._last_fetch = time.monotonic()
                 try:
                     self._fetch()
-                except OSError as exc:
+                except (OSError, ValueError) as exc:
                     log.warning("JWKS fetch failed", extra={"issuer": self.config.issuer, "error": str(exc)})
             key = self._keys.get(kid)
         if key is None:
@@ -191,6 +196,8 @@ class TokenVerifier:
             issuer = jwt.decode(token, options={"verify_signature": False}).get("iss")
         except jwt.PyJWTError as exc:
             raise _reject(exc) from exc
+        if not isinstance(issuer, str):  # e.g. a forged list: unhashable, and never an issuer
+            raise Unauthorized("token issuer is not accepted", code="invalid_token")
         if issuer == self.own.issuer:
             return self.own.verify(token)
         if issuer in self.external:

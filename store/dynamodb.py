@@ -26,7 +26,6 @@ from typing import Any
 
 import boto3
 from boto3.dynamodb.conditions import Attr, Key
-from boto3.dynamodb.types import TypeSerializer
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -56,6 +55,18 @@ def _plain(value: Any) -> Any:
 
 def _condition_failed(exc: ClientError) -> bool:
     return exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
+
+
+def _refused_by_condition(exc: ClientError) -> bool:
+    """A condition said no (a conflict to report), as opposed to an outage or a throttle. A
+    transaction can also be cancelled by a conflicting concurrent write or throttling, which
+    must fail closed like any other outage rather than pass as a condition."""
+    if _condition_failed(exc):
+        return True
+    if exc.response.get("Error", {}).get("Code") != "TransactionCanceledException":
+        return False
+    reasons = exc.response.get("CancellationReasons") or []
+    return any(reason.get("Code") == "ConditionalCheckFailed" for reason in reasons)
 
 
 class DynamoDBStore(Store):
@@ -113,7 +124,7 @@ class DynamoDBStore(Store):
         try:
             return fn(**kwargs)
         except ClientError as exc:
-            if _condition_failed(exc) or exc.response["Error"]["Code"] == "TransactionCanceledException":
+            if _refused_by_condition(exc):
                 raise
             raise StoreUnavailable(f"DynamoDB error: {exc.response['Error']['Code']}") from exc
         except BotoCoreError as exc:
@@ -158,18 +169,13 @@ class DynamoDBStore(Store):
         ]
 
     def _transact(self, items: list[dict[str, Any]]) -> None:
+        # The resource's client serializes Python values itself (boto3 registers its
+        # TypeSerializer on it for every operation, TransactWriteItems included): pass them as is.
         client = self._resource.meta.client
-        serializer = TypeSerializer()
-        low_level = []
-        for entry in items:
-            ((op, body),) = entry.items()
-            body = {**body, "TableName": self.table_name}
-            if "Item" in body:
-                body["Item"] = {k: serializer.serialize(v) for k, v in body["Item"].items()}
-            if "Key" in body:
-                body["Key"] = {k: serializer.serialize(v) for k, v in body["Key"].items()}
-            low_level.append({op: body})
-        self._call(client.transact_write_items, TransactItems=low_level)
+        bodies = [
+            {op: {**body, "TableName": self.table_name}} for entry in items for op, body in entry.items()
+        ]
+        self._call(client.transact_write_items, TransactItems=bodies)
 
     # accounts --------------------------------------------------------------------------------
     def create_user(self, user: User, first_key: ApiKey | None) -> None:
