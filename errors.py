@@ -81,3 +81,29 @@ class ParityError(ModelError):
         self.max_abs_diff = max_abs_diff
         self.tolerance = tolerance
         self.where = where
+
+
+class Unauthorized(VerityError):
+    status, code = 401, "unauthorized"
+
+    def __init__(self, message: str, **kwargs: object) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.headers.setdefault("WWW-Authenticate", 'Bearer realm="verity"')
+
+
+class Forbidden(VerityError):
+    status, code = 403, "forbidden"
+
+
+class Conflict(VerityError):
+    status, code = 409, "conflict"
+
+
+class QuotaExceeded(VerityError):
+    status, code = 429, "rate_limited"
+
+
+class StoreUnavailable(ServiceUnavailable):
+    """The account store failed: fail closed (SPEC §5), never a free pass."""
+
+    code = "store_unavailable"

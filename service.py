@@ -21,10 +21,12 @@ import numpy as np
 
 from api.app import create_app
 from api.engine import Engine, ServedModel
+from auth.accounts import Accounts
 from config import get_settings
 from logs import configure_logging
 from models.runtime import OnnxModel
 from models.store import ONNX_FILE, StoredModel, find_stored
+from store.factory import make_store
 
 settings = get_settings()
 log = logging.getLogger("service")
@@ -93,6 +95,7 @@ class _VerityAPI:
 
     def __init__(self) -> None:
         configure_logging(settings)
+        app.state.accounts = Accounts(make_store(settings), settings)
         app.state.engine = Engine(
             settings,
             {

@@ -17,13 +17,18 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from api import account_routes
 from api.engine import Engine
 from api.image_detection import detect_image, read_image_payload
 from api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
+from auth.accounts import Accounts
+from auth.middleware import AuthMiddleware
+from auth.principal import Principal
 from config import Settings
 from errors import MethodNotAllowed, NotFound, ServiceUnavailable, VerityError
 from models.catalog import load_catalog
 from models.store import list_stored
+from store.records import Detection
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +97,21 @@ def engine_of(request: Request) -> Engine:
     return engine
 
 
+async def record_detection(accounts: Accounts, principal: Principal, result: dict[str, Any]) -> None:
+    """Every detection lands in its caller's history; the result's id is the history id."""
+    detection = Detection(
+        id=result["id"],
+        user_id=principal.user_id,
+        created_at=result["created_at"],
+        modality=result["modality"],
+        verdict=result["verdict"],
+        fake_probability=result["fake_probability"],
+        model_id=result["model"]["id"],
+        result=result,
+    )
+    await account_routes.run(accounts.store.add_detection, detection)
+
+
 def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(
         title="Verity",
@@ -104,8 +124,11 @@ def create_app(settings: Settings) -> FastAPI:
     def body_limit(path: str) -> int:
         return image_limit if path.endswith("/v1/detect/image") else settings.max_json_body_bytes
 
+    # Outermost first on the wire: request id -> auth + quotas -> body cap -> routes.
     app.add_middleware(BodySizeLimitMiddleware, limit_for=body_limit)
+    app.add_middleware(AuthMiddleware)
     app.add_middleware(RequestIdMiddleware)
+    app.include_router(account_routes.router)
 
     @app.get("/health", tags=["health"])
     async def health() -> dict[str, str]:
@@ -167,6 +190,8 @@ def create_app(settings: Settings) -> FastAPI:
     @app.post("/v1/detect/image", tags=["detect"])
     async def detect_image_route(
         request: Request,
+        principal: account_routes.CurrentPrincipal,
+        accounts: account_routes.AccountsDep,
         model: Annotated[str | None, Query(description="catalog id; default: the served default")] = None,
         explain: Annotated[bool, Query(description="add an occlusion heatmap")] = False,
     ) -> JSONResponse:
@@ -175,7 +200,9 @@ def create_app(settings: Settings) -> FastAPI:
         engine = engine_of(request)
         engine.image_model(model)  # unknown model: fail before reading a large body
         data = await read_image_payload(request)
-        return JSONResponse(await detect_image(engine, data, model_id=model, explain=explain))
+        result = await detect_image(engine, data, model_id=model, explain=explain)
+        await record_detection(accounts, principal, result)
+        return JSONResponse(result)
 
     @app.get("/", include_in_schema=False)
     async def root() -> dict[str, str]:

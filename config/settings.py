@@ -5,12 +5,14 @@ from __future__ import annotations
 import functools
 import json
 import os
-from typing import Annotated, Literal
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MB = 1024 * 1024
+_PLACEHOLDERS = ("changeme", "change-me", "secret", "placeholder", "xxx", "dev")
 
 
 class Settings(BaseSettings):
@@ -42,6 +44,53 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(10 * MB, ge=1)
     max_image_pixels: int = Field(40_000_000, ge=1, description="width*height cap (bombs)")
     max_json_body_bytes: int = Field(1 * MB, ge=1, description="cap for non-media requests")
+
+    # Store (SPEC §2): embedded SQLite by default, DynamoDB by setting -----------------------
+    store: Literal["sqlite", "dynamodb"] = "sqlite"
+    sqlite_path: Path = Field(Path("var/verity.db"), description="SQLite file (created)")
+    dynamodb_table: str = "verity"
+    dynamodb_endpoint_url: str | None = Field(None, description="e.g. a local DynamoDB or moto")
+    dynamodb_create_table: bool = Field(False, description="create the table at start (dev/test)")
+    aws_region: str = "us-east-1"
+
+    # Auth (SPEC §5) -------------------------------------------------------------------------
+    jwt_algorithm: Literal["HS256", "RS256", "ES256"] = "HS256"
+    jwt_secret: SecretStr | None = Field(None, description="HS256 secret, >= 32 bytes")
+    jwt_private_key_path: Path | None = Field(None, description="PEM key for RS256/ES256")
+    jwt_public_key_path: Path | None = None
+    jwt_issuer: str = "verity"
+    jwt_audience: str = "verity-api"
+    jwt_ttl_s: int = Field(3600, ge=60)
+    jwt_external_issuers: Annotated[list[dict[str, Any]], NoDecode] = Field(
+        default_factory=list,
+        description='JSON list: [{"issuer", "jwks_url", "audience", "algorithms": ["RS256"]}]',
+    )
+    jwks_refetch_cooldown_s: float = Field(60.0, ge=0)
+    api_key_pepper: SecretStr | None = Field(None, description="HMAC pepper for key digests")
+    dev_secret_path: Path = Field(Path("var/dev-secret"), description="development-only JWT secret")
+
+    # Quotas (SPEC §5) -----------------------------------------------------------------------
+    daily_limit: int = Field(100, ge=0)
+    rate_limit_image_per_min: int = Field(60, ge=0)
+    rate_limit_audio_per_min: int = Field(30, ge=0)
+    rate_limit_video_per_min: int = Field(10, ge=0)
+    rate_limit_jobs_per_min: int = Field(10, ge=0)
+
+    @field_validator("jwt_external_issuers", mode="before")
+    @classmethod
+    def _parse_issuers(cls, value: object) -> object:
+        return json.loads(value) if isinstance(value, str) and value.strip() else value or []
+
+    @model_validator(mode="after")
+    def _secrets_outside_development(self) -> Settings:
+        # Required secrets have no defaults outside development; placeholders are refused.
+        if self.environment == "production" and self.jwt_algorithm == "HS256":
+            secret = self.jwt_secret.get_secret_value() if self.jwt_secret else ""
+            if len(secret.encode()) < 32 or secret.lower().startswith(_PLACEHOLDERS):
+                raise ValueError(
+                    "VERITY_JWT_SECRET must be set to a random value of >= 32 bytes in production"
+                )
+        return self
 
     @field_validator("image_models", mode="before")
     @classmethod

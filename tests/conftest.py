@@ -1,22 +1,36 @@
 """Shared fixtures. The BentoML model store for the whole test session is a temporary directory
 filled once with tiny real models (ViT for the default `vit-dima806`, SigLIP as a second served
-model); BENTOML_HOME must point there before bentoml is first imported."""
+model); BENTOML_HOME must point there before bentoml is first imported. The account store (SQLite)
+and the development JWT secret live in a temporary directory too, so tests never touch `var/`.
+
+Accounts (issue 3): ``signup`` goes through the real HTTP API; ``new_user`` makes a user through
+the store and ``Accounts`` (what the ops CLI does) without paying a bcrypt hash per user; the admin
+is made with ``Accounts.signup(..., role="admin")``, exactly like ``python -m auth create-user
+--admin``. Product code has no test backdoor."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 _TEST_HOME = Path(tempfile.mkdtemp(prefix="verity-test-bentoml-"))
+_TEST_STATE = Path(tempfile.mkdtemp(prefix="verity-test-state-"))
 os.environ["BENTOML_HOME"] = str(_TEST_HOME)
 os.environ["BENTOML_DO_NOT_TRACK"] = "True"
 os.environ["VERITY_ENVIRONMENT"] = "test"
 os.environ["VERITY_LOG_JSON"] = "false"
 os.environ["VERITY_IMAGE_MODELS"] = "siglip-open-deepfake"
 os.environ["VERITY_BATCH_MAX_LATENCY_MS"] = "300"
+os.environ["VERITY_STORE"] = "sqlite"
+os.environ["VERITY_SQLITE_PATH"] = str(_TEST_STATE / "verity.db")
+os.environ["VERITY_DEV_SECRET_PATH"] = str(_TEST_STATE / "dev-secret")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest  # noqa: E402
@@ -24,11 +38,75 @@ import pytest  # noqa: E402
 from tests.tiny import TINY_SIGLIP, TINY_VIT  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+TEST_PASSWORD = "correct horse battery staple"
+
+
+def unique_email(tag: str = "user") -> str:
+    return f"{tag}-{uuid.uuid4().hex[:12]}@example.com"
+
+
+@dataclass(frozen=True)
+class Account:
+    """A user the test made, with the one API key it was shown."""
+
+    user_id: str
+    email: str
+    password: str
+    key: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"x-api-key": self.key}
+
+
+class Caller:
+    """The in-process client, sending one caller's credentials with every request."""
+
+    def __init__(self, client: Any, headers: dict[str, str], account: Account | None = None) -> None:
+        self.client = client
+        self.headers = headers
+        self.account = account
+
+    def request(self, method: str, url: str, **kwargs: Any) -> Any:
+        headers = {**self.headers, **(kwargs.pop("headers", None) or {})}
+        return self.client.request(method, url, headers=headers, **kwargs)
+
+    def get(self, url: str, **kwargs: Any) -> Any:
+        return self.request("GET", url, **kwargs)
+
+    def post(self, url: str, **kwargs: Any) -> Any:
+        return self.request("POST", url, **kwargs)
+
+    def patch(self, url: str, **kwargs: Any) -> Any:
+        return self.request("PATCH", url, **kwargs)
+
+    def delete(self, url: str, **kwargs: Any) -> Any:
+        return self.request("DELETE", url, **kwargs)
+
+
+def assert_error(response: Any, status: int, code: str | None = None) -> dict[str, Any]:
+    """SPEC §4: every error is ``{"error": {"code", "message", "request_id"}}`` as JSON, and the
+    request id is the one in the ``x-request-id`` header."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    error = response.json()["error"]
+    assert set(error) >= {"code", "message", "request_id"}
+    assert error["message"]
+    assert error["request_id"] == response.headers["x-request-id"]
+    if code is not None:
+        assert error["code"] == code, error
+    return error
 
 
 @pytest.fixture(scope="session")
 def bentoml_home() -> Iterator[Path]:
     yield _TEST_HOME
+
+
+@pytest.fixture(scope="session")
+def state_dir() -> Path:
+    """Where the session's SQLite store and development JWT secret live."""
+    return _TEST_STATE
 
 
 @pytest.fixture(scope="session")
@@ -52,12 +130,107 @@ def service_module(model_store):
 
 @pytest.fixture(scope="session")
 def client(service_module) -> Iterator:
-    """The public API in-process: BentoML's ASGI app with its lifespan, via TestClient."""
+    """The public API in-process: BentoML's ASGI app with its lifespan, via TestClient.
+    Sends no credentials: use ``api`` (or ``auth_headers``) for authenticated calls."""
     from starlette.testclient import TestClient
 
     with TestClient(service_module.Verity.to_asgi(), raise_server_exceptions=False) as test_client:
         yield test_client
 
 
+@pytest.fixture(scope="session")
+def accounts(client, service_module):
+    """The running service's ``Accounts`` (its store is the session's SQLite file)."""
+    return service_module.app.state.accounts
+
+
+@pytest.fixture(scope="session")
+def signup(client) -> Callable[..., Account]:
+    """Sign up through ``POST /v1/auth/signup``; returns the account and its first key."""
+
+    def _signup(email: str | None = None, password: str = TEST_PASSWORD) -> Account:
+        email = email or unique_email()
+        response = client.post("/v1/auth/signup", json={"email": email, "password": password})
+        assert response.status_code == 201, response.text
+        body = response.json()
+        return Account(body["user"]["id"], body["user"]["email"], password, body["api_key"]["key"])
+
+    return _signup
+
+
+@pytest.fixture(scope="session")
+def new_user(accounts) -> Callable[..., Account]:
+    """Make a user through the store and ``Accounts.create_key`` (no HTTP). All share one bcrypt
+    hash of ``TEST_PASSWORD``, computed once, so a fresh user per test stays cheap."""
+    from api.ids import new_id
+    from auth.accounts import normalise_email
+    from auth.passwords import hash_password
+    from store.records import User
+
+    password_hash = hash_password(TEST_PASSWORD)
+
+    def _new_user(email: str | None = None, *, daily_limit: int | None = None) -> Account:
+        user = User(
+            id=new_id("usr"),
+            email=normalise_email(email or unique_email()),
+            password_hash=password_hash,
+            created_at=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+            daily_limit=daily_limit,
+        )
+        accounts.store.create_user(user, None)
+        _, secret = accounts.create_key(user, "test")
+        return Account(user.id, user.email, TEST_PASSWORD, secret)
+
+    return _new_user
+
+
+@pytest.fixture
+def user(new_user) -> Account:
+    """A fresh user of this test alone (its own quota, history and keys)."""
+    return new_user()
+
+
+@pytest.fixture
+def api_key(user: Account) -> str:
+    return user.key
+
+
+@pytest.fixture
+def auth_headers(api_key: str) -> dict[str, str]:
+    return {"x-api-key": api_key}
+
+
+def login(client, email: str, password: str = TEST_PASSWORD) -> str:
+    response = client.post("/v1/auth/login", json={"email": email, "password": password})
+    assert response.status_code == 200, response.text
+    return response.json()["access_token"]
+
+
+@pytest.fixture
+def jwt_headers(client, user: Account) -> dict[str, str]:
+    """A bearer token from ``POST /v1/auth/login`` for the same user as ``auth_headers``."""
+    return {"Authorization": f"Bearer {login(client, user.email, user.password)}"}
+
+
+@pytest.fixture
+def api(client, user: Account, auth_headers: dict[str, str]) -> Caller:
+    """The in-process client acting as ``user`` with their API key."""
+    return Caller(client, auth_headers, user)
+
+
+@pytest.fixture(scope="session")
+def admin(accounts) -> Account:
+    """An admin made the way ``python -m auth create-user --admin`` makes one."""
+    user, _, secret = accounts.signup(unique_email("admin"), TEST_PASSWORD, role="admin")
+    assert user.role == "admin"
+    return Account(user.id, user.email, TEST_PASSWORD, secret)
+
+
+@pytest.fixture(scope="session")
+def admin_headers(admin: Account) -> dict[str, str]:
+    return admin.headers
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     shutil.rmtree(_TEST_HOME, ignore_errors=True)
+    shutil.rmtree(_TEST_STATE, ignore_errors=True)

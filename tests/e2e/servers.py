@@ -23,7 +23,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, TEST_PASSWORD, Account, unique_email
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +68,20 @@ def server_env(bentoml_home: Path) -> dict[str, str]:
 
 
 class ServerProcess:
-    """One started command (``bentoml serve`` or ``make serve``) and the process tree under it."""
+    """One started command (``bentoml serve`` or ``make serve``) and the process tree under it.
 
-    def __init__(self, argv: list[str], *, port: int, bentoml_home: Path, log_path: Path) -> None:
+    Each server keeps its accounts in a SQLite file (and its development JWT secret) of its own,
+    next to its log: never the in-process tests' store, never ``var/``. ``env`` adds settings."""
+
+    def __init__(
+        self,
+        argv: list[str],
+        *,
+        port: int,
+        bentoml_home: Path,
+        log_path: Path,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.argv = argv
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
@@ -79,11 +90,16 @@ class ServerProcess:
         self._log_file = log_path.open("wb")
         self._stopped = False
         self._seen: dict[int, psutil.Process] = {}
+        self.sqlite_path = log_path.parent / "verity.db"
+        environment = server_env(bentoml_home)
+        environment["VERITY_SQLITE_PATH"] = str(self.sqlite_path)
+        environment["VERITY_DEV_SECRET_PATH"] = str(log_path.parent / "dev-secret")
+        environment.update(env or {})
         log.info("starting %s (log: %s)", " ".join(argv), log_path)
         self.proc = subprocess.Popen(
             argv,
             cwd=PROJECT_ROOT,
-            env=server_env(bentoml_home),
+            env=environment,
             stdin=subprocess.DEVNULL,
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
@@ -166,3 +182,12 @@ class ServerProcess:
             self.proc.wait(timeout=5)
         self._log_file.close()
         log.info("stopped %s (exit %s)", " ".join(self.argv), self.proc.returncode)
+
+
+def signup_over_http(url: str, email: str | None = None, password: str = TEST_PASSWORD) -> Account:
+    """``POST /v1/auth/signup`` on a running server; the answer carries the key, shown once."""
+    email = email or unique_email("e2e")
+    response = httpx.post(f"{url}/v1/auth/signup", json={"email": email, "password": password}, timeout=30)
+    assert response.status_code == 201, response.text
+    body = response.json()
+    return Account(body["user"]["id"], body["user"]["email"], password, body["api_key"]["key"])

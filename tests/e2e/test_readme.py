@@ -3,6 +3,12 @@
 The server is started with the README's own command (``make serve``, with HOST/PORT overridden so
 it binds a free loopback port) and the test session's BENTOML_HOME, whose tiny models are already
 stored, so ``python -m models ensure`` has nothing to export.
+
+Credentials (issue 3): the README's examples read ``$VERITY_API_KEY`` and ``$VERITY_TOKEN``. Its
+signup example runs as written (the README's account is deleted first if an earlier test made it)
+and the key in its answer becomes ``$VERITY_API_KEY``; every other example runs with
+``VERITY_API_KEY`` (that key, or one from a signup with the README's email and password) and
+``VERITY_TOKEN`` (from ``POST /v1/auth/login`` with them) in its environment.
 """
 
 from __future__ import annotations
@@ -12,11 +18,14 @@ import logging
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
+from auth.api_keys import well_formed
 from tests.e2e.servers import PROJECT_ROOT, ServerProcess, free_port, server_env, server_home
 from tests.media_factory import jpeg_bytes
 
@@ -29,6 +38,8 @@ README_ADDRESS = "localhost:3000"
 # First run: `make serve` also runs its (no-op) dependency installs before serving.
 MAKE_READY_TIMEOUT_S = 240.0
 CURL_TIMEOUT_S = 60
+SIGNUP, LOGIN = "/v1/auth/signup", "/v1/auth/login"
+PUBLIC = ("/health", "/v1/models", SIGNUP, LOGIN)
 
 
 def bash_blocks(markdown: str) -> list[str]:
@@ -68,6 +79,69 @@ def make_serve(model_store, bentoml_home: Path, tmp_path_factory) -> Iterator[Se
         server.stop()
 
 
+def readme_credentials() -> dict[str, str]:
+    """The email and password in the README's signup example (``-d '{"email":…,"password":…}'``)."""
+    for command in CURL_COMMANDS:
+        if SIGNUP in command:
+            match = re.search(r"-d '(\{.*?\})'", command)
+            assert match, f"the signup example has no -d '{{...}}' body: {command}"
+            body = json.loads(match.group(1))
+            return {"email": body["email"], "password": body["password"]}
+    pytest.fail("the README has no signup example (curl ... /v1/auth/signup)")
+
+
+class ReadmeAccount:
+    """The README's account on the server ``make serve`` started, and the variables its examples read."""
+
+    def __init__(self, url: str, credentials: dict[str, str]) -> None:
+        self.http = httpx.Client(base_url=url, timeout=30.0)
+        self.credentials = credentials
+        self.key: str | None = None
+
+    def _login(self) -> httpx.Response:
+        return self.http.post(LOGIN, json=self.credentials)
+
+    def absent(self) -> None:
+        """Delete the account if it exists, so the README's signup runs exactly as written."""
+        response = self._login()
+        if response.status_code == 200:
+            bearer = {"authorization": f"Bearer {response.json()['access_token']}"}
+            assert self.http.delete("/v1/auth/me", headers=bearer).status_code == 204
+        else:
+            assert response.status_code == 401, response.text
+        self.key = None
+
+    def adopt(self, key: str) -> None:
+        """The key from the README's own signup: what the reader exports as VERITY_API_KEY."""
+        self.key = key
+
+    def env(self) -> dict[str, str]:
+        response = self._login()
+        if response.status_code == 401:  # this test runs without the signup example before it
+            signed = self.http.post(SIGNUP, json=self.credentials)
+            assert signed.status_code == 201, signed.text
+            self.key = signed.json()["api_key"]["key"]
+            response = self._login()
+        assert response.status_code == 200, response.text
+        token = response.json()["access_token"]
+        if self.key is None:  # the account exists but its key was shown to someone else
+            made = self.http.post(
+                "/v1/keys", json={"name": "readme"}, headers={"authorization": f"Bearer {token}"}
+            )
+            assert made.status_code == 201, made.text
+            self.key = made.json()["key"]
+        return {"VERITY_API_KEY": self.key, "VERITY_TOKEN": token}
+
+
+@pytest.fixture(scope="module")
+def readme_account(make_serve: ServerProcess) -> Iterator[ReadmeAccount]:
+    account = ReadmeAccount(make_serve.url, readme_credentials())
+    try:
+        yield account
+    finally:
+        account.http.close()
+
+
 def test_quick_start_is_make_serve_and_make_test() -> None:
     quick_start = bash_blocks(README.read_text(encoding="utf-8"))[0]
     commands = [line.split("#")[0].strip() for line in quick_start.splitlines() if line.strip()]
@@ -77,18 +151,30 @@ def test_quick_start_is_make_serve_and_make_test() -> None:
 def test_readme_has_curl_examples() -> None:
     assert len(CURL_COMMANDS) >= 3, CURL_COMMANDS
     assert any("/v1/detect/image" in c for c in CURL_COMMANDS)
+    assert any(SIGNUP in c for c in CURL_COMMANDS) and any(LOGIN in c for c in CURL_COMMANDS)
+    assert readme_credentials()["email"]
+    # Every example of an authenticated route shows how to authenticate.
+    for command in CURL_COMMANDS:
+        if not any(path in command for path in PUBLIC):
+            assert "$VERITY_API_KEY" in command or "$VERITY_TOKEN" in command, command
 
 
 @pytest.mark.parametrize("command", CURL_COMMANDS, ids=[f"curl-{i}" for i in range(len(CURL_COMMANDS))])
-def test_readme_curl_example(make_serve: ServerProcess, command: str, tmp_path: Path) -> None:
+def test_readme_curl_example(
+    make_serve: ServerProcess, readme_account: ReadmeAccount, command: str, tmp_path: Path
+) -> None:
     (tmp_path / "face.jpg").write_bytes(jpeg_bytes(320, 240))
     body = tmp_path / "response.json"
+    signup = SIGNUP in command
+    if signup:
+        readme_account.absent()
+    credentials = {} if signup else readme_account.env()
     runnable = command.replace(README_ADDRESS, f"localhost:{make_serve.port}")
     runnable = re.sub(r"^curl ", f"curl -sS -o {body} -w '%{{http_code}}' ", runnable)
     done = subprocess.run(
         ["bash", "-c", runnable],
         cwd=tmp_path,
-        env=server_env(make_serve.bentoml_home),
+        env={**server_env(make_serve.bentoml_home), **credentials},
         capture_output=True,
         text=True,
         timeout=CURL_TIMEOUT_S,
@@ -109,7 +195,95 @@ def test_readme_curl_example(make_serve: ServerProcess, command: str, tmp_path: 
             assert answer["model"]["id"] == match.group(1)
         if "explain=true" in command:
             assert answer["explanation"]["heatmap_png"]
+        # The result's id is its history id.
+        stored = readme_account.http.get(
+            f"/v1/history/{answer['id']}", headers={"x-api-key": readme_account.key}
+        )
+        assert stored.status_code == 200 and stored.json() == answer
     elif "/health/ready" in command:
         assert answer["status"] == "ready"
     elif "/v1/models" in command:
         assert any(m.get("served") for m in answer["models"])
+    elif signup:
+        assert status == 201
+        assert answer["user"]["email"] == readme_account.credentials["email"]
+        assert well_formed(answer["api_key"]["key"])
+        readme_account.adopt(answer["api_key"]["key"])
+    elif LOGIN in command:
+        assert answer["token_type"] == "bearer" and answer["access_token"].count(".") == 2
+    elif "/v1/usage" in command:
+        assert answer["requests_today"] <= answer["daily_limit"]
+        assert answer["reset_at"].endswith("T00:00:00Z")
+    elif "/v1/history" in command:
+        assert isinstance(answer["items"], list)
+        assert all(item["id"].startswith("det_") for item in answer["items"])
+    elif "/v1/stats" in command:
+        assert answer["totals"]["total"] >= 0
+    elif "/v1/keys" in command:
+        if "-d " in command:  # a new key, shown once
+            assert status == 201 and well_formed(answer["key"])
+        else:
+            assert answer["keys"] and all("key" not in k and "digest" not in k for k in answer["keys"])
+            assert credentials["VERITY_API_KEY"] not in text
+
+
+def readme_cli_commands() -> list[str]:
+    """The README's ops CLI lines (``... python -m auth ...``)."""
+    return [
+        line.strip()
+        for block in bash_blocks(README.read_text(encoding="utf-8"))
+        for line in block.splitlines()
+        if " -m auth " in line
+    ]
+
+
+def test_readme_ops_cli_commands(tmp_path: Path) -> None:
+    """The README's ``python -m auth`` lines run as written against a fresh SQLite store; only the
+    password placeholder is filled in, and users they act on (other than those they create) exist."""
+    from auth.accounts import Accounts
+    from config import Settings
+    from store.sqlite import SQLiteStore
+
+    commands = readme_cli_commands()
+    assert any("create-user" in c and "--admin" in c for c in commands), commands
+    env = {
+        **server_env(tmp_path),
+        "VERITY_SQLITE_PATH": str(tmp_path / "verity.db"),
+        "VERITY_DEV_SECRET_PATH": str(tmp_path / "dev-secret"),
+    }
+    settings = Settings(sqlite_path=tmp_path / "verity.db", dev_secret_path=tmp_path / "dev-secret")
+    created = {m.group(1) for c in commands if "create-user" in c and (m := re.search(r"--email (\S+)", c))}
+    store = SQLiteStore(settings.sqlite_path)
+    accounts = Accounts(store, settings)
+    for command in commands:
+        email = re.search(r"--email (\S+)", command).group(1)
+        if email not in created and store.get_user_by_email(email) is None:
+            accounts.signup(email, "an existing user's password")
+    store.close()
+
+    for command in commands:
+        runnable = re.sub(
+            r"VERITY_NEW_PASSWORD='[^']*'", "VERITY_NEW_PASSWORD='a real password 123'", command
+        )
+        runnable = runnable.replace(".venv/bin/python", sys.executable)
+        done = subprocess.run(
+            ["bash", "-c", runnable],
+            cwd=PROJECT_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, f"{runnable}\n{done.stderr[-2000:]}"
+        output = json.loads(done.stdout)
+        log.info("%s -> %s", command, sorted(output))
+        if "create-user" in command:
+            assert output["user"]["role"] == ("admin" if "--admin" in command else "user")
+            assert well_formed(output["api_key"]["key"])
+        elif "create-key" in command:
+            assert well_formed(output["key"])
+        elif "set-limit" in command:
+            assert output["daily_limit"] == int(re.search(r"--daily-limit (\d+)", command).group(1))
+        elif " disable " in command:
+            assert output["disabled"] is True

@@ -1,4 +1,5 @@
-"""The real server (``bentoml serve service:Verity``): result shape, batching, bad input, lean runtime."""
+"""The real server (``bentoml serve service:Verity``): result shape, batching, bad input, lean runtime,
+and (issue 3) authentication and history through the served process."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.servers import ServerProcess
+from tests.conftest import Account
+from tests.e2e.servers import ServerProcess, signup_over_http
 from tests.media_factory import encode, jpeg_bytes, photo
 
 pytestmark = pytest.mark.e2e
@@ -34,8 +36,9 @@ MB = 1024 * 1024
 
 
 @pytest.fixture(scope="module")
-def http(server_url: str):
-    with httpx.Client(base_url=server_url, timeout=60.0) as client:
+def http(server_url: str, server_headers: dict[str, str]):
+    """A client of the served process, authenticated with a key from its own signup."""
+    with httpx.Client(base_url=server_url, timeout=60.0, headers=server_headers) as client:
         yield client
 
 
@@ -138,6 +141,49 @@ def test_explain_heatmap(http: httpx.Client) -> None:
     assert heatmap.mode == "RGBA"
 
 
+# --- authentication and history through the served process (issue 3) ---------------------------
+
+
+def test_detection_needs_credentials(server_url: str) -> None:
+    with httpx.Client(base_url=server_url, timeout=30.0) as anonymous:
+        assert anonymous.get("/health/ready").status_code == 200
+        assert anonymous.get("/v1/models").status_code == 200
+        for headers in ({}, {"x-api-key": "vk_live_typo"}, {"authorization": "Bearer x.y.z"}):
+            response = anonymous.post(DETECT, files=multipart(jpeg_bytes()), headers=headers)
+            assert response.status_code == 401, response.text
+            assert response.headers["content-type"].startswith("application/json")
+            assert response.headers["www-authenticate"].startswith("Bearer")
+            error = response.json()["error"]
+            assert error["code"] in {"unauthenticated", "invalid_api_key", "invalid_token"}
+            assert error["request_id"] == response.headers["x-request-id"]
+
+
+def test_detection_lands_in_the_callers_history(server_url: str, server_account: Account) -> None:
+    with httpx.Client(base_url=server_url, timeout=60.0) as anonymous:
+        login = anonymous.post(
+            "/v1/auth/login", json={"email": server_account.email, "password": server_account.password}
+        )
+        assert login.status_code == 200, login.text
+        bearer = {"authorization": f"Bearer {login.json()['access_token']}"}
+
+        response = anonymous.post(DETECT, files=multipart(jpeg_bytes(160, 120, seed=9)), headers=bearer)
+        assert response.status_code == 200, response.text
+        result = response.json()
+        assert int(response.headers["ratelimit-remaining"]) >= 0
+        stored = anonymous.get(f"/v1/history/{result['id']}", headers=server_account.headers)
+        assert stored.status_code == 200, stored.text
+        assert stored.json() == result
+        usage = anonymous.get("/v1/usage", headers=bearer).json()
+        assert usage["requests_today"] >= 1 and usage["total_requests"] >= usage["requests_today"]
+
+        # Another user of the same server cannot see it.
+        other = signup_over_http(server_url)
+        hidden = anonymous.get(f"/v1/history/{result['id']}", headers=other.headers)
+        assert hidden.status_code == 404
+        assert hidden.json()["error"]["code"] == "detection_not_found"
+        assert anonymous.get("/v1/history", headers=other.headers).json()["items"] == []
+
+
 # --- (b) concurrency and adaptive batching ----------------------------------------------------
 
 
@@ -182,9 +228,9 @@ def batch_stats(client: httpx.Client, service: str = "ImageDetector", method: st
     return BatchStats(count, total, le_1)
 
 
-async def _burst(url: str, images: list[bytes]) -> list[httpx.Response]:
+async def _burst(url: str, images: list[bytes], headers: dict[str, str]) -> list[httpx.Response]:
     limits = httpx.Limits(max_connections=len(images), max_keepalive_connections=len(images))
-    async with httpx.AsyncClient(base_url=url, timeout=120.0, limits=limits) as client:
+    async with httpx.AsyncClient(base_url=url, timeout=120.0, limits=limits, headers=headers) as client:
         return await asyncio.gather(*(client.post(DETECT, files=multipart(image)) for image in images))
 
 
@@ -196,10 +242,12 @@ def _swatch(i: int) -> bytes:
     return encode(image, "PNG")
 
 
-def test_concurrent_requests_are_batched(http: httpx.Client, server_url: str) -> None:
+def test_concurrent_requests_are_batched(
+    http: httpx.Client, server_url: str, server_headers: dict[str, str]
+) -> None:
     images = [_swatch(i) for i in range(CONCURRENCY)]
     before = batch_stats(http)
-    responses = asyncio.run(_burst(server_url, images))
+    responses = asyncio.run(_burst(server_url, images, server_headers))
     delta = batch_stats(http) - before
 
     failed = [r.text for r in responses if r.is_error]
@@ -280,7 +328,7 @@ BAD_INPUTS: dict[str, tuple[int, str, Callable[[], dict[str, Any]]]] = {
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
-def test_bad_input_gets_json_4xx(http: httpx.Client, case: str) -> None:
+def test_bad_input_gets_json_4xx(http: httpx.Client, server_headers: dict[str, str], case: str) -> None:
     status, code, request = BAD_INPUTS[case]
     response = http.post(DETECT, **request())
     if "chunked" in case:
@@ -293,7 +341,7 @@ def test_bad_input_gets_json_4xx(http: httpx.Client, case: str) -> None:
     assert error["request_id"] == response.headers["x-request-id"]
 
     # The server keeps answering after each bad request.
-    with httpx.Client(base_url=str(http.base_url), timeout=30.0) as fresh:
+    with httpx.Client(base_url=str(http.base_url), timeout=30.0, headers=server_headers) as fresh:
         assert fresh.get("/health/ready").status_code == 200
         ok = fresh.post(DETECT, files=multipart(encode(photo(64, 64), "PNG"), "x.png", "image/png"))
         assert ok.status_code == 200, ok.text

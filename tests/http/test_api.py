@@ -1,4 +1,7 @@
-"""The public API in-process: BentoML's ASGI app (``Verity.to_asgi()``) through TestClient."""
+"""The public API in-process: BentoML's ASGI app (``Verity.to_asgi()``) through TestClient.
+
+Detection needs credentials (issue 3): ``api`` is the client acting as a fresh user with an API
+key; ``client`` sends none and is used for the public endpoints and the 401s."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import socket
 import pytest
 from PIL import Image
 
+from tests.conftest import Caller, assert_error
 from tests.media_factory import encode, jpeg_bytes, photo, png_header_only
 
 pytestmark = pytest.mark.http
@@ -32,18 +36,6 @@ RESULT_KEYS = {
 
 def post_image(client, data: bytes, *, name: str = "face.jpg", params: str = "", field: str = "image"):
     return client.post(f"/v1/detect/image{params}", files={field: (name, data, "application/octet-stream")})
-
-
-def assert_error(response, status: int, code: str | None = None) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    error = response.json()["error"]
-    assert set(error) >= {"code", "message", "request_id"}
-    assert error["message"]
-    assert error["request_id"] == response.headers["x-request-id"]
-    if code is not None:
-        assert error["code"] == code, error
-    return error
 
 
 def assert_result(body: dict, *, model_id: str = "vit-dima806") -> None:
@@ -94,8 +86,8 @@ def test_models_lists_served_and_catalog(client):
 # --- detection -----------------------------------------------------------------------------
 
 
-def test_detect_multipart(client):
-    response = post_image(client, jpeg_bytes(320, 240))
+def test_detect_multipart(api):
+    response = post_image(api, jpeg_bytes(320, 240))
     assert response.status_code == 200, response.text
     body = response.json()
     assert_result(body)
@@ -104,58 +96,58 @@ def test_detect_multipart(client):
     assert response.headers["x-request-id"].startswith("req_")
 
 
-def test_detect_accepts_file_field_and_same_picture_same_score(client):
+def test_detect_accepts_file_field_and_same_picture_same_score(api):
     data = jpeg_bytes(300, 300, seed=3)
-    first = post_image(client, data).json()
-    second = post_image(client, data, field="file").json()
+    first = post_image(api, data).json()
+    second = post_image(api, data, field="file").json()
     assert first["fake_probability"] == second["fake_probability"]
     assert first["id"] != second["id"]
 
 
-def test_detect_json_data_url_camera_frame(client):
+def test_detect_json_data_url_camera_frame(api):
     data = jpeg_bytes(640, 480, seed=1)
     url = "data:image/jpeg;base64," + base64.b64encode(data).decode()
-    response = client.post("/v1/detect/image", json={"image": url})
+    response = api.post("/v1/detect/image", json={"image": url})
     assert response.status_code == 200, response.text
     assert_result(response.json())
-    bare = client.post("/v1/detect/image", json={"image": base64.b64encode(data).decode()})
+    bare = api.post("/v1/detect/image", json={"image": base64.b64encode(data).decode()})
     assert bare.json()["fake_probability"] == response.json()["fake_probability"]
 
 
-def test_detect_raw_body(client):
-    response = client.post(
+def test_detect_raw_body(api):
+    response = api.post(
         "/v1/detect/image", content=encode(photo(200, 100), "PNG"), headers={"content-type": "image/png"}
     )
     assert response.status_code == 200, response.text
     assert response.json()["media"]["format"] == "png"
 
 
-def test_detect_with_second_model(client):
-    response = post_image(client, jpeg_bytes(), params="?model=siglip-open-deepfake")
+def test_detect_with_second_model(api):
+    response = post_image(api, jpeg_bytes(), params="?model=siglip-open-deepfake")
     assert response.status_code == 200, response.text
     assert_result(response.json(), model_id="siglip-open-deepfake")
 
 
-def test_detect_honours_exif_orientation(client):
+def test_detect_honours_exif_orientation(api):
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90° clockwise for display
     data = encode(photo(320, 200), "JPEG", exif=exif.tobytes())
-    media = post_image(client, data).json()["media"]
+    media = post_image(api, data).json()["media"]
     assert (media["width"], media["height"]) == (200, 320)
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "CMYK", "I;16"])
-def test_detect_converts_modes(client, mode):
+def test_detect_converts_modes(api, mode):
     image = photo(64, 48)
     fmt = "JPEG" if mode == "CMYK" else "PNG"
     converted = image.convert("L").convert("I;16") if mode == "I;16" else image.convert(mode)
-    response = post_image(client, encode(converted, fmt))
+    response = post_image(api, encode(converted, fmt))
     assert response.status_code == 200, response.text
     assert response.json()["media"]["mode"] == mode
 
 
-def test_explain_returns_heatmap(client):
-    response = post_image(client, jpeg_bytes(), params="?explain=true")
+def test_explain_returns_heatmap(api):
+    response = post_image(api, jpeg_bytes(), params="?explain=true")
     assert response.status_code == 200, response.text
     explanation = response.json()["explanation"]
     assert explanation["method"].startswith("occlusion")
@@ -171,71 +163,127 @@ def test_openapi_docs(client):
     assert "/v1/detect/image" in spec["paths"]
 
 
+# --- authentication and history (issue 3) ----------------------------------------------------
+
+
+def test_detection_without_credentials_is_401_json(client):
+    frame = "data:image/jpeg;base64," + base64.b64encode(jpeg_bytes()).decode()
+    for response in (
+        post_image(client, jpeg_bytes()),
+        client.post("/v1/detect/image", json={"image": frame}),
+        client.post("/v1/detect/image", content=jpeg_bytes(), headers={"content-type": "image/jpeg"}),
+        client.post(
+            "/v1/detect/image", json={"image": frame}, headers={"authorization": "Basic Zm9vOmJhcg=="}
+        ),
+        client.post("/v1/detect/image", json={"image": frame}, headers={"authorization": "Bearer "}),
+    ):
+        assert_error(response, 401, "unauthenticated")
+        assert response.headers["www-authenticate"].startswith("Bearer")
+        assert "ratelimit-limit" not in response.headers  # nothing was metered
+
+
+def test_detection_with_bad_credentials_is_401_json(client, api_key):
+    typo = api_key[:-1] + ("A" if api_key[-1] != "A" else "B")
+    for headers, code in (
+        ({"x-api-key": typo}, "invalid_api_key"),
+        ({"x-api-key": "not-a-key"}, "invalid_api_key"),
+        ({"authorization": "Bearer not.a.jwt"}, "invalid_token"),
+    ):
+        response = post_image(Caller(client, headers), jpeg_bytes())
+        assert_error(response, 401, code)
+        assert response.headers["www-authenticate"].startswith("Bearer")
+
+
+def test_detection_with_a_jwt(client, jwt_headers):
+    response = post_image(Caller(client, jwt_headers), jpeg_bytes())
+    assert response.status_code == 200, response.text
+    assert_result(response.json())
+    assert int(response.headers["ratelimit-remaining"]) >= 0
+
+
+def test_result_id_is_its_history_id(api):
+    response = post_image(api, jpeg_bytes(256, 192, seed=5), params="?model=siglip-open-deepfake")
+    assert response.status_code == 200, response.text
+    result = response.json()
+    stored = api.get(f"/v1/history/{result['id']}")
+    assert stored.status_code == 200, stored.text
+    assert stored.json() == result
+    listed = api.get("/v1/history").json()["items"]
+    assert [item["id"] for item in listed] == [result["id"]]
+    assert listed[0]["model_id"] == "siglip-open-deepfake"
+    assert listed[0]["verdict"] == result["verdict"]
+
+
+def test_failed_detection_is_not_in_history(api):
+    assert_error(post_image(api, b""), 422, "empty_file")
+    assert api.get("/v1/history").json()["items"] == []
+
+
 # --- the error table (SPEC §4): every status this issue can produce -----------------------
 
 
-def test_400_invalid_json(client):
-    response = client.post(
+def test_400_invalid_json(api):
+    response = api.post(
         "/v1/detect/image", content=b"{not json", headers={"content-type": "application/json"}
     )
     assert_error(response, 400, "invalid_json")
 
 
-def test_404_unknown_model_and_route(client):
-    assert_error(post_image(client, jpeg_bytes(), params="?model=nope"), 404, "model_not_found")
-    assert_error(client.get("/v1/nothing-here"), 404, "route_not_found")
+def test_404_unknown_model_and_route(api):
+    assert_error(post_image(api, jpeg_bytes(), params="?model=nope"), 404, "model_not_found")
+    assert_error(api.get("/v1/nothing-here"), 404, "route_not_found")
 
 
-def test_405_wrong_method(client):
-    response = client.get("/v1/detect/image")
+def test_405_wrong_method(api):
+    response = api.get("/v1/detect/image")
     assert_error(response, 405, "method_not_allowed")
     assert "POST" in response.headers["allow"]
 
 
-def test_413_body_over_cap_before_reading(client):
+def test_413_body_over_cap_before_reading(api):
     big = b"\xff\xd8\xff" + b"\0" * (14 * 1024 * 1024)
-    assert_error(post_image(client, big), 413, "payload_too_large")
+    assert_error(post_image(api, big), 413, "payload_too_large")
 
 
-def test_413_decoded_image_over_byte_cap(client):
+def test_413_decoded_image_over_byte_cap(api):
     # 10 MB + 1 of real image bytes fits the (base64-sized) body cap but not the image cap.
     data = b"\xff\xd8\xff" + b"\0" * (10 * 1024 * 1024)
-    response = client.post("/v1/detect/image", content=data, headers={"content-type": "image/jpeg"})
+    response = api.post("/v1/detect/image", content=data, headers={"content-type": "image/jpeg"})
     assert_error(response, 413, "file_too_large")
 
 
-def test_413_pixel_bomb(client):
-    assert_error(post_image(client, png_header_only(100_000, 100_000), name="x.png"), 413, "too_many_pixels")
+def test_413_pixel_bomb(api):
+    assert_error(post_image(api, png_header_only(100_000, 100_000), name="x.png"), 413, "too_many_pixels")
     real = encode(Image.new("L", (7000, 7000)), "PNG")  # 49 Mpx, tiny on the wire
     assert len(real) < 1024 * 1024
-    assert_error(post_image(client, real, name="big.png"), 413, "too_many_pixels")
+    assert_error(post_image(api, real, name="big.png"), 413, "too_many_pixels")
 
 
-def test_415_wrong_type(client):
-    assert_error(post_image(client, b"hello, this is text\n" * 10, name="face.jpg"), 415)
-    assert_error(post_image(client, b"%PDF-1.7\n%..." + b"\0" * 100, name="x.jpg"), 415)
-    response = client.post("/v1/detect/image", content=b"abc", headers={"content-type": "text/plain"})
+def test_415_wrong_type(api):
+    assert_error(post_image(api, b"hello, this is text\n" * 10, name="face.jpg"), 415)
+    assert_error(post_image(api, b"%PDF-1.7\n%..." + b"\0" * 100, name="x.jpg"), 415)
+    response = api.post("/v1/detect/image", content=b"abc", headers={"content-type": "text/plain"})
     assert_error(response, 415, "unsupported_content_type")
 
 
-def test_422_bad_media_and_inputs(client):
-    assert_error(post_image(client, b""), 422, "empty_file")
-    assert_error(post_image(client, jpeg_bytes()[:400]), 422, "corrupt_image")
-    assert_error(post_image(client, b"\x89PNG\r\n\x1a\n" + b"garbage" * 20, name="x.png"), 422)
-    response = client.post("/v1/detect/image", files={"other": ("a.jpg", jpeg_bytes(), "image/jpeg")})
+def test_422_bad_media_and_inputs(api):
+    assert_error(post_image(api, b""), 422, "empty_file")
+    assert_error(post_image(api, jpeg_bytes()[:400]), 422, "corrupt_image")
+    assert_error(post_image(api, b"\x89PNG\r\n\x1a\n" + b"garbage" * 20, name="x.png"), 422)
+    response = api.post("/v1/detect/image", files={"other": ("a.jpg", jpeg_bytes(), "image/jpeg")})
     assert_error(response, 422, "missing_file")
     assert_error(
-        client.post("/v1/detect/image", json={"image": "data:image/jpeg;base64,@@@"}), 422, "invalid_base64"
+        api.post("/v1/detect/image", json={"image": "data:image/jpeg;base64,@@@"}), 422, "invalid_base64"
     )
-    assert_error(client.post("/v1/detect/image", json={"nothing": 1}), 422, "missing_image")
-    assert_error(client.post("/v1/detect/image", json=[1, 2]), 422, "invalid_json")
-    assert_error(client.post("/v1/detect/image", json={"upload_id": "up_1"}), 422, "uploads_unavailable")
-    assert_error(post_image(client, jpeg_bytes(), params="?model=vit-deepfake-v2"), 422, "model_not_served")
-    assert_error(post_image(client, jpeg_bytes(), params="?explain=maybe"), 422, "invalid_input")
+    assert_error(api.post("/v1/detect/image", json={"nothing": 1}), 422, "missing_image")
+    assert_error(api.post("/v1/detect/image", json=[1, 2]), 422, "invalid_json")
+    assert_error(api.post("/v1/detect/image", json={"upload_id": "up_1"}), 422, "uploads_unavailable")
+    assert_error(post_image(api, jpeg_bytes(), params="?model=vit-deepfake-v2"), 422, "model_not_served")
+    assert_error(post_image(api, jpeg_bytes(), params="?explain=maybe"), 422, "invalid_input")
 
 
-def test_client_request_id_is_echoed(client):
-    response = client.post("/v1/detect/image", json={"nothing": 1}, headers={"x-request-id": "abc-123"})
+def test_client_request_id_is_echoed(api):
+    response = api.post("/v1/detect/image", json={"nothing": 1}, headers={"x-request-id": "abc-123"})
     assert response.headers["x-request-id"] == "abc-123"
     assert response.json()["error"]["request_id"] == "abc-123"
 
@@ -246,7 +294,7 @@ def _closed_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_503_when_starting_and_when_model_service_is_down(service_module):
+def test_503_when_starting_and_when_model_service_is_down(service_module, accounts, auth_headers):
     from _bentoml_impl.client import RemoteProxy
     from starlette.testclient import TestClient
 
@@ -257,9 +305,11 @@ def test_503_when_starting_and_when_model_service_is_down(service_module):
     settings = get_settings()
     app = create_app(settings)
     with TestClient(app) as starting:
-        response = post_image(starting, jpeg_bytes())
+        response = post_image(Caller(starting, auth_headers), jpeg_bytes())
         assert_error(response, 503, "starting")
         assert response.headers["retry-after"]
+
+    app.state.accounts = accounts  # the session's real accounts: the caller's key is valid
 
     # A real BentoML client for the detector, pointed at a port where nothing listens.
     dead = RemoteProxy(
@@ -268,18 +318,18 @@ def test_503_when_starting_and_when_model_service_is_down(service_module):
     stored = service_module.STORED_IMAGE_MODELS["vit-dima806"]
     app.state.engine = Engine(settings, {"vit-dima806": ServedModel(stored=stored, detector=dead)})
     with TestClient(app) as down:
-        response = post_image(down, jpeg_bytes())
+        response = post_image(Caller(down, auth_headers), jpeg_bytes())
         assert_error(response, 503, "model_unavailable")
         assert int(response.headers["retry-after"]) > 0
         assert_error(down.get("/health/ready"), 503, "not_ready")
 
 
-def test_error_bodies_are_json_objects(client):
-    body = post_image(client, b"").content
+def test_error_bodies_are_json_objects(api):
+    body = post_image(api, b"").content
     assert isinstance(json.loads(body)["error"], dict)
 
 
-def test_413_streamed_body_without_content_length(client):
+def test_413_streamed_body_without_content_length(api):
     """A chunked upload with no Content-Length is cut off at the cap, not buffered whole."""
     sent = 0
 
@@ -289,5 +339,5 @@ def test_413_streamed_body_without_content_length(client):
             sent += 1
             yield b"\xff" * (1024 * 1024)
 
-    response = client.post("/v1/detect/image", content=chunks(), headers={"content-type": "image/jpeg"})
+    response = api.post("/v1/detect/image", content=chunks(), headers={"content-type": "image/jpeg"})
     assert_error(response, 413, "payload_too_large")

@@ -1,0 +1,209 @@
+"""Accounts, keys, usage, history, stats and admin routes (SPEC §4 "Authenticated", §5)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import anyio
+from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic import BaseModel, Field
+
+from auth.accounts import Accounts
+from auth.principal import Principal
+from auth.quotas import daily_limit_of, next_midnight
+from errors import Forbidden, NotFound, ServiceUnavailable, Unauthorized
+
+router = APIRouter()
+
+
+def accounts_of(request: Request) -> Accounts:
+    accounts = getattr(request.app.state, "accounts", None)
+    if accounts is None:
+        raise ServiceUnavailable("the service is starting", code="starting")
+    return accounts
+
+
+def principal_of(request: Request) -> Principal:
+    principal = request.scope.get("state", {}).get("principal")
+    if principal is None:  # the middleware guards every non-public path; this is a backstop
+        raise Unauthorized("authentication required", code="unauthenticated")
+    return principal
+
+
+def admin_of(principal: Annotated[Principal, Depends(principal_of)]) -> Principal:
+    if not principal.is_admin:
+        raise Forbidden("admin role required", code="admin_only")
+    return principal
+
+
+AccountsDep = Annotated[Accounts, Depends(accounts_of)]
+CurrentPrincipal = Annotated[Principal, Depends(principal_of)]
+AdminPrincipal = Annotated[Principal, Depends(admin_of)]
+
+
+async def run(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Store calls are blocking I/O: keep them off the event loop."""
+    return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs))
+
+
+class Credentials(BaseModel):
+    email: str = Field(max_length=254)
+    password: str = Field(max_length=1024)
+
+
+class KeyRequest(BaseModel):
+    name: str = Field("default", max_length=64)
+
+
+class RollRequest(BaseModel):
+    grace_seconds: int = Field(0, ge=0, le=7 * 86400)
+
+
+class UserUpdate(BaseModel):
+    daily_limit: int | None = Field(None, ge=0, le=10_000_000)
+    disabled: bool | None = None
+
+
+def _shown_once(key: Any, secret: str) -> dict[str, Any]:
+    return {**key.public(), "key": secret, "note": "store this key now: it is shown only once"}
+
+
+# --- auth ------------------------------------------------------------------------------------
+
+
+@router.post("/v1/auth/signup", status_code=201, tags=["auth"])
+async def signup(body: Credentials, accounts: AccountsDep) -> dict[str, Any]:
+    user, key, secret = await run(accounts.signup, body.email, body.password)
+    return {"user": user.public(accounts.settings.daily_limit), "api_key": _shown_once(key, secret)}
+
+
+@router.post("/v1/auth/login", tags=["auth"])
+async def login(body: Credentials, accounts: AccountsDep) -> dict[str, Any]:
+    return await run(accounts.login, body.email, body.password)
+
+
+@router.get("/v1/auth/me", tags=["auth"])
+async def me(principal: CurrentPrincipal, accounts: AccountsDep) -> dict[str, Any]:
+    return {**principal.user.public(accounts.settings.daily_limit), "auth": principal.method}
+
+
+@router.delete("/v1/auth/me", status_code=204, tags=["auth"])
+async def delete_me(principal: CurrentPrincipal, accounts: AccountsDep) -> Response:
+    await run(accounts.store.delete_user, principal.user_id)
+    return Response(status_code=204)
+
+
+# --- keys ------------------------------------------------------------------------------------
+
+
+@router.post("/v1/keys", status_code=201, tags=["keys"])
+async def create_key(body: KeyRequest, principal: CurrentPrincipal, accounts: AccountsDep) -> dict[str, Any]:
+    key, secret = await run(accounts.create_key, principal.user, body.name)
+    return _shown_once(key, secret)
+
+
+@router.get("/v1/keys", tags=["keys"])
+async def list_keys(principal: CurrentPrincipal, accounts: AccountsDep) -> dict[str, Any]:
+    keys = await run(accounts.store.list_keys, principal.user_id)
+    return {"keys": [k.public() for k in keys]}
+
+
+@router.delete("/v1/keys/{key_id}", tags=["keys"])
+async def revoke_key(key_id: str, principal: CurrentPrincipal, accounts: AccountsDep) -> dict[str, Any]:
+    return (await run(accounts.revoke_key, principal.user, key_id)).public()
+
+
+@router.post("/v1/keys/{key_id}/roll", status_code=201, tags=["keys"])
+async def roll_key(
+    key_id: str, principal: CurrentPrincipal, accounts: AccountsDep, body: RollRequest | None = None
+) -> dict[str, Any]:
+    grace = body.grace_seconds if body else 0
+    new, secret, old = await run(accounts.roll_key, principal.user, key_id, grace)
+    return {"new_key": _shown_once(new, secret), "old_key": old.public()}
+
+
+# --- usage, history, stats -------------------------------------------------------------------
+
+
+@router.get("/v1/usage", tags=["usage"])
+async def usage(principal: CurrentPrincipal, accounts: AccountsDep) -> dict[str, Any]:
+    now = accounts.clock()
+    today, total = await run(accounts.store.usage, principal.user_id, now.strftime("%Y-%m-%d"))
+    limit = daily_limit_of(principal.user, accounts.settings)
+    return {
+        "date": now.strftime("%Y-%m-%d"),
+        "requests_today": today,
+        "daily_limit": limit,
+        "remaining": max(limit - today, 0),
+        "reset_at": next_midnight(now).isoformat().replace("+00:00", "Z"),
+        "total_requests": total,
+    }
+
+
+@router.get("/v1/history", tags=["history"])
+async def history(
+    principal: CurrentPrincipal,
+    accounts: AccountsDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(max_length=64)] = None,
+) -> dict[str, Any]:
+    page = await run(accounts.store.list_detections, principal.user_id, limit, cursor)
+    return {"items": [d.summary() for d in page.items], "next_cursor": page.next_cursor}
+
+
+@router.get("/v1/history/{detection_id}", tags=["history"])
+async def history_item(
+    detection_id: str, principal: CurrentPrincipal, accounts: AccountsDep
+) -> dict[str, Any]:
+    detection = await run(accounts.store.get_detection, principal.user_id, detection_id)
+    if detection is None:
+        raise NotFound("no such detection in your history", code="detection_not_found")
+    return detection.result
+
+
+@router.delete("/v1/history/{detection_id}", status_code=204, tags=["history"])
+async def delete_history_item(
+    detection_id: str, principal: CurrentPrincipal, accounts: AccountsDep
+) -> Response:
+    if not await run(accounts.store.delete_detection, principal.user_id, detection_id):
+        raise NotFound("no such detection in your history", code="detection_not_found")
+    return Response(status_code=204)
+
+
+@router.get("/v1/stats", tags=["history"])
+async def stats(principal: CurrentPrincipal, accounts: AccountsDep) -> dict[str, Any]:
+    per_modality = await run(accounts.store.stats, principal.user_id)
+    totals = {"total": 0}
+    for counts in per_modality.values():
+        for verdict, n in counts.items():
+            totals[verdict] = totals.get(verdict, 0) + n
+    return {"totals": totals, "per_modality": per_modality}
+
+
+# --- admin -----------------------------------------------------------------------------------
+
+
+@router.get("/v1/admin/users", tags=["admin"])
+async def admin_users(
+    _: AdminPrincipal,
+    accounts: AccountsDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    cursor: Annotated[str | None, Query(max_length=64)] = None,
+) -> dict[str, Any]:
+    page = await run(accounts.store.list_users, limit, cursor)
+    return {
+        "users": [u.public(accounts.settings.daily_limit) for u in page.items],
+        "next_cursor": page.next_cursor,
+    }
+
+
+@router.patch("/v1/admin/users/{user_id}", tags=["admin"])
+async def admin_update_user(
+    user_id: str, body: UserUpdate, _: AdminPrincipal, accounts: AccountsDep
+) -> dict[str, Any]:
+    user = await run(
+        accounts.store.update_user, user_id, daily_limit=body.daily_limit, disabled=body.disabled
+    )
+    if user is None:
+        raise NotFound("no such user", code="user_not_found")
+    return user.public(accounts.settings.daily_limit)

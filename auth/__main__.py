@@ -1,0 +1,71 @@
+"""Ops CLI: accounts without HTTP (SPEC §4 admin; issue 3).
+
+    python -m auth create-user --email ops@example.com --admin   # password: $VERITY_NEW_PASSWORD or prompt
+    python -m auth create-key --email ops@example.com --name ci
+    python -m auth set-limit --email a@b.co --daily-limit 1000
+    python -m auth disable --email a@b.co
+
+Prints JSON on stdout; new keys are shown once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+
+from auth.accounts import Accounts, normalise_email
+from config import get_settings
+from logs import configure_logging
+from store.factory import make_store
+
+
+def _out(payload: object) -> None:
+    sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m auth", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    create = sub.add_parser("create-user")
+    create.add_argument("--email", required=True)
+    create.add_argument("--admin", action="store_true")
+    key = sub.add_parser("create-key")
+    key.add_argument("--email", required=True)
+    key.add_argument("--name", default="cli")
+    limit = sub.add_parser("set-limit")
+    limit.add_argument("--email", required=True)
+    limit.add_argument("--daily-limit", type=int, required=True)
+    for name in ("disable", "enable"):
+        sub.add_parser(name).add_argument("--email", required=True)
+    args = parser.parse_args(argv)
+
+    settings = get_settings()
+    configure_logging(settings)
+    accounts = Accounts(make_store(settings), settings)
+    if args.command == "create-user":
+        password = os.environ.get("VERITY_NEW_PASSWORD") or getpass.getpass("password: ")
+        user, api_key, secret = accounts.signup(args.email, password, role="admin" if args.admin else "user")
+        _out({"user": user.public(settings.daily_limit), "api_key": {**api_key.public(), "key": secret}})
+        return 0
+    user = accounts.store.get_user_by_email(normalise_email(args.email))
+    if user is None:
+        sys.stderr.write(f"no user {args.email}\n")
+        return 1
+    if args.command == "create-key":
+        api_key, secret = accounts.create_key(user, args.name)
+        _out({**api_key.public(), "key": secret})
+    elif args.command == "set-limit":
+        _out(accounts.store.update_user(user.id, daily_limit=args.daily_limit).public(settings.daily_limit))  # type: ignore[union-attr]
+    else:
+        updated = accounts.store.update_user(user.id, disabled=args.command == "disable")
+        _out(updated.public(settings.daily_limit))  # type: ignore[union-attr]
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,193 @@
+"""Account operations shared by the routes, the middleware and the ops CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from api.ids import new_id
+from auth import api_keys, passwords
+from auth.principal import Principal
+from auth.quotas import Clock, utc_now
+from auth.tokens import ExternalIssuer, JwksVerifier, OwnTokens, TokenVerifier
+from config import Settings
+from errors import Forbidden, InvalidInput, NotFound, Unauthorized
+from store.base import Store
+from store.records import ApiKey, User
+
+_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]{2,}$")
+MAX_KEY_NAME = 64
+MAX_GRACE_S = 7 * 86400
+# Verifying against a real hash when the email is unknown keeps login timing uniform.
+_DUMMY_HASH = passwords.hash_password("not-a-real-password", rounds=4)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def normalise_email(email: str) -> str:
+    email = email.strip().lower()
+    if not _EMAIL.match(email) or len(email) > 254:
+        raise InvalidInput("email is not a valid address", code="invalid_email")
+    return email
+
+
+def _dev_secret(path: Path) -> bytes:
+    """Development only: a random secret made once and kept beside the SQLite file."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(48))
+        path.chmod(0o600)
+    return path.read_text().strip().encode()
+
+
+def build_token_verifier(settings: Settings) -> tuple[OwnTokens, TokenVerifier]:
+    if settings.jwt_algorithm == "HS256":
+        if settings.jwt_secret is not None:
+            secret = settings.jwt_secret.get_secret_value().encode()
+        elif settings.environment in ("development", "test"):
+            secret = _dev_secret(settings.dev_secret_path)
+        else:
+            raise ValueError("VERITY_JWT_SECRET is required outside development")
+        signing, verifying = secret, secret
+    else:
+        if not (settings.jwt_private_key_path and settings.jwt_public_key_path):
+            raise ValueError(
+                f"{settings.jwt_algorithm} needs VERITY_JWT_PRIVATE_KEY_PATH and _PUBLIC_KEY_PATH"
+            )
+        signing = settings.jwt_private_key_path.read_bytes()
+        verifying = settings.jwt_public_key_path.read_bytes()
+    own = OwnTokens(
+        algorithm=settings.jwt_algorithm,
+        signing_key=signing,
+        verifying_key=verifying,
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+        ttl_s=settings.jwt_ttl_s,
+    )
+    external = [
+        JwksVerifier(ExternalIssuer(**cfg), refetch_cooldown_s=settings.jwks_refetch_cooldown_s)
+        for cfg in settings.jwt_external_issuers
+    ]
+    return own, TokenVerifier(own, external)
+
+
+class Accounts:
+    def __init__(self, store: Store, settings: Settings, *, clock: Clock = utc_now) -> None:
+        self.store = store
+        self.settings = settings
+        self.clock = clock
+        self.own_tokens, self.tokens = build_token_verifier(settings)
+        self._pepper = settings.api_key_pepper.get_secret_value() if settings.api_key_pepper else None
+
+    # ------------------------------------------------------------------------------------------
+    def _new_key(self, user_id: str, name: str) -> tuple[ApiKey, str]:
+        name = name.strip() or "default"
+        if len(name) > MAX_KEY_NAME:
+            raise InvalidInput(f"key name is longer than {MAX_KEY_NAME} characters", code="invalid_key_name")
+        generated = api_keys.generate_key(self._pepper)
+        record = ApiKey(
+            id=new_id("key"),
+            user_id=user_id,
+            name=name,
+            digest=generated.digest,
+            display_prefix=generated.display_prefix,
+            created_at=_iso(self.clock()),
+        )
+        return record, generated.secret
+
+    def signup(self, email: str, password: str, *, role: str = "user") -> tuple[User, ApiKey, str]:
+        user = User(
+            id=new_id("usr"),
+            email=normalise_email(email),
+            password_hash=passwords.hash_password(password),
+            created_at=_iso(self.clock()),
+            role=role,  # type: ignore[arg-type]
+        )
+        key, secret = self._new_key(user.id, "default")
+        self.store.create_user(user, key)
+        return user, key, secret
+
+    def login(self, email: str, password: str) -> dict[str, Any]:
+        try:
+            address = normalise_email(email)
+        except InvalidInput:
+            address = ""
+        user = self.store.get_user_by_email(address) if address else None
+        ok = passwords.verify_password(password, user.password_hash if user else _DUMMY_HASH)
+        if user is None or not ok:
+            raise Unauthorized("email or password is wrong", code="invalid_credentials")
+        if user.disabled:
+            raise Forbidden("this account is disabled", code="account_disabled")
+        token = self.own_tokens.issue(user.id, role=user.role, email=user.email)
+        return {"access_token": token, "token_type": "bearer", "expires_in": self.settings.jwt_ttl_s}
+
+    # authentication --------------------------------------------------------------------------
+    def _active(self, user: User | None) -> User:
+        if user is None:
+            raise Unauthorized("the account no longer exists", code="invalid_credentials")
+        if user.disabled:
+            raise Forbidden("this account is disabled", code="account_disabled")
+        return user
+
+    def authenticate_key(self, secret: str) -> Principal:
+        if not api_keys.well_formed(secret):  # checksum first: no store lookup for typos
+            raise Unauthorized("API key is malformed (bad checksum)", code="invalid_api_key")
+        digest = api_keys.digest_key(secret, self._pepper)
+        key = self.store.get_key_by_digest(digest)
+        if key is None or not api_keys.digests_match(key.digest, digest):
+            raise Unauthorized("API key is not valid", code="invalid_api_key")
+        now = _iso(self.clock())
+        if key.revoked_at is not None or (key.expires_at is not None and key.expires_at <= now):
+            raise Unauthorized("API key has been revoked", code="revoked_api_key")
+        user = self._active(self.store.get_user(key.user_id))
+        if key.last_used_at is None or key.last_used_at[:16] != now[:16]:
+            self.store.touch_key(key.id, key.digest, now)  # at most one write per key per minute
+        return Principal(user=user, method="api_key", key_id=key.id)
+
+    def authenticate_bearer(self, token: str) -> Principal:
+        claims = self.tokens.verify(token)
+        if claims.issuer == self.own_tokens.issuer:
+            return Principal(user=self._active(self.store.get_user(claims.subject)), method="jwt")
+        # External issuer: one Verity account per (issuer, subject), made on first sight.
+        user_id = "usr_ext_" + hashlib.sha256(f"{claims.issuer}|{claims.subject}".encode()).hexdigest()[:24]
+        user = self.store.get_user(user_id)
+        if user is None:
+            email = (claims.email or f"{claims.subject}@{user_id}.external").lower()
+            user = User(id=user_id, email=email, password_hash="!", created_at=_iso(self.clock()))
+            try:
+                self.store.create_user(user, None)
+            except Exception:  # noqa: BLE001 - a concurrent first request created it
+                user = self.store.get_user(user_id)
+        return Principal(user=self._active(user), method="jwt")
+
+    # keys ------------------------------------------------------------------------------------
+    def create_key(self, user: User, name: str) -> tuple[ApiKey, str]:
+        key, secret = self._new_key(user.id, name)
+        self.store.add_key(key)
+        return key, secret
+
+    def revoke_key(self, user: User, key_id: str) -> ApiKey:
+        key = self.store.revoke_key(user.id, key_id, _iso(self.clock()))
+        if key is None:
+            raise NotFound("no such key", code="key_not_found")
+        return key
+
+    def roll_key(self, user: User, key_id: str, grace_s: int) -> tuple[ApiKey, str, ApiKey]:
+        if not 0 <= grace_s <= MAX_GRACE_S:
+            raise InvalidInput(f"grace_seconds must be between 0 and {MAX_GRACE_S}", code="invalid_grace")
+        old = next((k for k in self.store.list_keys(user.id) if k.id == key_id), None)
+        # A key that was already rolled (expires_at set) has its successor: rolling it again would
+        # push its expires_at out, keeping the old key alive for ever or reviving an expired one.
+        if old is None or old.revoked_at is not None or old.expires_at is not None:
+            raise NotFound("no such active key", code="key_not_found")
+        new, secret = self.create_key(user, old.name)
+        now = self.clock()
+        expires = None if grace_s == 0 else _iso(now + timedelta(seconds=grace_s))
+        rolled = self.store.revoke_key(user.id, key_id, _iso(now), expires_at=expires)
+        return new, secret, rolled  # type: ignore[return-value]

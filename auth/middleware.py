@@ -1,0 +1,123 @@
+"""Plain ASGI authentication + quota middleware (SPEC §5, STYLE §4).
+
+Answers 401/403/429/503 itself in the one JSON error shape, puts the ``Principal`` on
+``scope["state"]["principal"]``, and adds RateLimit headers to every metered response. Public
+paths are listed explicitly; everything else needs ``x-api-key`` or ``Authorization: Bearer``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import anyio
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from auth.accounts import Accounts
+from auth.quotas import consume, meter_for
+from errors import QuotaExceeded, ServiceUnavailable, Unauthorized, VerityError
+
+log = logging.getLogger(__name__)
+
+PUBLIC_PATHS = frozenset(
+    {
+        "/",
+        "/docs",
+        "/docs/oauth2-redirect",
+        "/redoc",
+        "/openapi.json",
+        "/metrics",
+        "/v1/models",
+        "/v1/auth/signup",
+        "/v1/auth/login",
+    }
+)
+PUBLIC_PREFIXES = ("/health",)
+
+
+def _route_paths(app: ASGIApp) -> frozenset[str]:
+    paths = getattr(app.state, "route_paths", None)
+    if paths is None:
+        paths = frozenset(getattr(route, "path", "") for route in app.routes)  # type: ignore[attr-defined]
+        app.state.route_paths = paths  # type: ignore[attr-defined]
+    return paths
+
+
+def is_public(path: str) -> bool:
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+
+
+async def send_error(scope: Scope, send: Send, exc: VerityError) -> None:
+    request_id = scope.get("state", {}).get("request_id")
+    body = json.dumps(
+        {"error": {"code": exc.code, "message": exc.message, "request_id": request_id}}
+    ).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
+    await send({"type": "http.response.start", "status": exc.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class AuthMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or is_public(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        accounts: Accounts | None = getattr(scope["app"].state, "accounts", None)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        extra_headers: dict[str, str] = {}
+        try:
+            if accounts is None:
+                raise ServiceUnavailable("the service is starting", code="starting")
+            principal = await anyio.to_thread.run_sync(self._authenticate, accounts, headers)
+            path = scope["path"].rstrip("/") or "/"
+            meter = meter_for(scope["method"], path, accounts.settings)
+            # Meter only endpoints this app serves: a POST to a route that does not exist yet
+            # (audio, video, jobs arrive in later issues) is a 404, not a spent request.
+            if meter is not None and path in _route_paths(scope["app"]):
+                outcome = await anyio.to_thread.run_sync(
+                    consume, accounts.store, principal.user, meter, accounts.settings, accounts.clock()
+                )
+                extra_headers = outcome.headers
+                if not outcome.decision.allowed:
+                    daily = outcome.decision.scope == "daily"
+                    what = (
+                        f"daily request limit ({outcome.decision.daily_limit})"
+                        if daily
+                        else f"{meter.endpoint} limit of {meter.per_minute} requests per minute"
+                    )
+                    raise QuotaExceeded(
+                        f"{what} reached; retry in {outcome.retry_after_s} s",
+                        code="daily_quota_exceeded" if daily else "rate_limited",
+                        headers=outcome.headers,
+                    )
+        except VerityError as exc:
+            await send_error(scope, send, exc)
+            return
+        scope.setdefault("state", {})["principal"] = principal
+
+        async def send_with_limits(message: Message) -> None:
+            if message["type"] == "http.response.start" and extra_headers:
+                message["headers"] = [
+                    *message.get("headers", []),
+                    *((k.lower().encode(), v.encode()) for k, v in extra_headers.items()),
+                ]
+            await send(message)
+
+        await self.app(scope, receive, send_with_limits)
+
+    @staticmethod
+    def _authenticate(accounts: Accounts, headers: dict[str, str]):
+        api_key = headers.get("x-api-key")
+        authorization = headers.get("authorization", "")
+        if api_key:
+            return accounts.authenticate_key(api_key.strip())
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return accounts.authenticate_bearer(token.strip())
+        raise Unauthorized(
+            "authentication required: send x-api-key or Authorization: Bearer", code="unauthenticated"
+        )
