@@ -76,19 +76,8 @@ def engine(client, service_module):
 
 @pytest.fixture(params=["sqlite", "dynamodb"])
 def backend_store(request, tmp_path: Path) -> Iterator:
-    if request.param == "sqlite":
-        from store.sqlite import SQLiteStore
-
-        store = SQLiteStore(tmp_path / "verity.db")
-    else:
-        server: MotoServer = request.getfixturevalue("moto_server")
-        store = make_dynamodb_store(server.endpoint)
-    try:
+    with store_fixtures.fresh_store(request.param, request, tmp_path) as store:
         yield store
-    finally:
-        if request.param == "dynamodb":
-            store._resource.meta.client.delete_table(TableName=store.table_name)
-        store.close()
 
 
 def build_app(engine, store, settings: Settings, clock: FakeClock):

@@ -13,6 +13,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -127,8 +128,8 @@ def backend(request) -> str:
     return request.param
 
 
-@pytest.fixture
-def store(backend: str, request, tmp_path: Path) -> Iterator:
+@contextmanager
+def fresh_store(backend: str, request, tmp_path: Path) -> Iterator:
     """A fresh, empty store: a SQLite file in ``tmp_path`` or a new table on the moto server."""
     if backend == "sqlite":
         from store.sqlite import SQLiteStore
@@ -143,3 +144,9 @@ def store(backend: str, request, tmp_path: Path) -> Iterator:
         if backend == "dynamodb":
             instance._resource.meta.client.delete_table(TableName=instance.table_name)
         instance.close()
+
+
+@pytest.fixture
+def store(backend: str, request, tmp_path: Path) -> Iterator:
+    with fresh_store(backend, request, tmp_path) as instance:
+        yield instance
