@@ -19,8 +19,9 @@ from starlette.routing import Match
 
 from api import account_routes
 from api.engine import Engine
-from api.image_detection import detect_image, read_image_payload
+from api.image_detection import detect_image
 from api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
+from api.payload import read_media_payload
 from auth.accounts import Accounts
 from auth.middleware import AuthMiddleware
 from auth.principal import Principal
@@ -199,7 +200,7 @@ def create_app(settings: Settings) -> FastAPI:
         or a raw `image/*` body."""
         engine = engine_of(request)
         engine.image_model(model)  # unknown model: fail before reading a large body
-        data = await read_image_payload(request)
+        data = await read_media_payload(request, "image")
         result = await detect_image(engine, data, model_id=model, explain=explain)
         await record_detection(accounts, principal, result)
         return JSONResponse(result)

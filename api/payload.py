@@ -1,0 +1,67 @@
+"""Request bodies of the detection endpoints: multipart, JSON data URLs, or raw bytes."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+
+from errors import BadRequest, InvalidInput, UnsupportedMedia
+
+
+def _decode_data_url(value: str) -> bytes:
+    """``data:image/jpeg;base64,...`` (camera frames), ``data:audio/...`` or bare base64."""
+    if value.startswith("data:"):
+        header, _, value = value.partition(",")
+        if ";base64" not in header:
+            raise InvalidInput("data URL must be base64-encoded", code="invalid_data_url")
+    try:
+        return base64.b64decode("".join(value.split()), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidInput(f"media is not valid base64: {exc}", code="invalid_base64") from exc
+
+
+async def read_media_payload(request: Request, kind: str) -> bytes:
+    """The media bytes from multipart (field ``kind`` or ``file``), JSON (``{kind: data URL}``)
+    or a raw ``kind/*`` body; ``kind`` is "image" or "audio"."""
+    fields = (kind, "file")
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        form = await request.form(max_files=2, max_fields=20)
+        try:
+            upload = next((form[k] for k in fields if isinstance(form.get(k), UploadFile)), None)
+            if upload is None:
+                raise InvalidInput(
+                    f"multipart body needs a file field named '{kind}' (or 'file')", code="missing_file"
+                )
+            return await upload.read()
+        finally:
+            await form.close()
+    if content_type == "application/json":
+        try:
+            body = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise BadRequest(f"body is not valid JSON: {exc}", code="invalid_json") from exc
+        if not isinstance(body, dict):
+            raise InvalidInput("JSON body must be an object", code="invalid_json")
+        if "upload_id" in body and kind not in body:
+            raise InvalidInput(
+                "upload_id needs the uploads API, which this deployment does not enable yet",
+                code="uploads_unavailable",
+            )
+        value = body.get(kind)
+        if not isinstance(value, str) or not value:
+            raise InvalidInput(
+                f"JSON body needs '{kind}': a data URL or base64 string", code=f"missing_{kind}"
+            )
+        return _decode_data_url(value)
+    if content_type.startswith(f"{kind}/") or content_type == "application/octet-stream":
+        return await request.body()
+    raise UnsupportedMedia(
+        f"unsupported request content type {content_type or '(none)'!r}; send multipart/form-data, "
+        f"application/json with a data URL, or a raw {kind}/* body",
+        code="unsupported_content_type",
+    )
