@@ -23,7 +23,7 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 QUIET_PIP := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: help setup setup-runtime serve models test test-fast lint bench build clean
+.PHONY: help system-deps setup setup-runtime serve models test test-fast lint bench build clean
 
 help:
 	@echo "make serve   install, build the default models, serve on http://$(HOST):$(PORT)"
@@ -32,6 +32,7 @@ help:
 	@echo "make bench   benchmarks (results printed and written under bench/results/)"
 	@echo "make build   bentoml build (offline)"
 	@echo "make lint    ruff"
+	@echo "make system-deps  ffmpeg (M4A/AAC audio), with apt-get when it is missing"
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found (set PYTHON=...)"; exit 1; }
@@ -50,8 +51,18 @@ $(STAMPS)/%: pyproject.toml | $(PY)
 	$(PIP) -r <($(GROUP_REQUIREMENTS) $*) $(QUIET_PIP)
 	@touch $@
 
-setup-runtime: $(STAMPS)/runtime $(STAMPS)/export
-setup: setup-runtime $(STAMPS)/dev
+# System packages: ffmpeg/ffprobe decode M4A/AAC audio (media/audio.py). Debian's package, installed
+# with apt-get only when missing (as root, or through sudo); nothing happens when it is on PATH.
+system-deps:
+	@if command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null; then exit 0; fi; \
+	command -v apt-get >/dev/null || { echo "ffmpeg not found and no apt-get: install ffmpeg yourself"; exit 1; }; \
+	sudo=""; [ "$$(id -u)" -eq 0 ] || sudo="sudo"; \
+	echo "installing ffmpeg with apt-get ..."; \
+	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get update; \
+	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ffmpeg
+
+setup-runtime: system-deps $(STAMPS)/runtime $(STAMPS)/export
+setup: system-deps setup-runtime $(STAMPS)/dev
 
 models: setup-runtime
 	$(PY) -m models ensure

@@ -43,10 +43,12 @@ def _stored_or_fail(model_id: str) -> StoredModel:
     return stored
 
 
-def image_detector_service(stored: StoredModel) -> Any:
-    """A model service for one stored image model: its session and one batchable API."""
+def model_service(stored: StoredModel, name: str) -> Any:
+    """A model service for one stored model: its ONNX session, one batchable API for inputs of
+    one shape, and an unbatched one for the odd input that cannot share a batch (an audio clip
+    shorter than one window)."""
 
-    class ImageDetector:
+    class ModelService:
         model = bentoml.models.BentoModel(stored.tag)
 
         def __init__(self) -> None:
@@ -65,29 +67,44 @@ def image_detector_service(stored: StoredModel) -> Any:
             max_batch_size=settings.batch_max_size,
             max_latency_ms=settings.batch_max_latency_ms,
         )
-        async def predict(self, pixels: np.ndarray) -> np.ndarray:
+        async def predict(self, inputs: np.ndarray) -> np.ndarray:
             # ORT releases the GIL; a worker thread keeps this process's event loop responsive.
-            return await anyio.to_thread.run_sync(self.session.run, pixels)
+            return await anyio.to_thread.run_sync(self.session.run, inputs)
+
+        @bentoml.api
+        async def predict_unbatched(self, inputs: np.ndarray) -> np.ndarray:
+            return await anyio.to_thread.run_sync(self.session.run, inputs)
 
         @bentoml.api
         async def health(self) -> dict[str, Any]:
             return {"tag": stored.tag, "loaded": True}
 
-    name = "ImageDetector" if stored.model_id == settings.image_model else f"ImageDetector_{stored.model_id}"
-    ImageDetector.__name__ = ImageDetector.__qualname__ = name.replace("-", "_")
+    ModelService.__name__ = ModelService.__qualname__ = name
     return bentoml.service(
-        name=name.replace("-", "_"),
+        name=name,
         workers=1,
         traffic={"timeout": 120},
         # BentoML 1.4's client to a dependency replaces its HTTP session every 100 calls or
         # 300 s and closes the old one with calls still in flight, failing them; keep one session.
         runner_connection={"max_requests": 2**31 - 1, "max_age": 10.0**9},
-    )(ImageDetector)
+    )(ModelService)
+
+
+def _service_name(kind: str, model_id: str, default: str | None) -> str:
+    return kind if model_id == default else f"{kind}_{model_id.replace('-', '_')}"
 
 
 STORED_IMAGE_MODELS = {mid: _stored_or_fail(mid) for mid in settings.served_image_models}
-IMAGE_DETECTORS = {mid: image_detector_service(s) for mid, s in STORED_IMAGE_MODELS.items()}
+IMAGE_DETECTORS = {
+    mid: model_service(s, _service_name("ImageDetector", mid, settings.image_model))
+    for mid, s in STORED_IMAGE_MODELS.items()
+}
 ImageDetector = IMAGE_DETECTORS[settings.image_model]
+STORED_AUDIO_MODELS = {mid: _stored_or_fail(mid) for mid in settings.served_audio_models}
+AUDIO_DETECTORS = {
+    mid: model_service(s, _service_name("AudioDetector", mid, settings.audio_model))
+    for mid, s in STORED_AUDIO_MODELS.items()
+}
 
 
 class _VerityAPI:
@@ -96,17 +113,22 @@ class _VerityAPI:
     def __init__(self) -> None:
         configure_logging(settings)
         app.state.accounts = Accounts(make_store(settings), settings)
+
+        def served(stored: dict[str, StoredModel], prefix: str) -> dict[str, ServedModel]:
+            return {
+                mid: ServedModel(stored=s, detector=getattr(self, _dep_attr(prefix, mid)))
+                for mid, s in stored.items()
+            }
+
         app.state.engine = Engine(
             settings,
-            {
-                mid: ServedModel(stored=STORED_IMAGE_MODELS[mid], detector=getattr(self, _dep_attr(mid)))
-                for mid in IMAGE_DETECTORS
-            },
+            served(STORED_IMAGE_MODELS, "image"),
+            audio_models=served(STORED_AUDIO_MODELS, "audio"),
         )
 
 
-def _dep_attr(model_id: str) -> str:
-    return "detector_" + model_id.replace("-", "_")
+def _dep_attr(kind: str, model_id: str) -> str:
+    return f"{kind}_detector_" + model_id.replace("-", "_")
 
 
 # One `bentoml.depends` class attribute per served model; BentoML discovers dependencies from
@@ -116,7 +138,10 @@ Verity = bentoml.service(name="Verity", workers=1, traffic={"timeout": 300})(
         type(
             "Verity",
             (_VerityAPI,),
-            {_dep_attr(mid): bentoml.depends(svc) for mid, svc in IMAGE_DETECTORS.items()},
+            {
+                **{_dep_attr("image", mid): bentoml.depends(svc) for mid, svc in IMAGE_DETECTORS.items()},
+                **{_dep_attr("audio", mid): bentoml.depends(svc) for mid, svc in AUDIO_DETECTORS.items()},
+            },
         )
     )
 )

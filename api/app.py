@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from api import account_routes
+from api.audio_detection import detect_audio
 from api.engine import Engine
 from api.image_detection import detect_image
 from api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
@@ -122,8 +123,14 @@ def create_app(settings: Settings) -> FastAPI:
     _install_error_handlers(app)
     image_limit = settings.max_image_bytes * 4 // 3 + MULTIPART_OVERHEAD  # base64 in JSON
 
+    audio_limit = settings.max_audio_bytes * 4 // 3 + MULTIPART_OVERHEAD
+
     def body_limit(path: str) -> int:
-        return image_limit if path.endswith("/v1/detect/image") else settings.max_json_body_bytes
+        if path.endswith("/v1/detect/image"):
+            return image_limit
+        if path.endswith("/v1/detect/audio"):
+            return audio_limit
+        return settings.max_json_body_bytes
 
     # Outermost first on the wire: request id -> auth + quotas -> body cap -> routes.
     app.add_middleware(BodySizeLimitMiddleware, limit_for=body_limit)
@@ -145,7 +152,7 @@ def create_app(settings: Settings) -> FastAPI:
         models, warnings, failed = [], [], []
 
         async def probe(model_id: str) -> None:
-            served = engine.image_models[model_id]
+            served = engine.served[model_id]
             try:
                 await asyncio.wait_for(served.detector.health(), READY_TIMEOUT_S)
             except Exception:  # noqa: BLE001 - any failure means not ready
@@ -153,7 +160,7 @@ def create_app(settings: Settings) -> FastAPI:
             models.append(served.stored.describe())
             warnings.extend(served.warnings)
 
-        await asyncio.gather(*(probe(m) for m in engine.image_models))
+        await asyncio.gather(*(probe(m) for m in engine.served))
         if failed:
             raise ServiceUnavailable(f"models not loaded yet: {sorted(failed)}", code="not_ready")
         return JSONResponse({"status": "ready", "models": models, "warnings": warnings})
@@ -165,10 +172,10 @@ def create_app(settings: Settings) -> FastAPI:
             {
                 **m.stored.describe(),
                 "served": True,
-                "default": mid == engine.default_image_model,
+                "default": mid in (engine.default_image_model, engine.settings.audio_model),
                 "warnings": m.warnings,
             }
-            for mid, m in engine.image_models.items()
+            for mid, m in engine.served.items()
         ]
         stored_versions: dict[str, list[str]] = {}
         for stored in list_stored():
@@ -184,7 +191,7 @@ def create_app(settings: Settings) -> FastAPI:
                 "stored_versions": stored_versions.get(entry.id, []),
             }
             for entry in load_catalog().values()
-            if entry.id not in engine.image_models
+            if entry.id not in engine.served
         ]
         return {"models": served + others}
 
@@ -202,6 +209,22 @@ def create_app(settings: Settings) -> FastAPI:
         engine.image_model(model)  # unknown model: fail before reading a large body
         data = await read_media_payload(request, "image")
         result = await detect_image(engine, data, model_id=model, explain=explain)
+        await record_detection(accounts, principal, result)
+        return JSONResponse(result)
+
+    @app.post("/v1/detect/audio", tags=["detect"])
+    async def detect_audio_route(
+        request: Request,
+        principal: account_routes.CurrentPrincipal,
+        accounts: account_routes.AccountsDep,
+        model: Annotated[str | None, Query(description="catalog id; default: the served default")] = None,
+    ) -> JSONResponse:
+        """Multipart field `audio` (or `file`), JSON `{"audio": "data:audio/...;base64,..."}`, or a
+        raw `audio/*` body. WAV, FLAC, OGG/Opus, MP3, M4A/AAC."""
+        engine = engine_of(request)
+        engine.audio_model(model)
+        data = await read_media_payload(request, "audio")
+        result = await detect_audio(engine, data, model_id=model)
         await record_detection(accounts, principal, result)
         return JSONResponse(result)
 

@@ -9,7 +9,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from config import Settings
-from errors import InvalidInput, NotFound
+from errors import InvalidInput, NotFound, ServiceUnavailable
 from models.catalog import load_catalog
 from models.store import StoredModel
 
@@ -42,23 +42,43 @@ class ServedModel:
 
 
 class Engine:
-    def __init__(self, settings: Settings, image_models: dict[str, ServedModel]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        image_models: dict[str, ServedModel],
+        audio_models: dict[str, ServedModel] | None = None,
+    ) -> None:
         self.settings = settings
         self.image_models = image_models
+        self.audio_models = audio_models or {}
         self.default_image_model = settings.image_model
-        for served in image_models.values():
+        for served in [*image_models.values(), *self.audio_models.values()]:
             for warning in served.warnings:
                 log.warning(warning["message"], extra={"model": served.stored.describe()})
 
+    @property
+    def served(self) -> dict[str, ServedModel]:
+        return {**self.image_models, **self.audio_models}
+
     def image_model(self, model_id: str | None) -> ServedModel:
-        model_id = model_id or self.default_image_model
-        if model_id in self.image_models:
-            return self.image_models[model_id]
+        return self._find(model_id or self.default_image_model, self.image_models, "image")
+
+    def audio_model(self, model_id: str | None) -> ServedModel:
+        if model_id is None:
+            if not self.audio_models:
+                raise ServiceUnavailable("no audio model is served here", code="modality_unavailable")
+            model_id = next(iter(self.audio_models))
+        return self._find(model_id, self.audio_models, "audio")
+
+    @staticmethod
+    def _find(model_id: str, served: dict[str, ServedModel], modality: str) -> ServedModel:
+        if model_id in served:
+            return served[model_id]
         catalog = load_catalog()
-        if model_id in catalog and catalog[model_id].modality == "image":
+        if model_id in catalog and catalog[model_id].modality == modality:
             raise InvalidInput(
                 f"model {model_id!r} is in the catalog but not served here; "
-                f"served image models: {sorted(self.image_models)}",
+                f"served {modality} models: {sorted(served)}",
                 code="model_not_served",
             )
-        raise NotFound(f"unknown model {model_id!r}; see GET /v1/models", code="model_not_found")
+        raise NotFound(f"unknown {modality} model {model_id!r}; see GET /v1/models", code="model_not_found")

@@ -25,7 +25,7 @@ async def predict(served: ServedModel, pixels: np.ndarray) -> np.ndarray:
     except VerityError:
         raise
     except Exception as exc:  # the model service is down, restarting or overloaded
-        log.exception("image model call failed", extra={"model_id": served.stored.model_id})
+        log.exception("model call failed", extra={"model_id": served.stored.model_id})
         raise ServiceUnavailable(
             f"model {served.stored.model_id} is unavailable, retry shortly", code="model_unavailable"
         ) from exc

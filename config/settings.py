@@ -28,6 +28,9 @@ class Settings(BaseSettings):
         default_factory=list,
         description="catalog ids served as image detectors; the default model is always served",
     )
+    audio_model: str = Field(
+        "wav2vec2-audio", description="catalog id of the audio model; empty serves no audio"
+    )
     precision: Literal["fp32", "int8"] = Field("fp32", description="which stored export to serve")
     ort_intra_op_threads: int = Field(0, ge=0, description="0 = one per CPU core")
     ort_inter_op_threads: int = Field(1, ge=1)
@@ -44,6 +47,9 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(10 * MB, ge=1)
     max_image_pixels: int = Field(40_000_000, ge=1, description="width*height cap (bombs)")
     max_json_body_bytes: int = Field(1 * MB, ge=1, description="cap for non-media requests")
+    max_audio_bytes: int = Field(20 * MB, ge=1)
+    max_audio_duration_s: float = Field(300.0, gt=0, description="inline audio duration cap")
+    ffmpeg_timeout_s: float = Field(30.0, gt=0, description="time limit for decoding M4A/AAC")
 
     # Store (SPEC §2): embedded SQLite by default, DynamoDB by setting -----------------------
     store: Literal["sqlite", "dynamodb"] = "sqlite"
@@ -107,6 +113,10 @@ class Settings(BaseSettings):
         """The default model first, then any extra ones, without duplicates."""
         ordered = [self.image_model, *self.image_models]
         return list(dict.fromkeys(ordered))
+
+    @property
+    def served_audio_models(self) -> list[str]:
+        return [self.audio_model] if self.audio_model else []
 
     @property
     def intra_op_threads(self) -> int:

@@ -3,6 +3,7 @@
 python -m models export vit-dima806                 # hub checkpoint, or dev weights offline
 python -m models export vit-dima806 --source ./my-hf-dir
 python -m models export keras-cnn --source detector.h5
+python -m models export wav2vec2-audio              # the default audio model (hub or dev)
 python -m models ensure                             # export the served models if missing
 python -m models list
 """
@@ -40,7 +41,7 @@ def _cmd_ensure(args: argparse.Namespace) -> int:
     from models.store import find_stored
 
     settings = get_settings()
-    for model_id in settings.served_image_models:
+    for model_id in [*settings.served_image_models, *settings.served_audio_models]:
         if find_stored(model_id, "fp32") and find_stored(model_id, "int8"):
             log.info("%s already in the model store", model_id)
             continue

@@ -14,7 +14,7 @@ from typing import Any
 import bentoml
 from bentoml.exceptions import NotFound
 
-from models.catalog import ImageInputSpec
+from models.catalog import AudioInputSpec, ImageInputSpec
 
 ONNX_FILE = "model.onnx"
 
@@ -51,8 +51,22 @@ class StoredModel:
         return self.path / ONNX_FILE
 
     @property
+    def modality(self) -> str:
+        return str(self.metadata["modality"])
+
+    @property
     def input_spec(self) -> ImageInputSpec:
+        """The image input spec (image models only)."""
+        if self.modality == "audio":
+            raise TypeError(f"{self.tag} is an audio model: use audio_spec")
         return ImageInputSpec.from_dict(self.metadata["input"])
+
+    @property
+    def audio_spec(self) -> AudioInputSpec:
+        """Sample rate, windowing and normalization of an audio model (stored under "input")."""
+        if self.modality != "audio":
+            raise TypeError(f"{self.tag} is a {self.modality} model, not an audio one")
+        return AudioInputSpec.from_dict(self.metadata["input"])
 
     def describe(self) -> dict[str, Any]:
         """The public description used by /v1/models, /health/ready and every result."""

@@ -7,20 +7,43 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import onnxruntime
 
-from models.catalog import get_entry
-from models.export.parity import FP32_TOLERANCE, check_parity, int8_agreement, run_onnx
+from models.catalog import AudioInputSpec, get_entry
+from models.export.audio_probe import probe_audio_batches
+from models.export.parity import FP32_TOLERANCE, check_parity, int8_agreement
 from models.export.probe import probe_batch
 from models.export.quantize import quantize_int8
 from models.export.save import save_onnx
-from models.export.source import ExportSource
+from models.export.source import ExportSource, SourceInfo
 from models.store import StoredModel
 
 log = logging.getLogger(__name__)
 
 PROBE_SIZE = 16
+# Audio (wav2vec2-style) INT8 covers the transformer's matrix products only: dynamic quantization
+# of the conv feature encoder and the weight-normed positional conv breaks them (SPEC §3).
+AUDIO_INT8_OP_TYPES = ["MatMul", "Gemm"]
+
+
+def probe_batches(info: SourceInfo, count: int = PROBE_SIZE) -> list[np.ndarray]:
+    """The probe set as model input, one array per input shape: pictures are one batch; audio
+    is full windows plus shorter clips (each length its own batch, as serving runs them)."""
+    if isinstance(info.input, AudioInputSpec):
+        return probe_audio_batches(info.input, count)
+    return [probe_batch(info.input, count)]
+
+
+def _source_outputs(src: ExportSource, batches: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate([src.predict(batch) for batch in batches])
+
+
+def _onnx_outputs(path: Path, batches: list[np.ndarray]) -> np.ndarray:
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return np.concatenate([session.run(None, {name: batch.astype(np.float32)})[0] for batch in batches])
 
 
 def make_source(
@@ -46,6 +69,10 @@ def make_source(
         return KerasImageSource(entry, path=Path(source), fake_index=fake_index)
     if entry.source == "file":
         raise ValueError(f"{model_id} needs --source pointing at a .h5 or .keras file")
+    if entry.modality == "audio":
+        from models.export.hf_audio import HFAudioSource
+
+        return HFAudioSource(entry, source=source, offline=offline, dev_overrides=dev_overrides)
     from models.export.hf import HFImageSource
 
     return HFImageSource(entry, source=source, offline=offline, dev_overrides=dev_overrides)
@@ -56,13 +83,14 @@ def export_source(
 ) -> list[StoredModel]:
     info = src.info
     info.versions.update({"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__})
-    probe = probe_batch(info.input, PROBE_SIZE)
+    probe = probe_batches(info, PROBE_SIZE)
+    audio = info.modality == "audio"
     stored: list[StoredModel] = []
     with tempfile.TemporaryDirectory(prefix="verity-export-") as tmp:
         fp32_path = Path(tmp) / "fp32.onnx"
         src.export_onnx(fp32_path)
-        source_out = src.predict(probe)
-        fp32_out = run_onnx(fp32_path, probe)
+        source_out = _source_outputs(src, probe)
+        fp32_out = _onnx_outputs(fp32_path, probe)
         parity = check_parity(info.model_id, fp32_out, source_out, tolerance)
         log.info("%s fp32 parity: max abs diff %.3g (tolerance %.1g)", info.model_id, parity, tolerance)
         base = {
@@ -73,10 +101,12 @@ def export_source(
         }
         stored.append(save_onnx(fp32_path, {**base, "precision": "fp32"}))
         if int8:
-            int8_path = quantize_int8(fp32_path, Path(tmp) / "int8.onnx")
+            int8_path = quantize_int8(
+                fp32_path, Path(tmp) / "int8.onnx", op_types=AUDIO_INT8_OP_TYPES if audio else None
+            )
             agreement = int8_agreement(
                 fp32_out,
-                run_onnx(int8_path, probe),
+                _onnx_outputs(int8_path, probe),
                 output_kind=info.output,
                 fake_index=info.fake_index,
                 threshold=info.threshold,

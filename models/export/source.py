@@ -8,7 +8,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from models.catalog import ImageInputSpec
+from models.catalog import AudioInputSpec, ImageInputSpec
 
 
 @dataclass
@@ -22,7 +22,7 @@ class SourceInfo:
     fake_index: int
     output: Literal["logits", "probabilities"]
     threshold: float
-    input: ImageInputSpec
+    input: ImageInputSpec | AudioInputSpec
     license: str = ""
     versions: dict[str, str] = field(default_factory=dict)
 
@@ -50,4 +50,4 @@ class ExportSource(Protocol):
         """Raw outputs of the source framework on a preprocessed batch."""
 
     def export_onnx(self, path: Path) -> None:
-        """Write an fp32 ONNX graph with a dynamic batch axis."""
+        """Write an fp32 ONNX graph with a dynamic batch axis (audio: and a dynamic length axis)."""

@@ -26,6 +26,7 @@ import httpx
 import pytest
 
 from auth.api_keys import well_formed
+from tests.audio_factory import encode_ffmpeg, speech_like
 from tests.e2e.servers import PROJECT_ROOT, ServerProcess, free_port, server_env, server_home
 from tests.media_factory import jpeg_bytes
 
@@ -164,6 +165,7 @@ def test_readme_curl_example(
     make_serve: ServerProcess, readme_account: ReadmeAccount, command: str, tmp_path: Path
 ) -> None:
     (tmp_path / "face.jpg").write_bytes(jpeg_bytes(320, 240))
+    (tmp_path / "call.m4a").write_bytes(encode_ffmpeg(speech_like(6.0, 44_100), 44_100, "m4a"))
     body = tmp_path / "response.json"
     signup = SIGNUP in command
     if signup:
@@ -200,6 +202,10 @@ def test_readme_curl_example(
             f"/v1/history/{answer['id']}", headers={"x-api-key": readme_account.key}
         )
         assert stored.status_code == 200 and stored.json() == answer
+    elif "/v1/detect/audio" in command:
+        assert answer["modality"] == "audio" and answer["model"]["weights"] == "dev"
+        assert answer["media"]["duration_s"] == pytest.approx(6.0, abs=0.15)
+        assert answer["segments"] and answer["segments"][-1]["end_s"] == answer["media"]["duration_s"]
     elif "/health/ready" in command:
         assert answer["status"] == "ready"
     elif "/v1/models" in command:

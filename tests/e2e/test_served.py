@@ -82,7 +82,11 @@ def test_ready_reports_dev_weights(http: httpx.Client) -> None:
     assert response.status_code == 200
     body = response.json()
     assert body["status"] == "ready"
-    assert {m["id"]: m["weights"] for m in body["models"]} == {DEFAULT_MODEL: "dev", SECOND_MODEL: "dev"}
+    assert {m["id"]: m["weights"] for m in body["models"]} == {
+        DEFAULT_MODEL: "dev",
+        SECOND_MODEL: "dev",
+        "wav2vec2-audio": "dev",
+    }
     assert {w["code"] for w in body["warnings"]} == {"dev_weights"}
 
 
@@ -372,7 +376,9 @@ def test_no_torch_or_tensorflow_in_server_tree(
         cmdline = proc.cmdline()
         if "--service-name" in cmdline:
             services[cmdline[cmdline.index("--service-name") + 1]] = proc
-    assert {"Verity", "ImageDetector", "ImageDetector_siglip_open_deepfake"} <= set(services), services
+    assert {"Verity", "ImageDetector", "ImageDetector_siglip_open_deepfake", "AudioDetector"} <= set(
+        services
+    ), services
 
     offending, with_ort = {}, set()
     for proc in tree:

@@ -65,7 +65,7 @@ def test_health_endpoints(client):
     assert ready.status_code == 200
     body = ready.json()
     assert body["status"] == "ready"
-    assert {m["id"] for m in body["models"]} == {"vit-dima806", "siglip-open-deepfake"}
+    assert {m["id"] for m in body["models"]} == {"vit-dima806", "siglip-open-deepfake", "wav2vec2-audio"}
     assert all(m["weights"] == "dev" for m in body["models"])
     assert {w["code"] for w in body["warnings"]} == {"dev_weights"}
 
