@@ -82,6 +82,7 @@ lint: setup
 
 bench: setup models
 	$(PY) -m bench.image
+	$(PY) -m bench.audio
 
 build: models
 	$(VENV)/bin/bentoml build --output tag

@@ -12,6 +12,7 @@ under ``$BENTOML_HOME`` (``bentos/``), filled by ``make models``. Nothing here i
 from __future__ import annotations
 
 import logging
+import math
 import os
 from typing import Any
 
@@ -43,7 +44,7 @@ def _stored_or_fail(model_id: str) -> StoredModel:
     return stored
 
 
-def model_service(stored: StoredModel, name: str) -> Any:
+def model_service(stored: StoredModel, name: str, *, max_batch_size: int, max_latency_ms: int) -> Any:
     """A model service for one stored model: its ONNX session, one batchable API for inputs of
     one shape, and an unbatched one for the odd input that cannot share a batch (an audio clip
     shorter than one window)."""
@@ -64,8 +65,8 @@ def model_service(stored: StoredModel, name: str) -> Any:
         @bentoml.api(
             batchable=True,
             batch_dim=0,
-            max_batch_size=settings.batch_max_size,
-            max_latency_ms=settings.batch_max_latency_ms,
+            max_batch_size=max_batch_size,
+            max_latency_ms=max_latency_ms,
         )
         async def predict(self, inputs: np.ndarray) -> np.ndarray:
             # ORT releases the GIL; a worker thread keeps this process's event loop responsive.
@@ -83,7 +84,8 @@ def model_service(stored: StoredModel, name: str) -> Any:
     return bentoml.service(
         name=name,
         workers=1,
-        traffic={"timeout": 120},
+        # A queued call may wait up to max_latency_ms, then run: the timeout must cover both.
+        traffic={"timeout": max(120, math.ceil(max_latency_ms / 1000) + 60)},
         # BentoML 1.4's client to a dependency replaces its HTTP session every 100 calls or
         # 300 s and closes the old one with calls still in flight, failing them; keep one session.
         runner_connection={"max_requests": 2**31 - 1, "max_age": 10.0**9},
@@ -96,13 +98,23 @@ def _service_name(kind: str, model_id: str, default: str | None) -> str:
 
 STORED_IMAGE_MODELS = {mid: _stored_or_fail(mid) for mid in settings.served_image_models}
 IMAGE_DETECTORS = {
-    mid: model_service(s, _service_name("ImageDetector", mid, settings.image_model))
+    mid: model_service(
+        s,
+        _service_name("ImageDetector", mid, settings.image_model),
+        max_batch_size=settings.batch_max_size,
+        max_latency_ms=settings.batch_max_latency_ms,
+    )
     for mid, s in STORED_IMAGE_MODELS.items()
 }
 ImageDetector = IMAGE_DETECTORS[settings.image_model]
 STORED_AUDIO_MODELS = {mid: _stored_or_fail(mid) for mid in settings.served_audio_models}
 AUDIO_DETECTORS = {
-    mid: model_service(s, _service_name("AudioDetector", mid, settings.audio_model))
+    mid: model_service(
+        s,
+        _service_name("AudioDetector", mid, settings.audio_model),
+        max_batch_size=settings.audio_batch_max_size,
+        max_latency_ms=settings.audio_batch_max_latency_ms,
+    )
     for mid, s in STORED_AUDIO_MODELS.items()
 }
 
@@ -131,9 +143,13 @@ def _dep_attr(kind: str, model_id: str) -> str:
     return f"{kind}_detector_" + model_id.replace("-", "_")
 
 
+# The API's request timeout outlasts the longest a model call may queue, plus decoding and running.
+_LONGEST_QUEUE_MS = max(settings.batch_max_latency_ms, settings.audio_batch_max_latency_ms)
+_API_TIMEOUT_S = max(300, math.ceil(_LONGEST_QUEUE_MS / 1000) + 120)
+
 # One `bentoml.depends` class attribute per served model; BentoML discovers dependencies from
 # class attributes, so the class is assembled here rather than written out per model.
-Verity = bentoml.service(name="Verity", workers=1, traffic={"timeout": 300})(
+Verity = bentoml.service(name="Verity", workers=1, traffic={"timeout": _API_TIMEOUT_S})(
     bentoml.asgi_app(app, path="/")(
         type(
             "Verity",

@@ -17,16 +17,18 @@ from typing import Any
 import anyio
 import numpy as np
 
-from api.engine import Engine, ServedModel
+from api.engine import Engine, ServedModel, audio_hop_s
 from api.ids import new_id
 from api.inference import predict
 from media.audio import decode_audio, make_windows
 from models.audio_features import normalize_windows
 from models.postprocess import fake_probabilities, verdict_for
 
-# Windows per model call: keeps one long clip from monopolising a batch and stays under the
-# model service's max batch size; concurrent chunks still share batches with other requests.
-CHUNK = 16
+# Windows per model call. One: BentoML's batcher predicts a call's cost as linear in the number
+# of *calls* it batches, so calls must cost the same; with whole clips as calls (4 windows for a
+# 10 s clip, 29 for a minute) its estimate was off by up to 7x and it shed requests it could
+# serve (bench/audio.py). Windows of concurrent requests still share batches, in arrival order.
+CHUNK = 1
 
 
 def _ms(start: float) -> float:
@@ -62,7 +64,8 @@ async def detect_audio(engine: Engine, data: bytes, *, model_id: str | None) -> 
     )
     decode_ms = _ms(started)
     mark = time.perf_counter()
-    windows, spans = make_windows(decoded.samples, decoded.sample_rate, spec.window_s, spec.hop_s)
+    hop_s = audio_hop_s(settings, spec)
+    windows, spans = make_windows(decoded.samples, decoded.sample_rate, spec.window_s, hop_s)
     if spec.do_normalize:
         windows = normalize_windows(windows, None)
     preprocess_ms = _ms(mark)
@@ -113,7 +116,7 @@ async def detect_audio(engine: Engine, data: bytes, *, model_id: str | None) -> 
             "channels": decoded.channels,
             "windows": len(spans),
             "window_s": spec.window_s,
-            "hop_s": spec.hop_s,
+            "hop_s": hop_s,
         },
         "timing_ms": {
             "decode": decode_ms,

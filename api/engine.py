@@ -10,7 +10,7 @@ import numpy as np
 
 from config import Settings
 from errors import InvalidInput, NotFound, ServiceUnavailable
-from models.catalog import load_catalog
+from models.catalog import AudioInputSpec, load_catalog
 from models.store import StoredModel
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,15 @@ class ServedModel:
         return []
 
 
+def audio_hop_s(settings: Settings, spec: AudioInputSpec) -> float:
+    """Seconds between window starts: ``VERITY_AUDIO_HOP_S`` when set, else the catalog's."""
+    hop_s = settings.audio_hop_s or spec.hop_s
+    if hop_s > spec.window_s:
+        # Gaps between windows would leave audio unexamined.
+        raise ValueError(f"VERITY_AUDIO_HOP_S={hop_s} is longer than the {spec.window_s} s window")
+    return hop_s
+
+
 class Engine:
     def __init__(
         self,
@@ -52,6 +61,8 @@ class Engine:
         self.image_models = image_models
         self.audio_models = audio_models or {}
         self.default_image_model = settings.image_model
+        for served in self.audio_models.values():
+            audio_hop_s(settings, served.stored.audio_spec)  # a bad VERITY_AUDIO_HOP_S fails at start
         for served in [*image_models.values(), *self.audio_models.values()]:
             for warning in served.warnings:
                 log.warning(warning["message"], extra={"model": served.stored.describe()})

@@ -17,6 +17,7 @@ import io
 import logging
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +57,21 @@ def _processor(spec: Any) -> Any:
     )
 
 
-def model_location(model_id: str, workdir: Path) -> tuple[str, dict[str, Any]]:
-    """A directory or hub id for ``pipeline(model=...)`` holding the served model's weights."""
+def rebuild_dev_image(entry: Any, stored: Any, workdir: Path) -> dict[str, Any]:
+    """The image model with the stored export's dev weights, saved with its image processor."""
+    from models.export.hf import DEV_SEED, build_dev_model
+
+    build_dev_model(entry).save_pretrained(workdir)
+    _processor(stored.input_spec).save_pretrained(workdir)
+    return {"dev_seed": DEV_SEED}
+
+
+def model_location(
+    model_id: str, workdir: Path, rebuild_dev: Callable[[Any, Any, Path], dict[str, Any]] = rebuild_dev_image
+) -> tuple[str, dict[str, Any]]:
+    """A directory or hub id for ``pipeline(model=...)`` holding the served model's weights.
+    For dev weights, ``rebuild_dev(entry, stored, workdir)`` saves the same seeded model (and its
+    processor) into ``workdir`` and returns what to record about it."""
     from models.catalog import get_entry
     from models.store import find_stored
 
@@ -73,12 +87,7 @@ def model_location(model_id: str, workdir: Path) -> tuple[str, dict[str, Any]]:
         return source.removeprefix("dir:"), info
     if stored.weights != "dev":
         raise SystemExit(f"cannot rebuild the baseline for {stored.tag} (source {source!r})")
-    from models.export.hf import DEV_SEED, build_dev_model
-
-    model = build_dev_model(entry)
-    model.save_pretrained(workdir)
-    _processor(stored.input_spec).save_pretrained(workdir)
-    info["dev_seed"] = DEV_SEED
+    info.update(rebuild_dev(entry, stored, workdir))
     return str(workdir), info
 
 

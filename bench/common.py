@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import platform
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -19,6 +22,7 @@ import psutil
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = PROJECT_ROOT / "bench" / "results"
 MB = 1024 * 1024
+BUSY_LIMIT = 0.10  # other processes' share of the machine above which a figure is flagged
 
 log = logging.getLogger("bench")
 
@@ -186,3 +190,107 @@ def timed(fn: Any, *args: Any) -> tuple[Any, float]:
     start = time.perf_counter()
     result = fn(*args)
     return result, time.perf_counter() - start
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a worker or server process: this one's, plus the project's store."""
+    env = dict(os.environ)
+    env.setdefault("BENTOML_HOME", str(PROJECT_ROOT / "bentos"))
+    env["BENTOML_DO_NOT_TRACK"] = "True"
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env.update(extra or {})
+    return env
+
+
+def run_worker(module: str, args: list[str], out: Path, quiet_wait_s: float) -> dict[str, Any]:
+    """``python -m module args --out out`` in its own process, with its peak RSS."""
+    wait_for_quiet(quiet_wait_s, BUSY_LIMIT)
+    cmd = [sys.executable, "-m", module, *args, "--out", str(out)]
+    log.info("running %s", " ".join(cmd))
+    load_before = loadavg()
+    proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=child_env())
+    with RssSampler(proc.pid) as sampler:
+        rc = proc.wait()
+        phase = sampler.end_phase()
+    if rc != 0:
+        raise RuntimeError(f"{module} failed with exit status {rc}")
+    result = json.loads(out.read_text())
+    result["peak_rss_mb"] = sampler.overall_peak / MB
+    result["cpu"] = phase
+    result["loadavg_before"], result["loadavg_after"] = load_before, loadavg()
+    return result
+
+
+def effective_settings() -> dict[str, Any]:
+    """The server settings in effect (defaults plus ``VERITY_*`` overrides), for the record."""
+    from config.settings import Settings
+
+    settings = Settings()
+    return {
+        "image_model": settings.image_model,
+        "audio_model": settings.audio_model,
+        "ort_intra_op_threads": settings.intra_op_threads,
+        "ort_inter_op_threads": settings.ort_inter_op_threads,
+        "batch_max_size": settings.batch_max_size,
+        "batch_max_latency_ms": settings.batch_max_latency_ms,
+        "audio_batch_max_size": settings.audio_batch_max_size,
+        "audio_batch_max_latency_ms": settings.audio_batch_max_latency_ms,
+        "audio_hop_s": settings.audio_hop_s,
+        "overrides": {k: v for k, v in sorted(os.environ.items()) if k.startswith("VERITY_")},
+    }
+
+
+def mapped_files(pid: int, needles: tuple[str, ...]) -> list[str]:
+    """Files mapped into process ``pid`` (``/proc/<pid>/maps``) whose path contains any of
+    ``needles``: a native library that was imported stays mapped for the life of the process."""
+    try:
+        lines = Path(f"/proc/{pid}/maps").read_text().splitlines()
+    except OSError:
+        return []
+    found = set()
+    for line in lines:
+        parts = line.split(maxsplit=5)
+        if len(parts) == 6 and any(needle in parts[5] for needle in needles):
+            found.add(parts[5].strip())
+    return sorted(found)
+
+
+def tree_mapped_files(pid: int, needles: tuple[str, ...]) -> dict[str, Any]:
+    """``mapped_files`` over a process and all its descendants: the pids looked at and, per pid
+    (with its command line), the matching files."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return {"pids": [], "found": {}}
+    found: dict[str, Any] = {}
+    for proc in procs:
+        files = mapped_files(proc.pid, needles)
+        if files:
+            try:
+                cmdline = " ".join(proc.cmdline())[:200]
+            except psutil.Error:
+                cmdline = "?"
+            found[str(proc.pid)] = {"cmdline": cmdline, "files": files}
+    return {"pids": [p.pid for p in procs], "found": found}
+
+
+# --- Markdown ------------------------------------------------------------------------------------
+
+
+def fmt(value: float | None, digits: int = 2) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def fmt_latency(stats: dict[str, float], key: str) -> str:
+    return fmt(stats.get(key), 0)
+
+
+def fmt_other_cpu(result: dict[str, Any]) -> str:
+    share = result.get("cpu", {}).get("other_cpu_share")
+    return "–" if share is None else f"{share * 100:.0f}%"
+
+
+def md_row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"

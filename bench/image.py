@@ -23,11 +23,9 @@ Server settings come from the usual ``VERITY_*`` variables (for example
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,13 +35,21 @@ from typing import Any
 import numpy as np
 
 from bench.common import (
+    BUSY_LIMIT,
     MB,
     PROJECT_ROOT,
     RESULTS_DIR,
     RssSampler,
+    child_env,
+    effective_settings,
+    fmt,
+    fmt_latency,
+    fmt_other_cpu,
     loadavg,
     machine_info,
+    md_row,
     now_iso,
+    run_worker,
     setup_logging,
     wait_for_quiet,
     write_json,
@@ -55,7 +61,6 @@ log = logging.getLogger("bench.image")
 THROUGHPUT_TARGET = 3.0  # served int8 at concurrency >= 8 vs the baseline
 OVERHEAD_TARGET = 0.20  # 1 - served / model-only
 EQUALITY_TOLERANCE = 1e-3
-BUSY_LIMIT = 0.10  # other processes' share of the machine above which a figure is flagged
 WARMUP_REQUESTS = 12  # covers BentoML's adaptive-batching training phase (~11 batches)
 DYNAMIC_INT8_NOTE = (
     " (dynamic int8 quantizes activations with one scale per batch, so a served image's score "
@@ -68,77 +73,35 @@ def requests_for(concurrency: int, scale: float) -> int:
     return max(concurrency, math.ceil(max(48, 6 * concurrency) * scale))
 
 
-def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = dict(os.environ)
-    env.setdefault("BENTOML_HOME", str(PROJECT_ROOT / "bentos"))
-    env["BENTOML_DO_NOT_TRACK"] = "True"
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    env.update(extra or {})
-    return env
-
-
-def run_worker(module: str, args: list[str], out: Path, quiet_wait_s: float) -> dict[str, Any]:
-    """``python -m module args --out out`` in its own process, with its peak RSS."""
-    wait_for_quiet(quiet_wait_s, BUSY_LIMIT)
-    cmd = [sys.executable, "-m", module, *args, "--out", str(out)]
-    log.info("running %s", " ".join(cmd))
-    load_before = loadavg()
-    proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=child_env())
-    with RssSampler(proc.pid) as sampler:
-        rc = proc.wait()
-        phase = sampler.end_phase()
-    if rc != 0:
-        raise RuntimeError(f"{module} failed with exit status {rc}")
-    result = json.loads(out.read_text())
-    result["peak_rss_mb"] = sampler.overall_peak / MB
-    result["cpu"] = phase
-    result["loadavg_before"], result["loadavg_after"] = load_before, loadavg()
-    return result
-
-
-def effective_settings() -> dict[str, Any]:
-    from config.settings import Settings
-
-    settings = Settings()
-    return {
-        "image_model": settings.image_model,
-        "ort_intra_op_threads": settings.intra_op_threads,
-        "ort_inter_op_threads": settings.ort_inter_op_threads,
-        "batch_max_size": settings.batch_max_size,
-        "batch_max_latency_ms": settings.batch_max_latency_ms,
-        "overrides": {k: v for k, v in sorted(os.environ.items()) if k.startswith("VERITY_")},
-    }
-
-
 def run_served(
     precision: str,
     images: list[bytes],
     concurrencies: list[int],
     scale: float,
     log_dir: Path,
+    workdir: Path,
     quiet_wait_s: float,
 ) -> dict[str, Any]:
-    from bench.served import Server, drive
+    from bench.served import Server, auth_env, drive, served_model, signup
 
-    env = child_env({"VERITY_PRECISION": precision})
+    env = child_env({"VERITY_PRECISION": precision, **auth_env(workdir)})
     with Server(env, log_dir / f"server-{precision}.log") as server, RssSampler(server.pid) as rss:
         ready = server.wait_ready()
         ready_rss = rss.overall_peak
-        models = ready.get("models", [])
-        served_precision = models[0].get("precision") if models else None
-        if served_precision != precision:
-            raise RuntimeError(f"server reports precision {served_precision!r}, expected {precision!r}")
+        model = served_model(ready, effective_settings()["image_model"], precision)
+        api_key = signup(server.base_url)
         warmup = min(WARMUP_REQUESTS, max(2, math.ceil(WARMUP_REQUESTS * scale)))
-        warm = drive(server.base_url, images, warmup, 1)
+        warm = drive(server.base_url, images, warmup, 1, api_key=api_key)
         log.info("%s warm-up: %d requests, statuses %s", precision, warm["requests"], warm["statuses"])
+        if warm["errors"]:
+            raise RuntimeError(f"warm-up requests failed: {warm['statuses']}; see {server.log_path}")
         runs = []
         for concurrency in concurrencies:
             requests = requests_for(concurrency, scale)
             wait_for_quiet(quiet_wait_s, BUSY_LIMIT)
             load_before = loadavg()
             rss.start_phase()
-            result = drive(server.base_url, images, requests, concurrency)
+            result = drive(server.base_url, images, requests, concurrency, api_key=api_key)
             result["cpu"] = rss.end_phase()
             result["peak_rss_mb"] = result["cpu"]["peak_rss_mb"]
             result["loadavg_before"], result["loadavg_after"] = load_before, loadavg()
@@ -160,7 +123,7 @@ def run_served(
             runs.append(result)
         return {
             "precision": precision,
-            "model": models[0] if models else {},
+            "model": model,
             "ready_rss_mb": ready_rss / MB,
             "peak_rss_mb": rss.overall_peak / MB,
             "rss_samples": rss.samples,
@@ -259,26 +222,9 @@ def busy_phases(results: dict[str, Any]) -> dict[str, float]:
     return {name: share for name, share in phases.items() if share > BUSY_LIMIT}
 
 
-def _f(value: float | None, digits: int = 2) -> str:
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
-
-
-def _lat(stats: dict[str, float], key: str) -> str:
-    return _f(stats.get(key), 0)
-
-
-def _other_cpu(result: dict[str, Any]) -> str:
-    share = result.get("cpu", {}).get("other_cpu_share")
-    return "–" if share is None else f"{share * 100:.0f}%"
-
-
-def _row(cells: list[str]) -> str:
-    return "| " + " | ".join(cells) + " |"
-
-
 def markdown(results: dict[str, Any]) -> str:
     lines = [
-        _row(
+        md_row(
             [
                 "configuration",
                 "concurrency",
@@ -302,22 +248,26 @@ def markdown(results: dict[str, Any]) -> str:
         return f"{ips / base_ips:.2f}×" if base_ips else "–"
 
     def latencies(lat: dict[str, float]) -> list[str]:
-        return [_lat(lat, "p50_ms"), _lat(lat, "p99_ms"), f"{_lat(lat, 'min_ms')}–{_lat(lat, 'max_ms')}"]
+        return [
+            fmt_latency(lat, "p50_ms"),
+            fmt_latency(lat, "p99_ms"),
+            f"{fmt_latency(lat, 'min_ms')}–{fmt_latency(lat, 'max_ms')}",
+        ]
 
     if baseline:
         lines.append(
-            _row(
+            md_row(
                 [
                     "baseline: transformers pipeline, PyTorch eager fp32 "
                     f"({baseline['torch_threads']} threads)",
                     "1 (sequential)",
-                    _f(base_ips),
+                    fmt(base_ips),
                     *latencies(baseline["latency"]),
-                    f"{_f(baseline['peak_rss_mb'], 0)} (process)",
+                    f"{fmt(baseline['peak_rss_mb'], 0)} (process)",
                     f"0/{baseline['requests']}",
                     "1.00×",
                     "",
-                    _other_cpu(baseline),
+                    fmt_other_cpu(baseline),
                 ]
             )
         )
@@ -325,35 +275,35 @@ def markdown(results: dict[str, Any]) -> str:
         model_only = results.get("model_only", {}).get(precision)
         for row in model_only["batches"] if model_only else []:
             lines.append(
-                _row(
+                md_row(
                     [
                         f"model-only: ONNX Runtime {precision}, {model_only['intra_op_threads']} threads "
                         f"(per-batch latency)",
                         f"batch {row['batch_size']}",
-                        _f(row["images_per_s"]),
+                        fmt(row["images_per_s"]),
                         *latencies(row["batch_latency"]),
-                        f"{_f(model_only['peak_rss_mb'], 0)} (process)",
+                        f"{fmt(model_only['peak_rss_mb'], 0)} (process)",
                         "0",
                         times(row["images_per_s"]),
                         "",
-                        _other_cpu(model_only),
+                        fmt_other_cpu(model_only),
                     ]
                 )
             )
         served = results.get("served", {}).get(precision)
         for run in served["runs"] if served else []:
             lines.append(
-                _row(
+                md_row(
                     [
                         f"Verity served {precision} (HTTP, adaptive batching)",
                         str(run["concurrency"]),
-                        _f(run["images_per_s"]),
+                        fmt(run["images_per_s"]),
                         *latencies(run["latency"]),
-                        f"{_f(run['peak_rss_mb'], 0)} (server)",
+                        f"{fmt(run['peak_rss_mb'], 0)} (server)",
                         f"{run['errors']}/{run['requests']}",
                         times(run["images_per_s"]),
                         f"{run['overhead'] * 100:.1f}%" if "overhead" in run else "–",
-                        _other_cpu(run),
+                        fmt_other_cpu(run),
                     ]
                 )
             )
@@ -521,7 +471,13 @@ def main(argv: list[str] | None = None) -> int:
         if "served" not in skip:
             for precision in precisions:
                 results["served"][precision] = run_served(
-                    precision, images, concurrencies, args.scale, args.out.parent, args.quiet_wait
+                    precision,
+                    images,
+                    concurrencies,
+                    args.scale,
+                    args.out.parent,
+                    Path(tmp) / f"server-{precision}",
+                    args.quiet_wait,
                 )
     results["checks"] = equality_checks(results)
     results["targets"] = targets(results)

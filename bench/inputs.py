@@ -48,3 +48,21 @@ def digest(images: list[bytes]) -> str:
     for data in images:
         sha.update(data)
     return sha.hexdigest()[:16]
+
+
+# --- audio (issue 4) -----------------------------------------------------------------------------
+
+AUDIO_RATE = 16_000
+AUDIO_FORMAT = "WAV, 16 kHz, mono, 16-bit PCM"
+
+
+def make_clip(duration_s: float, seed: int = 0) -> bytes:
+    """A speech-like clip (``tests.audio_factory.speech_like``) as WAV bytes: the same bytes for
+    the baseline and the served runs."""
+    from tests.audio_factory import encode, speech_like
+
+    return encode(speech_like(duration_s, AUDIO_RATE, seed=seed), AUDIO_RATE, "wav")
+
+
+def clip_name(duration_s: float) -> str:
+    return f"clip-{duration_s:g}s.wav"

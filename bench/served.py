@@ -1,5 +1,9 @@
-"""The served side: start ``bentoml serve service:Verity`` in its own process group, drive
-``POST /v1/detect/image`` at a fixed concurrency, stop exactly that process group."""
+"""The served side: start ``bentoml serve service:Verity`` in its own process group, sign up an
+account on it, drive a detection endpoint (``POST /v1/detect/image`` or ``/v1/detect/audio``)
+at a fixed concurrency with that account's API key, stop exactly that process group.
+
+Detection needs an API key (issue 3) and is metered: ``auth_env`` gives a bench server its own
+SQLite file and development secret in a temporary directory, and quotas no benchmark reaches."""
 
 from __future__ import annotations
 
@@ -12,7 +16,9 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -26,6 +32,50 @@ log = logging.getLogger("bench.served")
 
 READY_TIMEOUT_S = 600.0
 REQUEST_TIMEOUT_S = 600.0
+BENCH_PASSWORD = "bench-password-not-secret"  # a throwaway account on a throwaway database
+UNMETERED = "1000000"  # quotas (per day, per minute) no benchmark run reaches
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A detection endpoint and how a file is posted to it (multipart)."""
+
+    path: str
+    field: str
+    filename: str  # with ``{index}``
+    content_type: str
+    rate_key: str  # the throughput's name in the results
+
+    def upload(self, index: int, data: bytes) -> dict[str, tuple[str, bytes, str]]:
+        return {self.field: (self.filename.format(index=index), data, self.content_type)}
+
+
+IMAGE = Endpoint("/v1/detect/image", "image", "img{index}.jpg", "image/jpeg", "images_per_s")
+AUDIO = Endpoint("/v1/detect/audio", "audio", "clip{index}.wav", "audio/wav", "clips_per_s")
+
+
+def auth_env(workdir: Path) -> dict[str, str]:
+    """``VERITY_*`` settings for a bench server: its own account database and development secret
+    under ``workdir`` (never the developer's ``var/``), and no quota in the way."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    return {
+        "VERITY_SQLITE_PATH": str(workdir / "verity.db"),
+        "VERITY_DEV_SECRET_PATH": str(workdir / "dev-secret"),
+        "VERITY_DAILY_LIMIT": UNMETERED,
+        "VERITY_RATE_LIMIT_IMAGE_PER_MIN": UNMETERED,
+        "VERITY_RATE_LIMIT_AUDIO_PER_MIN": UNMETERED,
+    }
+
+
+def signup(base_url: str) -> str:
+    """``POST /v1/auth/signup`` with a fresh address; returns the new account's API key."""
+    email = f"bench-{uuid.uuid4().hex[:12]}@example.com"
+    response = httpx.post(
+        f"{base_url}/v1/auth/signup", json={"email": email, "password": BENCH_PASSWORD}, timeout=60.0
+    )
+    if response.status_code != 201:
+        raise RuntimeError(f"signup failed: {response.status_code} {response.text[:300]}")
+    return str(response.json()["api_key"]["key"])
 
 
 def free_port() -> int:
@@ -49,12 +99,15 @@ class Server:
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
+        self.spawned_at = 0.0  # perf_counter() just before the spawn
+        self.ready_at = 0.0  # perf_counter() at the first 200 from /health/ready
 
     def __enter__(self) -> Server:
         cmd = [*bentoml_command(), "serve", "service:Verity", "--host", "127.0.0.1", "--port", str(self.port)]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("wb")
         log.info("starting %s (log: %s)", " ".join(cmd), self.log_path)
+        self.spawned_at = time.perf_counter()
         self.proc = subprocess.Popen(
             cmd,
             cwd=PROJECT_ROOT,
@@ -73,7 +126,8 @@ class Server:
         assert self.proc is not None
         return self.proc.pid
 
-    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> dict[str, Any]:
+    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S, poll_s: float = 0.5) -> dict[str, Any]:
+        """Poll ``/health/ready`` every ``poll_s`` until it answers 200; returns its body."""
         assert self.proc is not None
         deadline = time.monotonic() + timeout_s
         started = time.monotonic()
@@ -86,11 +140,12 @@ class Server:
                 try:
                     response = client.get("/health/ready")
                     if response.status_code == 200:
+                        self.ready_at = time.perf_counter()
                         log.info("server ready in %.1fs", time.monotonic() - started)
                         return response.json()
                 except httpx.HTTPError:
                     pass
-                time.sleep(0.5)
+                time.sleep(poll_s)
         raise TimeoutError(f"server not ready after {timeout_s:.0f}s; see {self.log_path}")
 
     def stop(self) -> None:
@@ -125,22 +180,41 @@ class Server:
             self._log = None
 
 
-async def _drive(base_url: str, images: list[bytes], requests: int, concurrency: int) -> dict[str, Any]:
+def served_model(ready: dict[str, Any], model_id: str, precision: str) -> dict[str, Any]:
+    """The ``/health/ready`` description of ``model_id``; fails unless it is served at
+    ``precision`` (the answer lists every served model, in no fixed order)."""
+    model = next((m for m in ready.get("models", []) if m.get("id") == model_id), None)
+    if model is None:
+        raise RuntimeError(f"server does not serve {model_id!r}: {ready.get('models')}")
+    if model.get("precision") != precision:
+        raise RuntimeError(
+            f"server reports {model_id} at precision {model.get('precision')!r}, expected {precision!r}"
+        )
+    return model
+
+
+async def _drive(
+    base_url: str,
+    payloads: list[bytes],
+    requests: int,
+    concurrency: int,
+    endpoint: Endpoint,
+    api_key: str | None,
+) -> dict[str, Any]:
     counter = iter(range(requests))
     latencies: list[float] = []
     statuses: Counter[str] = Counter()
     server_timing: list[dict[str, float]] = []
     results: list[dict[str, Any]] = []
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    headers = {"x-api-key": api_key} if api_key else {}
 
     async def worker(client: httpx.AsyncClient) -> None:
         for index in counter:
-            data = images[index % len(images)]
+            item = index % len(payloads)
             start = time.perf_counter()
             try:
-                response = await client.post(
-                    "/v1/detect/image", files={"image": (f"img{index % len(images)}.jpg", data, "image/jpeg")}
-                )
+                response = await client.post(endpoint.path, files=endpoint.upload(item, payloads[item]))
                 status = str(response.status_code)
             except httpx.HTTPError as exc:
                 status, response = type(exc).__name__, None
@@ -150,11 +224,15 @@ async def _drive(base_url: str, images: list[bytes], requests: int, concurrency:
                 latencies.append(elapsed)
                 body = response.json()
                 server_timing.append(body.get("timing_ms", {}))
-                results.append(
-                    {"index": index % len(images), "p": body["fake_probability"], "model": body["model"]}
-                )
+                result = {"index": item, "p": body["fake_probability"], "model": body["model"]}
+                if body.get("segments"):
+                    result["segment0_p"] = body["segments"][0]["fake_probability"]
+                    result["segments"] = len(body["segments"])
+                results.append(result)
 
-    async with httpx.AsyncClient(base_url=base_url, timeout=REQUEST_TIMEOUT_S, limits=limits) as client:
+    async with httpx.AsyncClient(
+        base_url=base_url, timeout=REQUEST_TIMEOUT_S, limits=limits, headers=headers
+    ) as client:
         wall_start = time.perf_counter()
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
         wall = time.perf_counter() - wall_start
@@ -171,14 +249,24 @@ async def _drive(base_url: str, images: list[bytes], requests: int, concurrency:
         "errors": requests - ok,
         "statuses": dict(statuses),
         "wall_s": wall,
-        "images_per_s": ok / wall if wall > 0 else 0.0,
+        endpoint.rate_key: ok / wall if wall > 0 else 0.0,
         "latency": latency_stats(latencies),
+        "latencies_s": latencies,
         "server_timing_median_ms": timing,
         "results": results,
     }
 
 
-def drive(base_url: str, images: list[bytes], requests: int, concurrency: int) -> dict[str, Any]:
-    """``requests`` multipart POSTs by ``concurrency`` closed-loop clients; throughput counts
+def drive(
+    base_url: str,
+    payloads: list[bytes],
+    requests: int,
+    concurrency: int,
+    *,
+    endpoint: Endpoint = IMAGE,
+    api_key: str | None = None,
+) -> dict[str, Any]:
+    """``requests`` multipart POSTs of ``payloads`` (round robin) to ``endpoint`` by
+    ``concurrency`` closed-loop clients, with ``api_key`` as ``x-api-key``; throughput counts
     successful responses over the wall time of the whole run."""
-    return asyncio.run(_drive(base_url, images, requests, concurrency))
+    return asyncio.run(_drive(base_url, payloads, requests, concurrency, endpoint, api_key))

@@ -41,6 +41,17 @@ class Settings(BaseSettings):
     batch_max_latency_ms: int = Field(
         30_000, ge=1, description="load shedding: longest a request may wait for its batch"
     )
+    # Audio windows are ~1-2 s of CPU each and a 60 s clip is 29 of them, so the image budget
+    # would shed 8 concurrent one-minute clips that a 2-core machine clears in ~100 s
+    # (bench/audio.py). Larger batches do not run faster per window on CPU, only use more
+    # memory (~100 MB per extra 4 s window), hence the small default.
+    audio_batch_max_size: int = Field(4, ge=1, description="most audio windows per model batch")
+    audio_batch_max_latency_ms: int = Field(
+        180_000, ge=1, description="load shedding for audio: longest a window may wait for its batch"
+    )
+    audio_hop_s: float | None = Field(
+        None, gt=0, description="seconds between audio window starts; unset = the catalog's (50% overlap)"
+    )
     uncertain_band: float = Field(0.05, ge=0.0, lt=0.5, description="|p - threshold| below this is UNCERTAIN")
 
     # Media limits (SPEC §6) ---------------------------------------------------------------

@@ -57,6 +57,26 @@ def test_detect_m4a_through_ffmpeg(api):
     assert response.json()["media"]["format"] in {"m4a", "mp4"}
 
 
+def test_hop_setting_changes_the_windows(api, service_module, monkeypatch):
+    # VERITY_AUDIO_HOP_S=4 (no overlap) over 9 s: 0-4, 4-8, and the last aligned to the end (5-9).
+    monkeypatch.setattr(service_module.app.state.engine.settings, "audio_hop_s", 4.0)
+    body = post_audio(api, encode(speech_like(9.0), 16_000)).json()
+    assert body["media"]["hop_s"] == 4.0
+    bounds = [v for s in body["segments"] for v in (s["start_s"], s["end_s"])]
+    assert bounds == pytest.approx([0, 4, 4, 8, 5, 9], abs=0.05)
+
+
+def test_hop_longer_than_the_window_is_refused_at_start():
+    from api.engine import audio_hop_s
+    from config.settings import Settings
+    from models.catalog import get_entry
+
+    spec = get_entry("wav2vec2-audio").audio
+    assert audio_hop_s(Settings(), spec) == spec.hop_s
+    with pytest.raises(ValueError, match="longer than"):
+        audio_hop_s(Settings(audio_hop_s=spec.window_s + 1), spec)
+
+
 def test_short_clip_runs_alone_without_padding(api):
     response = post_audio(api, encode(sine(300, 1.5), 16_000))
     assert response.status_code == 200, response.text
