@@ -83,6 +83,7 @@ lint: setup
 bench: setup models
 	$(PY) -m bench.image
 	$(PY) -m bench.audio
+	$(PY) -m bench.video
 
 build: models
 	$(VENV)/bin/bentoml build --output tag

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -21,12 +22,13 @@ import bentoml
 import numpy as np
 
 from api.app import create_app
-from api.engine import Engine, ServedModel
+from api.engine import Engine, ServedModel, VideoModels
 from auth.accounts import Accounts
 from config import get_settings
+from faces.mtcnn import FaceDetector
 from logs import configure_logging
 from models.runtime import OnnxModel
-from models.store import ONNX_FILE, StoredModel, find_stored
+from models.store import ONNX_FILE, StoredModel, find_stored, find_video_pair
 from store.factory import make_store
 
 settings = get_settings()
@@ -118,6 +120,47 @@ AUDIO_DETECTORS = {
     for mid, s in STORED_AUDIO_MODELS.items()
 }
 
+# The temporal video model is two graphs (SPEC §3): a per-crop CNN encoder, batched across the
+# frames and requests like images, and a sequence head that takes whole windows of features.
+
+
+def _video_pair_or_fail(head_id: str) -> dict[str, StoredModel]:
+    pair = find_video_pair(head_id, settings.precision)
+    if pair is None:
+        raise RuntimeError(
+            f"video model {head_id!r} ({settings.precision}: head and the encoder it was verified with) "
+            "is not in the model store; run `make models` first"
+        )
+    return {"encoder": pair[0], "head": pair[1]}
+
+
+# The face detector (MTCNN's three graphs, one stored model) runs in the API process: it needs
+# whole frames, which would cost more to ship to another process than to scan here.
+STORED_FACE = find_stored(settings.face_model, "fp32") if settings.face_model else None
+if settings.face_model and STORED_FACE is None:
+    raise RuntimeError(
+        f"face model {settings.face_model!r} is not in the model store; run `make models` first"
+    )
+STORED_VIDEO = _video_pair_or_fail(settings.video_model) if settings.video_model else {}
+VIDEO_SERVICES = (
+    {
+        "encoder": model_service(
+            STORED_VIDEO["encoder"],
+            "FrameEncoder",
+            max_batch_size=settings.batch_max_size,
+            max_latency_ms=settings.batch_max_latency_ms,
+        ),
+        "head": model_service(
+            STORED_VIDEO["head"],
+            "TemporalHead",
+            max_batch_size=settings.batch_max_size,
+            max_latency_ms=settings.batch_max_latency_ms,
+        ),
+    }
+    if STORED_VIDEO
+    else {}
+)
+
 
 class _VerityAPI:
     """The public API service: attaches the detectors to the FastAPI app's engine."""
@@ -132,10 +175,28 @@ class _VerityAPI:
                 for mid, s in stored.items()
             }
 
+        video = (
+            VideoModels(
+                encoder=ServedModel(stored=STORED_VIDEO["encoder"], detector=self.video_encoder),
+                head=ServedModel(stored=STORED_VIDEO["head"], detector=self.video_head),
+            )
+            if STORED_VIDEO
+            else None
+        )
         app.state.engine = Engine(
             settings,
             served(STORED_IMAGE_MODELS, "image"),
             audio_models=served(STORED_AUDIO_MODELS, "audio"),
+            video=video,
+            face_detector=FaceDetector(
+                Path(self.face_model.path),
+                intra_op_threads=settings.intra_op_threads,
+                max_side=settings.face_max_side,
+                min_face_size=settings.face_min_size,
+            )
+            if STORED_FACE
+            else None,
+            face_stored=STORED_FACE,
         )
 
 
@@ -157,6 +218,9 @@ Verity = bentoml.service(name="Verity", workers=1, traffic={"timeout": _API_TIME
             {
                 **{_dep_attr("image", mid): bentoml.depends(svc) for mid, svc in IMAGE_DETECTORS.items()},
                 **{_dep_attr("audio", mid): bentoml.depends(svc) for mid, svc in AUDIO_DETECTORS.items()},
+                **{f"video_{role}": bentoml.depends(svc) for role, svc in VIDEO_SERVICES.items()},
+                # Declared, so a built bento carries the face model with the others.
+                **({"face_model": bentoml.models.BentoModel(STORED_FACE.tag)} if STORED_FACE else {}),
             },
         )
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -23,11 +23,12 @@ from api.engine import Engine
 from api.image_detection import detect_image
 from api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
 from api.payload import read_media_payload
+from api.video_detection import detect_video
 from auth.accounts import Accounts
 from auth.middleware import AuthMiddleware
 from auth.principal import Principal
 from config import Settings
-from errors import MethodNotAllowed, NotFound, ServiceUnavailable, VerityError
+from errors import InvalidInput, MethodNotAllowed, NotFound, ServiceUnavailable, VerityError
 from models.catalog import load_catalog
 from models.store import list_stored
 from store.records import Detection
@@ -124,12 +125,15 @@ def create_app(settings: Settings) -> FastAPI:
     image_limit = settings.max_image_bytes * 4 // 3 + MULTIPART_OVERHEAD  # base64 in JSON
 
     audio_limit = settings.max_audio_bytes * 4 // 3 + MULTIPART_OVERHEAD
+    video_limit = settings.max_video_bytes * 4 // 3 + MULTIPART_OVERHEAD
 
     def body_limit(path: str) -> int:
         if path.endswith("/v1/detect/image"):
             return image_limit
         if path.endswith("/v1/detect/audio"):
             return audio_limit
+        if path.endswith("/v1/detect/video"):
+            return video_limit
         return settings.max_json_body_bytes
 
     # Outermost first on the wire: request id -> auth + quotas -> body cap -> routes.
@@ -161,6 +165,8 @@ def create_app(settings: Settings) -> FastAPI:
             warnings.extend(served.warnings)
 
         await asyncio.gather(*(probe(m) for m in engine.served))
+        if engine.face_stored is not None:  # in-process: loaded once the engine exists
+            models.append(engine.face_stored.describe())
         if failed:
             raise ServiceUnavailable(f"models not loaded yet: {sorted(failed)}", code="not_ready")
         return JSONResponse({"status": "ready", "models": models, "warnings": warnings})
@@ -177,6 +183,8 @@ def create_app(settings: Settings) -> FastAPI:
             }
             for mid, m in engine.served.items()
         ]
+        if engine.face_stored is not None:
+            served.append({**engine.face_stored.describe(), "served": True, "default": True, "warnings": []})
         stored_versions: dict[str, list[str]] = {}
         for stored in list_stored():
             stored_versions.setdefault(stored.model_id, []).append(stored.version)
@@ -192,6 +200,7 @@ def create_app(settings: Settings) -> FastAPI:
             }
             for entry in load_catalog().values()
             if entry.id not in engine.served
+            and not (engine.face_stored and entry.id == engine.face_stored.model_id)
         ]
         return {"models": served + others}
 
@@ -202,13 +211,16 @@ def create_app(settings: Settings) -> FastAPI:
         accounts: account_routes.AccountsDep,
         model: Annotated[str | None, Query(description="catalog id; default: the served default")] = None,
         explain: Annotated[bool, Query(description="add an occlusion heatmap")] = False,
+        faces: Annotated[
+            Literal["auto", "off"], Query(description="auto: find faces and score each face crop")
+        ] = "off",
     ) -> JSONResponse:
         """Multipart field `image` (or `file`), JSON `{"image": "data:image/...;base64,..."}`,
         or a raw `image/*` body."""
         engine = engine_of(request)
         engine.image_model(model)  # unknown model: fail before reading a large body
         data = await read_media_payload(request, "image")
-        result = await detect_image(engine, data, model_id=model, explain=explain)
+        result = await detect_image(engine, data, model_id=model, explain=explain, faces=faces)
         await record_detection(accounts, principal, result)
         return JSONResponse(result)
 
@@ -225,6 +237,37 @@ def create_app(settings: Settings) -> FastAPI:
         engine.audio_model(model)
         data = await read_media_payload(request, "audio")
         result = await detect_audio(engine, data, model_id=model)
+        await record_detection(accounts, principal, result)
+        return JSONResponse(result)
+
+    @app.post("/v1/detect/video", tags=["detect"])
+    async def detect_video_route(
+        request: Request,
+        principal: account_routes.CurrentPrincipal,
+        accounts: account_routes.AccountsDep,
+        fps: Annotated[float | None, Query(gt=0, le=30, description="frames sampled per second")] = None,
+        max_frames: Annotated[int | None, Query(ge=1, description="most frames sampled")] = None,
+        strategy: Annotated[
+            Literal["temporal", "frames"],
+            Query(description="temporal: CNN encoder + LSTM head; frames: image model per face, averaged"),
+        ] = "temporal",
+        model: Annotated[str | None, Query(description="image model for strategy=frames")] = None,
+    ) -> JSONResponse:
+        """Multipart field `video` (or `file`), JSON `{"video": "data:video/...;base64,..."}`, or a
+        raw `video/*` body. MP4, MOV, AVI, WebM, MKV; up to 32 MB inline."""
+        engine = engine_of(request)
+        if strategy == "frames":
+            engine.image_model(model)
+        else:
+            engine.video_models()
+        if max_frames is not None and max_frames > engine.settings.video_max_frames_cap:
+            raise InvalidInput(
+                f"max_frames is at most {engine.settings.video_max_frames_cap}", code="invalid_max_frames"
+            )
+        data = await read_media_payload(request, "video")
+        result = await detect_video(
+            engine, data, fps=fps, max_frames=max_frames, strategy=strategy, model_id=model
+        )
         await record_detection(accounts, principal, result)
         return JSONResponse(result)
 

@@ -6,11 +6,12 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import anyio
 import numpy as np
 
 from config import Settings
 from errors import InvalidInput, NotFound, ServiceUnavailable
-from models.catalog import AudioInputSpec, load_catalog
+from models.catalog import AudioInputSpec, SequenceInputSpec, load_catalog
 from models.store import StoredModel
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,8 @@ class ImageDetectorClient(Protocol):
 
     async def predict(self, pixels: np.ndarray) -> np.ndarray: ...
 
+    async def predict_unbatched(self, inputs: np.ndarray) -> np.ndarray: ...
+
     async def health(self) -> dict[str, Any]: ...
 
 
@@ -39,6 +42,28 @@ class ServedModel:
         if self.stored.weights == "dev":
             return [{"code": "dev_weights", "message": DEV_WEIGHTS_MESSAGE.format(id=self.stored.model_id)}]
         return []
+
+
+@dataclass(frozen=True)
+class VideoModels:
+    """The temporal video model: a per-crop CNN encoder and a sequence head, served apart."""
+
+    encoder: ServedModel
+    head: ServedModel
+
+    @property
+    def sequence(self) -> SequenceInputSpec:
+        return self.head.stored.sequence_spec
+
+    @property
+    def served(self) -> list[ServedModel]:
+        return [self.encoder, self.head]
+
+
+class FaceFinder(Protocol):
+    """What the API needs from a face detector (``faces.mtcnn.FaceDetector``)."""
+
+    def detect(self, frames: list[np.ndarray]) -> list[list[Any]]: ...
 
 
 def audio_hop_s(settings: Settings, spec: AudioInputSpec) -> float:
@@ -56,20 +81,36 @@ class Engine:
         settings: Settings,
         image_models: dict[str, ServedModel],
         audio_models: dict[str, ServedModel] | None = None,
+        *,
+        video: VideoModels | None = None,
+        face_detector: FaceFinder | None = None,
+        face_stored: StoredModel | None = None,
     ) -> None:
         self.settings = settings
         self.image_models = image_models
         self.audio_models = audio_models or {}
+        self.video = video
+        self.face_detector = face_detector
+        self.face_stored = face_stored  # what /health/ready and /v1/models say about it
+        # One cascade at a time: its ONNX sessions already use every core, and a second one
+        # would only interleave with it.
+        self.face_limiter = anyio.CapacityLimiter(1)
         self.default_image_model = settings.image_model
         for served in self.audio_models.values():
             audio_hop_s(settings, served.stored.audio_spec)  # a bad VERITY_AUDIO_HOP_S fails at start
-        for served in [*image_models.values(), *self.audio_models.values()]:
+        for served in self.served.values():
             for warning in served.warnings:
                 log.warning(warning["message"], extra={"model": served.stored.describe()})
 
     @property
     def served(self) -> dict[str, ServedModel]:
-        return {**self.image_models, **self.audio_models}
+        video = {m.stored.model_id: m for m in self.video.served} if self.video else {}
+        return {**self.image_models, **self.audio_models, **video}
+
+    def video_models(self) -> VideoModels:
+        if self.video is None:
+            raise ServiceUnavailable("no video model is served here", code="modality_unavailable")
+        return self.video
 
     def image_model(self, model_id: str | None) -> ServedModel:
         return self._find(model_id or self.default_image_model, self.image_models, "image")

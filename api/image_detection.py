@@ -1,4 +1,11 @@
-"""POST /v1/detect/image: payload -> decoded picture -> batch of one -> result (SPEC §4)."""
+"""POST /v1/detect/image: payload -> decoded picture -> batch of one -> result (SPEC §4).
+
+``faces=auto`` scores faces instead of the whole picture: every face MTCNN finds (at most
+``VERITY_FACES_PER_FRAME``, largest first) is cropped with a margin, squared and scored by the
+image model in one batch; the picture's ``fake_probability`` is its most-fake face (one
+manipulated face makes the picture fake), each face's own is under ``faces``. No face gives
+verdict ``NO_FACE`` with ``fake_probability: null`` (``faces=off`` scores the whole picture).
+"""
 
 from __future__ import annotations
 
@@ -8,9 +15,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import anyio
+import numpy as np
 
 from api.engine import Engine
 from api.explain import occlusion_heatmap
+from api.face_analysis import crops_for, face_entry, find_faces
 from api.ids import new_id
 from api.inference import predict
 from config import Settings
@@ -25,7 +34,9 @@ def _ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1000, 2)
 
 
-async def detect_image(engine: Engine, data: bytes, *, model_id: str | None, explain: bool) -> dict[str, Any]:
+async def detect_image(
+    engine: Engine, data: bytes, *, model_id: str | None, explain: bool, faces: str = "off"
+) -> dict[str, Any]:
     started = time.perf_counter()
     settings: Settings = engine.settings
     served = engine.image_model(model_id)
@@ -34,16 +45,31 @@ async def detect_image(engine: Engine, data: bytes, *, model_id: str | None, exp
         lambda: decode_image(data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
     )
     decode_ms = _ms(started)
-    mark = time.perf_counter()
     spec = stored.input_spec
-    pixels = await anyio.to_thread.run_sync(preprocess_image, decoded.image, spec)
+    timing: dict[str, float] = {}
+    face_entries: list[dict[str, Any]] = []
+    if faces == "auto":
+        mark = time.perf_counter()
+        frame = np.asarray(decoded.image)
+        found = (await find_faces(engine, [frame]))[0]
+        timing["faces"] = _ms(mark)
+        if not found:
+            return _no_face(served, decoded, started, decode_ms, timing)
+        mark = time.perf_counter()
+        batch = await anyio.to_thread.run_sync(crops_for, frame, found, spec, settings.face_crop_margin)
+    else:
+        mark = time.perf_counter()
+        batch = (await anyio.to_thread.run_sync(preprocess_image, decoded.image, spec))[None]
     preprocess_ms = _ms(mark)
     mark = time.perf_counter()
-    outputs = await predict(served, pixels[None])
+    outputs = await predict(served, batch)
     inference_ms = _ms(mark)
-    probability = float(
-        fake_probabilities(outputs, stored.metadata["output"], int(stored.metadata["fake_index"]))[0]
-    )
+    probs = fake_probabilities(outputs, stored.metadata["output"], int(stored.metadata["fake_index"]))
+    top = int(np.argmax(probs))
+    probability = float(probs[top])
+    pixels = batch[top]  # what the explanation occludes: the picture, or its most-fake face
+    if faces == "auto":
+        face_entries = [face_entry(0.0, face, float(p)) for face, p in zip(found, probs, strict=True)]
     threshold = stored.threshold
     result: dict[str, Any] = {
         "id": new_id("det"),
@@ -59,16 +85,13 @@ async def detect_image(engine: Engine, data: bytes, *, model_id: str | None, exp
             "weights": stored.weights,
         },
         "segments": [],
-        "faces": [],
-        "media": {
-            "format": decoded.format,
-            "width": decoded.width,
-            "height": decoded.height,
-            "mode": decoded.original_mode,
-        },
-        "timing_ms": {},
+        "faces": face_entries,
+        "media": _media(decoded),
+        "timing_ms": timing,
         "warnings": list(served.warnings),
     }
+    if faces == "auto":
+        result["aggregation"] = {"method": "max", "over": "faces", "count": len(face_entries)}
     if explain:
         mark = time.perf_counter()
         result["explanation"] = await occlusion_heatmap(
@@ -79,3 +102,42 @@ async def detect_image(engine: Engine, data: bytes, *, model_id: str | None, exp
         {"decode": decode_ms, "preprocess": preprocess_ms, "inference": inference_ms, "total": _ms(started)}
     )
     return result
+
+
+def _media(decoded: DecodedImage) -> dict[str, Any]:
+    return {
+        "format": decoded.format,
+        "width": decoded.width,
+        "height": decoded.height,
+        "mode": decoded.original_mode,
+    }
+
+
+def _no_face(
+    served: Any, decoded: DecodedImage, started: float, decode_ms: float, timing: dict[str, float]
+) -> dict[str, Any]:
+    stored = served.stored
+    timing.update({"decode": decode_ms, "total": _ms(started)})
+    return {
+        "id": new_id("det"),
+        "modality": "image",
+        "created_at": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "verdict": "NO_FACE",
+        "fake_probability": None,
+        "threshold": stored.threshold,
+        "model": {
+            "id": stored.model_id,
+            "version": stored.version,
+            "precision": stored.precision,
+            "weights": stored.weights,
+        },
+        "aggregation": {"method": "max", "over": "faces", "count": 0},
+        "segments": [],
+        "faces": [],
+        "media": _media(decoded),
+        "timing_ms": timing,
+        "warnings": [
+            *served.warnings,
+            {"code": "no_face", "message": "no face found; send faces=off to score the whole picture"},
+        ],
+    }

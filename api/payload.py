@@ -26,7 +26,7 @@ def _decode_data_url(value: str) -> bytes:
 
 async def read_media_payload(request: Request, kind: str) -> bytes:
     """The media bytes from multipart (field ``kind`` or ``file``), JSON (``{kind: data URL}``)
-    or a raw ``kind/*`` body; ``kind`` is "image" or "audio"."""
+    or a raw ``kind/*`` body; ``kind`` is "image", "audio" or "video"."""
     fields = (kind, "file")
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":

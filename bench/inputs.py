@@ -4,7 +4,13 @@ every configuration (baseline, model-only and served)."""
 from __future__ import annotations
 
 import hashlib
+import math
+import subprocess
+import tempfile
 from pathlib import Path
+
+import cv2
+import numpy as np
 
 from tests.media_factory import encode, photo
 
@@ -66,3 +72,91 @@ def make_clip(duration_s: float, seed: int = 0) -> bytes:
 
 def clip_name(duration_s: float) -> str:
     return f"clip-{duration_s:g}s.wav"
+
+
+# --- video (issue 5) -----------------------------------------------------------------------------
+
+VIDEO_SIZE = (1280, 720)
+VIDEO_FPS = 30
+VIDEO_FORMAT = "MP4, H.264 (libx264 veryfast, CRF 23, yuv420p), 1280x720, 30 fps, no audio"
+VIDEO_HEAD_SIZE = 240  # px: the astronaut's head patch, a face well inside MTCNN's range
+
+
+def face_clip_frame(index: int, fps: float, background: np.ndarray, head: np.ndarray) -> np.ndarray:
+    """Frame ``index``: the head patch drifting left-right (8 s period) and bobbing (1.3 s) over
+    ``background``, so consecutive frames differ as a talking head's do and every sampled frame
+    holds one face at a different place."""
+    height, width = background.shape[:2]
+    size = head.shape[0]
+    t = index / fps
+    x = int((width - size) * (0.5 + 0.4 * math.sin(2 * math.pi * t / 8.0)))
+    y = int((height - size) * (0.5 + 0.3 * math.sin(2 * math.pi * t / 1.3)))
+    frame = background.copy()
+    frame[y : y + size, x : x + size] = head
+    return frame
+
+
+def make_video_clip(duration_s: float, seed: int = 0) -> bytes:
+    """A ``duration_s`` clip of one face (``tests.face_factory``'s astronaut head on one of its
+    backgrounds) as H.264 MP4 bytes: the same bytes for the baseline and the served runs. Frames
+    are made one at a time and piped to ffmpeg (60 s of raw 720p is ~5 GB)."""
+    from tests.face_factory import HEAD, Paste, astronaut, background
+    from tests.video_factory import ffmpeg_path
+
+    width, height = VIDEO_SIZE
+    paste = Paste(0, 0, VIDEO_HEAD_SIZE)  # the patch size; its place changes per frame
+    head = cv2.resize(astronaut()[HEAD], (paste.size, paste.size), interpolation=cv2.INTER_LINEAR)
+    base = background(seed, width, height)
+    count = round(duration_s * VIDEO_FPS)
+    with tempfile.TemporaryDirectory(prefix="verity-bench-video-") as workdir:
+        target = Path(workdir) / "clip.mp4"
+        command = [
+            ffmpeg_path(),
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+            "-s",
+            f"{width}x{height}",
+            "-r",
+            str(VIDEO_FPS),
+            "-i",
+            "pipe:0",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-crf",
+            "23",
+            "-pix_fmt",
+            "yuv420p",
+            "-movflags",
+            "+faststart",
+            "-f",
+            "mp4",
+            str(target),
+        ]
+        errors = Path(workdir) / "ffmpeg.log"  # a file, not a pipe: nobody reads it while frames go in
+        with errors.open("wb") as stderr:
+            proc = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=stderr)
+            assert proc.stdin is not None
+            try:
+                for index in range(count):
+                    proc.stdin.write(face_clip_frame(index, VIDEO_FPS, base, head).tobytes())
+                proc.stdin.close()
+                proc.wait(timeout=600)
+            except BaseException:
+                proc.kill()
+                proc.wait()
+                raise
+        if proc.returncode != 0:
+            tail = errors.read_text(errors="replace")[-500:]
+            raise RuntimeError(f"ffmpeg failed ({proc.returncode}): {tail}")
+        return target.read_bytes()
+
+
+def video_clip_name(duration_s: float) -> str:
+    return f"clip-{duration_s:g}s.mp4"

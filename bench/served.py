@@ -52,6 +52,7 @@ class Endpoint:
 
 IMAGE = Endpoint("/v1/detect/image", "image", "img{index}.jpg", "image/jpeg", "images_per_s")
 AUDIO = Endpoint("/v1/detect/audio", "audio", "clip{index}.wav", "audio/wav", "clips_per_s")
+VIDEO = Endpoint("/v1/detect/video?fps=1", "video", "clip{index}.mp4", "video/mp4", "clips_per_s")
 
 
 def auth_env(workdir: Path) -> dict[str, str]:
@@ -64,6 +65,7 @@ def auth_env(workdir: Path) -> dict[str, str]:
         "VERITY_DAILY_LIMIT": UNMETERED,
         "VERITY_RATE_LIMIT_IMAGE_PER_MIN": UNMETERED,
         "VERITY_RATE_LIMIT_AUDIO_PER_MIN": UNMETERED,
+        "VERITY_RATE_LIMIT_VIDEO_PER_MIN": UNMETERED,
     }
 
 
@@ -228,6 +230,11 @@ async def _drive(
                 if body.get("segments"):
                     result["segment0_p"] = body["segments"][0]["fake_probability"]
                     result["segments"] = len(body["segments"])
+                media = body.get("media", {})
+                if "frames_analyzed" in media:  # video: what the face-detection time was spent on
+                    result["frames_analyzed"] = media["frames_analyzed"]
+                    result["frames_with_face"] = media["frames_with_face"]
+                    result["timing_ms"] = body.get("timing_ms", {})
                 results.append(result)
 
     async with httpx.AsyncClient(
@@ -239,7 +246,7 @@ async def _drive(
     ok = len(latencies)
     timing = {
         key: float(np.median([t[key] for t in server_timing if key in t]))
-        for key in ("decode", "preprocess", "inference", "total")
+        for key in ("decode", "faces", "preprocess", "inference", "total")
         if any(key in t for t in server_timing)
     }
     return {

@@ -31,6 +31,23 @@ class Settings(BaseSettings):
     audio_model: str = Field(
         "wav2vec2-audio", description="catalog id of the audio model; empty serves no audio"
     )
+    face_model: str = Field("mtcnn", description="catalog id of the face detector; empty: none")
+    video_model: str = Field(
+        "cnn-lstm", description="catalog id of the video head (served with its encoder); empty: none"
+    )
+    # The face detector runs on frames shrunk to this longest side (faces/mtcnn.py): 640 keeps a
+    # 1280x720 frame well under 100 ms on 2 cores; the smallest face found in the original frame
+    # is face_min_size * longest side / face_max_side (40 px at 1280 wide).
+    face_max_side: int = Field(
+        640, ge=12, description="longest side (px) of the frame the face detector sees (larger: downscaled)"
+    )
+    face_min_size: int = Field(
+        20, ge=1, description="MTCNN min_face_size in pixels of the downscaled frame (the package's default)"
+    )
+    face_crop_margin: float = Field(
+        0.2, ge=0.0, le=2.0, description="face crops grow each side by this fraction of the box's longer side"
+    )
+    faces_per_frame: int = Field(4, ge=1, le=32, description="most faces scored per picture or frame")
     precision: Literal["fp32", "int8"] = Field("fp32", description="which stored export to serve")
     ort_intra_op_threads: int = Field(0, ge=0, description="0 = one per CPU core")
     ort_inter_op_threads: int = Field(1, ge=1)
@@ -61,6 +78,28 @@ class Settings(BaseSettings):
     max_audio_bytes: int = Field(20 * MB, ge=1)
     max_audio_duration_s: float = Field(300.0, gt=0, description="inline audio duration cap")
     ffmpeg_timeout_s: float = Field(30.0, gt=0, description="time limit for decoding M4A/AAC")
+    max_video_bytes: int = Field(32 * MB, ge=1, description="inline video cap (larger: uploads)")
+    max_video_pixels: int = Field(
+        3840 * 2160, ge=1, description="width*height cap of the video stream, checked before decoding"
+    )
+    max_video_duration_s: float = Field(300.0, gt=0, description="video duration cap (declared or decoded)")
+    # Every frame is decoded (grab) even when few are kept: ~3.6 ms per 720p H.264 frame on 2 cores,
+    # so a 10 s 30 fps clip takes ~1.1 s and the 300 s cap at 720p ~33 s (media/video.py).
+    video_decode_timeout_s: float = Field(
+        60.0, gt=0, description="time limit for probing and decoding one video (422 past it)"
+    )
+    video_decode_isolated: bool = Field(
+        True,
+        description="decode in a child process, so a decoder that hangs or crashes is killed and "
+        "fails its request, never the worker; false decodes in-process (deadline checked per frame)",
+    )
+    video_max_frames: int = Field(64, ge=1, description="frames sampled when the request names none")
+    video_max_frames_cap: int = Field(
+        128, ge=1, description="hard cap on sampled frames per video, whatever the request asks"
+    )
+    video_frame_max_side: int = Field(
+        1920, ge=64, description="sampled frames with a longer side are downscaled (memory per frame)"
+    )
 
     # Store (SPEC §2): embedded SQLite by default, DynamoDB by setting -----------------------
     store: Literal["sqlite", "dynamodb"] = "sqlite"
@@ -128,6 +167,14 @@ class Settings(BaseSettings):
     @property
     def served_audio_models(self) -> list[str]:
         return [self.audio_model] if self.audio_model else []
+
+    @property
+    def served_face_models(self) -> list[str]:
+        return [self.face_model] if self.face_model else []
+
+    @property
+    def served_video_models(self) -> list[str]:
+        return [self.video_model] if self.video_model else []
 
     @property
     def intra_op_threads(self) -> int:

@@ -48,7 +48,7 @@ CLIPPED_FRACTION = 0.001  # share of samples on flat full-scale tops that earns 
 TEMP_PREFIX = "verity-audio-"
 
 _SOUNDFILE_FORMATS = frozenset({"wav", "flac", "ogg", "mp3"})
-_FFMPEG_DEMUXERS = {"m4a": "mov", "mp4": "mov", "aac": "aac"}
+_FFMPEG_DEMUXERS = {"m4a": "mov", "mp4": "mov", "mov": "mov", "aac": "aac"}
 _READ_BLOCK_SAMPLES = 1 << 20  # samples (all channels) per libsndfile read: bounds peak memory
 _UNKNOWN_FRAMES = 1 << 62  # libsndfile's SF_COUNT_MAX and friends mean "length unknown"
 

@@ -13,19 +13,25 @@ _SIGNATURES: list[tuple[int, bytes, str]] = [
     (0, b"MM\x00*", "tiff"),
     (0, b"%PDF", "pdf"),
     (0, b"PK\x03\x04", "zip"),
-    (0, b"\x1a\x45\xdf\xa3", "matroska"),
     (0, b"ID3", "mp3"),
     (0, b"fLaC", "flac"),
     (0, b"OggS", "ogg"),  # Vorbis, Opus (and FLAC-in-Ogg) alike: libsndfile tells them apart
 ]
 
+# Atoms a pre-ftyp QuickTime movie starts with ("free"/"skip" are left out: too generic).
+_QUICKTIME_LEADING_ATOMS = frozenset({b"moov", b"mdat", b"wide"})
+_EBML_DOCTYPE_ID = b"\x42\x82"
+
 # ISO BMFF major brands that declare an audio-only file (iTunes audio, audiobook, protected).
 _M4A_BRANDS = frozenset({b"M4A ", b"M4B ", b"M4P "})
 
 IMAGE_FORMATS = frozenset({"jpeg", "png", "webp", "gif", "bmp", "tiff"})
+# Containers media/video.py opens with OpenCV's FFmpeg backend. "mp4" is shared with audio: an
+# ISO BMFF file's brand does not say whether it holds video (the decoder's probe does).
+VIDEO_FORMATS = frozenset({"mp4", "mov", "avi", "webm", "matroska"})
 # "mp4" is here as well as "m4a": many AAC files carry the generic mp42/isom brands. Whether an
 # mp4 holds an audio stream at all is for the decoder (ffprobe) to say.
-AUDIO_FORMATS = frozenset({"wav", "flac", "ogg", "mp3", "m4a", "mp4", "aac"})
+AUDIO_FORMATS = frozenset({"wav", "flac", "ogg", "mp3", "m4a", "mp4", "mov", "aac"})
 
 
 def _mpeg_audio_sync(head: bytes) -> str | None:
@@ -51,6 +57,20 @@ def _mpeg_audio_sync(head: bytes) -> str | None:
     return "mp3"
 
 
+def _ebml_doctype(head: bytes) -> str:
+    """The EBML header's DocType: "webm", else "matroska" (also when it cannot be read).
+
+    The header is a few dozen bytes at the start of the file, so scanning the sniffed head for the
+    DocType id (0x4282) and its one-byte size (0x81-0x88: a short string) is enough.
+    """
+    pos = head.find(_EBML_DOCTYPE_ID, 4)
+    if pos >= 0 and pos + 3 <= len(head) and 0x81 <= head[pos + 2] <= 0x88:
+        size = head[pos + 2] & 0x7F
+        if head[pos + 3 : pos + 3 + size] == b"webm":
+            return "webm"
+    return "matroska"
+
+
 def sniff(data: bytes) -> str | None:
     """Best guess of the container format of ``data`` from its first bytes, or None."""
     head = data[:64]
@@ -64,7 +84,13 @@ def sniff(data: bytes) -> str | None:
             return "avif"
         if brand in _M4A_BRANDS:
             return "m4a"
+        if brand == b"qt  ":
+            return "mov"
         return "mp4"
+    if head[4:8] in _QUICKTIME_LEADING_ATOMS and int.from_bytes(head[:4], "big") >= 8:
+        return "mov"  # QuickTime files older than the ftyp atom start straight with an atom
+    if head[:4] == b"\x1a\x45\xdf\xa3":
+        return _ebml_doctype(head)
     for offset, signature, name in _SIGNATURES:
         if head[offset : offset + len(signature)] == signature:
             return name

@@ -3,7 +3,10 @@
 python -m models export vit-dima806                 # hub checkpoint, or dev weights offline
 python -m models export vit-dima806 --source ./my-hf-dir
 python -m models export keras-cnn --source detector.h5
+python -m models export cnn-lstm --source video_model_v2.keras --encoder finetuned_model.h5
+python -m models export cnn-lstm                    # the video pair (encoder + LSTM head), dev weights
 python -m models export wav2vec2-audio              # the default audio model (hub or dev)
+python -m models export mtcnn                       # the face detector (weights ship with `mtcnn`)
 python -m models ensure                             # export the served models if missing
 python -m models list
 """
@@ -31,6 +34,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         int8=not args.no_int8,
         fake_index=args.fake_index,
         like_model=args.like,
+        **({"encoder": args.encoder} if args.encoder else {}),
     )
     for model in stored:
         log.info("stored %s", model.tag, extra={"model": model.describe()})
@@ -38,7 +42,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_ensure(args: argparse.Namespace) -> int:
-    from models.store import find_stored
+    from models.store import find_stored, find_video_pair
 
     settings = get_settings()
     for model_id in [*settings.served_image_models, *settings.served_audio_models]:
@@ -48,6 +52,23 @@ def _cmd_ensure(args: argparse.Namespace) -> int:
         from models.export.pipeline import export_model
 
         export_model(model_id, offline=args.offline)
+    for model_id in settings.served_video_models:
+        # The encoder + head pair, exported together (models/export/keras_video.py); no --source:
+        # the dev pair, built offline.
+        if find_video_pair(model_id, "fp32") and find_video_pair(model_id, "int8"):
+            log.info("%s already in the model store", model_id)
+            continue
+        from models.export.pipeline import export_model
+
+        export_model(model_id, offline=args.offline)
+    for model_id in settings.served_face_models:
+        # fp32 only: the face detector has no int8 export (models/export/mtcnn.py says why).
+        if find_stored(model_id, "fp32"):
+            log.info("%s already in the model store", model_id)
+            continue
+        from models.export.pipeline import export_model
+
+        export_model(model_id)
     return 0
 
 
@@ -71,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--no-int8", action="store_true")
     export.add_argument("--fake-index", type=int, help="output index meaning fake (Keras / ONNX files)")
     export.add_argument("--like", help="for a .onnx source: the catalog id whose preprocessing it uses")
+    export.add_argument(
+        "--encoder", help="for cnn-lstm: the Keras CNN (.h5/.keras) whose features the LSTM takes"
+    )
     export.set_defaults(func=_cmd_export)
     ensure = sub.add_parser("ensure", help="export the served models unless already stored")
     ensure.add_argument("--offline", action="store_true")

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 CATALOG_PATH = Path(__file__).with_name("catalog.toml")
 
-Modality = Literal["image", "video-encoder", "video-head", "audio", "text"]
+Modality = Literal["image", "video-encoder", "video-head", "audio", "text", "faces"]
 Resample = Literal["nearest", "bilinear", "bicubic", "lanczos"]
 
 
@@ -86,12 +86,43 @@ class AudioInputSpec:
         return asdict(self)
 
 
-InputSpec = ImageInputSpec | AudioInputSpec
+@dataclass(frozen=True)
+class SequenceInputSpec:
+    """What a video head (``video-head``) takes: sequences of ``feature_dim`` encoder features,
+    one per sampled frame, cut into windows of ``seq_len`` frames every ``stride`` frames
+    (models/temporal.py). ``feature_dim`` is 0 in the catalog ("read from the model"); export
+    stores the real one."""
+
+    seq_len: int = 10
+    stride: int = 5
+    feature_dim: int = 0
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> SequenceInputSpec:
+        spec = cls(
+            seq_len=int(raw.get("seq_len", 10)),
+            stride=int(raw.get("stride", 5)),
+            feature_dim=int(raw.get("feature_dim", 0)),
+        )
+        # A stride past the window would leave frames no window sees.
+        if not (spec.seq_len >= 1 and 1 <= spec.stride <= spec.seq_len and spec.feature_dim >= 0):
+            raise ValueError(f"video head input needs seq_len >= 1 and 1 <= stride <= seq_len: {raw}")
+        return spec
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+InputSpec = ImageInputSpec | AudioInputSpec | SequenceInputSpec
 
 
 def input_spec_from_dict(modality: str, raw: dict[str, Any]) -> InputSpec:
     """The ``input`` table of a catalog entry (or stored metadata) for its modality."""
-    return AudioInputSpec.from_dict(raw) if modality == "audio" else ImageInputSpec.from_dict(raw)
+    if modality == "audio":
+        return AudioInputSpec.from_dict(raw)
+    if modality == "video-head":
+        return SequenceInputSpec.from_dict(raw)
+    return ImageInputSpec.from_dict(raw)
 
 
 @dataclass(frozen=True)
@@ -103,35 +134,48 @@ class CatalogEntry:
     threshold: float
     labels: tuple[str, ...]
     fake_index: int
-    output: Literal["logits", "probabilities"]
-    # The modality's input spec: an ImageInputSpec for image entries, an AudioInputSpec for
-    # audio ones (``audio`` gives the latter typed, None for other modalities).
-    input: ImageInputSpec | AudioInputSpec
+    # "features": a video encoder, whose output is a feature vector for its head, not a verdict.
+    output: Literal["logits", "probabilities", "features"]
+    # The modality's input spec: an ImageInputSpec for image entries and video encoders, an
+    # AudioInputSpec for audio ones, a SequenceInputSpec for video heads (``audio`` and
+    # ``sequence`` give the latter two typed, None for other modalities).
+    input: ImageInputSpec | AudioInputSpec | SequenceInputSpec
     license: str = ""
     dev_config: dict[str, Any] = field(default_factory=dict)
+    # Video models come in pairs exported together: a head names its encoder, an encoder its head.
+    pair: str | None = None
 
     @property
     def audio(self) -> AudioInputSpec | None:
         return self.input if isinstance(self.input, AudioInputSpec) else None
 
     @property
+    def sequence(self) -> SequenceInputSpec | None:
+        return self.input if isinstance(self.input, SequenceInputSpec) else None
+
+    @property
     def hub_id(self) -> str | None:
         return self.source.removeprefix("hf:") if self.source.startswith("hf:") else None
 
 
-def _entry(model_id: str, raw: dict[str, Any]) -> CatalogEntry:
+def _entry(model_id: str, raw: dict[str, Any], models: dict[str, Any]) -> CatalogEntry:
+    # A video encoder gives no verdict itself: it carries its head's labels, fake index and
+    # threshold, so that every stored model describes the verdict rule of what it serves.
+    pair = raw.get("encoder") or raw.get("head")
+    verdict = models[raw["head"]] if raw["modality"] == "video-encoder" else raw
     return CatalogEntry(
         id=model_id,
         modality=raw["modality"],
         source=raw["source"],
         architecture=raw["architecture"],
-        threshold=float(raw["threshold"]),
-        labels=tuple(raw["labels"]),
-        fake_index=int(raw["fake_index"]),
+        threshold=float(verdict["threshold"]),
+        labels=tuple(verdict["labels"]),
+        fake_index=int(verdict["fake_index"]),
         output=raw.get("output", "logits"),
         input=input_spec_from_dict(raw["modality"], raw["input"]),
         license=raw.get("license", ""),
         dev_config=dict(raw.get("dev", {})),
+        pair=pair,
     )
 
 
@@ -139,7 +183,8 @@ def _entry(model_id: str, raw: dict[str, Any]) -> CatalogEntry:
 def load_catalog(path: Path = CATALOG_PATH) -> dict[str, CatalogEntry]:
     with path.open("rb") as fh:
         raw = tomllib.load(fh)
-    return {model_id: _entry(model_id, spec) for model_id, spec in raw["models"].items()}
+    models = raw["models"]
+    return {model_id: _entry(model_id, spec, models) for model_id, spec in models.items()}
 
 
 def get_entry(model_id: str) -> CatalogEntry:

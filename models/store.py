@@ -14,7 +14,7 @@ from typing import Any
 import bentoml
 from bentoml.exceptions import NotFound
 
-from models.catalog import AudioInputSpec, ImageInputSpec
+from models.catalog import AudioInputSpec, ImageInputSpec, SequenceInputSpec
 
 ONNX_FILE = "model.onnx"
 
@@ -56,10 +56,19 @@ class StoredModel:
 
     @property
     def input_spec(self) -> ImageInputSpec:
-        """The image input spec (image models only)."""
+        """The image input spec (image models and video encoders)."""
         if self.modality == "audio":
             raise TypeError(f"{self.tag} is an audio model: use audio_spec")
+        if self.modality == "video-head":
+            raise TypeError(f"{self.tag} is a video head: use sequence_spec")
         return ImageInputSpec.from_dict(self.metadata["input"])
+
+    @property
+    def sequence_spec(self) -> SequenceInputSpec:
+        """Window length, stride and feature width of a video head (stored under "input")."""
+        if self.modality != "video-head":
+            raise TypeError(f"{self.tag} is a {self.modality} model, not a video head")
+        return SequenceInputSpec.from_dict(self.metadata["input"])
 
     @property
     def audio_spec(self) -> AudioInputSpec:
@@ -84,6 +93,9 @@ class StoredModel:
             "parity_max_abs_diff": self.metadata.get("parity_max_abs_diff"),
             "int8_agreement": self.metadata.get("int8_agreement"),
             "sha256": self.metadata.get("sha256"),
+            # A video head names the exact encoder export its features must come from.
+            **({"encoder": self.metadata.get("encoder")} if self.modality == "video-head" else {}),
+            **({"head": self.metadata.get("head")} if self.modality == "video-encoder" else {}),
         }
 
 
@@ -119,3 +131,17 @@ def find_stored(model_id: str, precision: str) -> StoredModel | None:
 
 def get_stored(tag: str) -> StoredModel:
     return _stored(bentoml.models.get(tag))
+
+
+def find_video_pair(head_id: str, precision: str) -> tuple[StoredModel, StoredModel] | None:
+    """``(encoder, head)``: the newest stored head at ``precision`` and the encoder export it was
+    verified with (its metadata names the tag; a head run on another encoder's features would
+    give meaningless verdicts). None when either is missing."""
+    head = find_stored(head_id, precision)
+    if head is None or head.modality != "video-head":
+        return None
+    try:
+        encoder = get_stored(str(head.metadata["encoder"]["tag"]))
+    except (KeyError, TypeError, NotFound):
+        return None
+    return encoder, head

@@ -371,7 +371,11 @@ class DynamoDBStore(Store):
                             "created_at": detection.created_at,
                             "modality": detection.modality,
                             "verdict": detection.verdict,
-                            "fake_probability": Decimal(str(detection.fake_probability)),
+                            **(
+                                {"fake_probability": Decimal(str(detection.fake_probability))}
+                                if detection.fake_probability is not None
+                                else {}
+                            ),
                             "model_id": detection.model_id,
                             "result": json.dumps(detection.result),
                         }
@@ -396,7 +400,7 @@ class DynamoDBStore(Store):
             created_at=item["created_at"],
             modality=item["modality"],
             verdict=item["verdict"],
-            fake_probability=float(item["fake_probability"]),
+            fake_probability=float(item["fake_probability"]) if "fake_probability" in item else None,
             model_id=item["model_id"],
             result=json.loads(item["result"]),
         )

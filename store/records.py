@@ -62,7 +62,7 @@ class Detection:
     created_at: str
     modality: str
     verdict: str
-    fake_probability: float
+    fake_probability: float | None  # None: NO_FACE (no face to score)
     model_id: str
     result: dict[str, Any] = field(default_factory=dict)
 

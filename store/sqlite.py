@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -13,6 +14,8 @@ from typing import Any
 from errors import Conflict, StoreUnavailable
 from store.base import Store
 from store.records import ApiKey, Detection, Page, QuotaDecision, User
+
+log = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
@@ -29,13 +32,15 @@ CREATE TABLE IF NOT EXISTS counters (
     user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE, bucket TEXT NOT NULL,
     count INTEGER NOT NULL, expires_at INTEGER, PRIMARY KEY (user_id, bucket)
 );
-CREATE TABLE IF NOT EXISTS detections (
+"""
+# fake_probability is null for a NO_FACE result (faces=auto or video without any face).
+_DETECTIONS_TABLE = """CREATE TABLE IF NOT EXISTS detections (
     id TEXT PRIMARY KEY, user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
     created_at TEXT NOT NULL, modality TEXT NOT NULL, verdict TEXT NOT NULL,
-    fake_probability REAL NOT NULL, model_id TEXT NOT NULL, result TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS detections_user ON detections(user_id, id DESC);
-"""
+    fake_probability REAL, model_id TEXT NOT NULL, result TEXT NOT NULL
+)"""
+_DETECTIONS_INDEX = "CREATE INDEX IF NOT EXISTS detections_user ON detections(user_id, id DESC)"
+_SCHEMA += f"{_DETECTIONS_TABLE};\n{_DETECTIONS_INDEX};\n"
 
 TOTAL = "total"
 
@@ -80,8 +85,30 @@ class SQLiteStore(Store):
         self._local = threading.local()
         try:
             self._connection().executescript(_SCHEMA)  # executescript manages its own transaction
+            self._allow_null_probability()
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open the SQLite store at {self.path}: {exc}") from exc
+
+    def _allow_null_probability(self) -> None:
+        """Databases made before NO_FACE results (``fake_probability`` null) declared the column
+        NOT NULL; SQLite cannot drop a constraint, so such a table is rebuilt in one transaction,
+        every row copied (nothing a user stored is lost)."""
+
+        def nullable(db: sqlite3.Connection) -> bool:
+            columns = {row["name"]: row for row in db.execute("PRAGMA table_info(detections)")}
+            return not columns["fake_probability"]["notnull"]
+
+        if nullable(self._connection()):
+            return
+        with self._tx(immediate=True) as tx:
+            if nullable(tx):  # another process migrated it meanwhile
+                return
+            tx.execute("ALTER TABLE detections RENAME TO detections_old")
+            tx.execute(_DETECTIONS_TABLE)
+            tx.execute("INSERT INTO detections SELECT * FROM detections_old")
+            tx.execute("DROP TABLE detections_old")
+            tx.execute(_DETECTIONS_INDEX)
+        log.info("migrated %s: detections.fake_probability may now be null", self.path)
 
     def _connection(self) -> sqlite3.Connection:
         # One connection per thread: sqlite3 connections must not be shared across threads.

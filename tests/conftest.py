@@ -38,6 +38,18 @@ import pytest  # noqa: E402
 
 from tests.tiny import TINY_SIGLIP, TINY_VIT, TINY_WAV2VEC2  # noqa: E402
 
+# The video pair (models/export/keras_video.py): 2 conv blocks -> 8 pooled features, 4-frame
+# windows, LSTM(8) -> Dense(1, sigmoid). SmallCNN takes 0..1 pixels (EfficientNet's 0..255).
+TINY_CNN_LSTM = {
+    "backbone": "SmallCNN",
+    "filters": [4, 8],
+    "image_size": 32,
+    "rescale": 1 / 255,
+    "seq_len": 4,
+    "lstm_units": 8,
+    "dropout": 0.5,
+}
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 TEST_PASSWORD = "correct horse battery staple"
 
@@ -111,14 +123,26 @@ def state_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def model_store(bentoml_home: Path) -> dict[str, list]:
-    """Export the tiny served models (fp32 + int8) once per test session."""
+def face_model_store(bentoml_home: Path) -> list:
+    """The MTCNN face detector, exported once per session from the `mtcnn` package (its real
+    weights ship inside the package: no download, no tiny config needed)."""
+    from models.export.pipeline import export_model
+
+    return export_model("mtcnn")
+
+
+@pytest.fixture(scope="session")
+def model_store(bentoml_home: Path, face_model_store: list) -> dict[str, list]:
+    """Export the tiny served models (fp32 + int8) and the face detector once per test session."""
     from models.export.pipeline import export_model
 
     return {
+        "mtcnn": face_model_store,
         "vit-dima806": export_model("vit-dima806", offline=True, dev_overrides=TINY_VIT),
         "siglip-open-deepfake": export_model("siglip-open-deepfake", offline=True, dev_overrides=TINY_SIGLIP),
         "wav2vec2-audio": export_model("wav2vec2-audio", offline=True, dev_overrides=TINY_WAV2VEC2),
+        # Four models: cnn-lstm-encoder and cnn-lstm (the head), each fp32 and int8.
+        "cnn-lstm": export_model("cnn-lstm", offline=True, dev_overrides=TINY_CNN_LSTM),
     }
 
 

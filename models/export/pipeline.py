@@ -133,4 +133,23 @@ def export_source(
 
 def export_model(model_id: str, **kwargs: Any) -> list[StoredModel]:
     int8 = kwargs.pop("int8", True)
+    from models.catalog import load_catalog
+
+    entry = load_catalog().get(model_id)
+    if entry is not None and entry.modality == "faces":
+        from models.export.mtcnn import export_mtcnn
+
+        # The mtcnn package ships its weights (nothing to download, so `offline` changes
+        # nothing); fp32 only, models/export/mtcnn.py says why.
+        if kwargs.get("source"):
+            raise ValueError(f"{model_id} comes from {entry.source} itself; --source does not apply")
+        return [export_mtcnn(entry)]
+    if entry is not None and entry.modality in ("video-head", "video-encoder"):
+        from models.export.keras_video import export_video_model
+
+        # Two graphs (CNN encoder + LSTM head), verified and stored together; the encoder's
+        # id is refused there with the command that exports it.
+        return export_video_model(model_id, int8=int8, **kwargs)
+    if kwargs.pop("encoder", None):
+        raise ValueError(f"--encoder is for video models (cnn-lstm), not {model_id}")
     return export_source(make_source(model_id, **kwargs), int8=int8)

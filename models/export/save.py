@@ -41,3 +41,26 @@ def save_onnx(onnx_path: Path, metadata: dict[str, Any]) -> StoredModel:
         shutil.copyfile(onnx_path, model.path_of(ONNX_FILE))
     log.info("stored model %s (%s weights)", tag, full["weights"])
     return get_stored(tag)
+
+
+def save_onnx_files(files: dict[str, Path], metadata: dict[str, Any]) -> StoredModel:
+    """Store graphs that only work together (MTCNN's P/R/O-nets) as ONE model holding each file
+    under its name. The tag's digest covers every file's name and bytes, and ``files`` in the
+    metadata lists each one's sha256; storing the same bytes twice is a no-op, as save_onnx."""
+    digests = {name: sha256_of(path) for name, path in sorted(files.items())}
+    manifest = "".join(f"{name}:{digest}\n" for name, digest in digests.items())
+    sha = hashlib.sha256(manifest.encode()).hexdigest()
+    tag = f"{metadata['model_id']}:{metadata['precision']}-{sha[:12]}"
+    try:
+        existing = get_stored(tag)
+        log.info("model %s already stored", tag)
+        return existing
+    except NotFound:
+        pass
+    full = {**metadata, "sha256": sha, "files": digests}
+    labels = {k: str(full[k]) for k in ("modality", "precision", "weights")}
+    with bentoml.models.create(tag, labels=labels, metadata=full) as model:
+        for name, path in files.items():
+            shutil.copyfile(path, model.path_of(name))
+    log.info("stored model %s (%s weights, %d files)", tag, full["weights"], len(files))
+    return get_stored(tag)

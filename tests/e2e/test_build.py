@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 BUILD_TIMEOUT_S = 300
 # Export-time only (SPEC §2): none of these may reach the serving image.
 EXPORT_ONLY = {"torch", "tensorflow", "tensorflow-cpu", "transformers", "tf2onnx", "keras", "onnxscript"}
-SERVED = ("vit-dima806", "siglip-open-deepfake", "wav2vec2-audio")
+SERVED = ("vit-dima806", "siglip-open-deepfake", "wav2vec2-audio", "cnn-lstm", "mtcnn")
 
 
 def _run(argv: list[str], home: Path) -> str:
@@ -80,7 +80,13 @@ def test_bento_lists_the_served_models(built, model_store) -> None:
     assert info["entry_service"] == "Verity"
     services = {s["name"]: s for s in info["services"]}
     verity_deps = {d["service"] for d in services["Verity"]["dependencies"]}
-    assert verity_deps == {"ImageDetector", "ImageDetector_siglip_open_deepfake", "AudioDetector"}
+    assert verity_deps == {
+        "ImageDetector",
+        "ImageDetector_siglip_open_deepfake",
+        "AudioDetector",
+        "FrameEncoder",
+        "TemporalHead",
+    }
     bento_models = {m["tag"] for s in info["services"] for m in s["models"]}
     fp32 = {m.tag for mid in SERVED for m in model_store[mid] if m.precision == "fp32"}
     assert bento_models == fp32
@@ -102,5 +108,7 @@ def test_exported_bento_carries_the_onnx_files(built, model_store, tmp_path: Pat
     with tarfile.open(archive) as bento:
         names = set(bento.getnames())
     for model_id in SERVED:
-        version = next(m.version for m in model_store[model_id] if m.precision == "fp32")
-        assert f"./models/{model_id}/{version}/model.onnx" in names, sorted(names)
+        for stored in (m for m in model_store[model_id] if m.precision == "fp32"):
+            # One model.onnx per model; MTCNN's three graphs are one stored model.
+            for graph in sorted(p.name for p in stored.path.glob("*.onnx")):
+                assert f"./models/{stored.model_id}/{stored.version}/{graph}" in names, sorted(names)

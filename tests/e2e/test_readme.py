@@ -13,6 +13,7 @@ and the key in its answer becomes ``$VERITY_API_KEY``; every other example runs 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -24,11 +25,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image
 
 from auth.api_keys import well_formed
 from tests.audio_factory import encode_ffmpeg, speech_like
 from tests.e2e.servers import PROJECT_ROOT, ServerProcess, free_port, server_env, server_home
-from tests.media_factory import jpeg_bytes
+from tests.face_factory import Paste, compose, moving_face_frames
+from tests.media_factory import encode, jpeg_bytes
+from tests.video_factory import encode_ffmpeg as encode_ffmpeg_video
 
 pytestmark = pytest.mark.e2e
 
@@ -166,6 +170,10 @@ def test_readme_curl_example(
 ) -> None:
     (tmp_path / "face.jpg").write_bytes(jpeg_bytes(320, 240))
     (tmp_path / "call.m4a").write_bytes(encode_ffmpeg(speech_like(6.0, 44_100), 44_100, "m4a"))
+    (tmp_path / "clip.mp4").write_bytes(readme_clip())
+    (tmp_path / "photo.jpg").write_bytes(
+        encode(Image.fromarray(compose([Paste(60, 40, 200)], 0, 320, 240)), "JPEG")
+    )
     body = tmp_path / "response.json"
     signup = SIGNUP in command
     if signup:
@@ -189,7 +197,14 @@ def test_readme_curl_example(
     answer = json.loads(text)
     log.info("%s -> %d", command, status)
 
-    if "/v1/detect/image" in command:
+    if "faces=auto" in command:
+        assert answer["verdict"] in {"FAKE", "REAL", "UNCERTAIN"} and len(answer["faces"]) == 1
+        assert answer["fake_probability"] == answer["faces"][0]["fake_probability"]
+    elif "/v1/detect/video" in command:
+        assert answer["modality"] == "video" and answer["strategy"] == "temporal"
+        assert answer["media"]["frames_analyzed"] == 3 and answer["faces"] and answer["segments"]
+        assert answer["verdict"] in {"FAKE", "REAL", "UNCERTAIN"}
+    elif "/v1/detect/image" in command:
         assert answer["verdict"] in {"FAKE", "REAL", "UNCERTAIN"}
         assert answer["media"]["width"] == 320
         assert answer["model"]["weights"] == "dev"
@@ -231,6 +246,12 @@ def test_readme_curl_example(
         else:
             assert answer["keys"] and all("key" not in k and "digest" not in k for k in answer["keys"])
             assert credentials["VERITY_API_KEY"] not in text
+
+
+@functools.cache
+def readme_clip() -> bytes:
+    """3 s of a face drifting across 320x240 frames, H.264 MP4."""
+    return encode_ffmpeg_video(moving_face_frames(30), 10, "mp4")
 
 
 def readme_cli_commands() -> list[str]:

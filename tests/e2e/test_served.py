@@ -86,6 +86,9 @@ def test_ready_reports_dev_weights(http: httpx.Client) -> None:
         DEFAULT_MODEL: "dev",
         SECOND_MODEL: "dev",
         "wav2vec2-audio": "dev",
+        "cnn-lstm": "dev",
+        "cnn-lstm-encoder": "dev",
+        "mtcnn": "pretrained",
     }
     assert {w["code"] for w in body["warnings"]} == {"dev_weights"}
 

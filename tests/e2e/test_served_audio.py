@@ -59,8 +59,8 @@ def test_windows_from_concurrent_clips_share_batches(
     after = batch_stats(http, service="AudioDetector")
     calls = after.count - before.count
     merged = after.total - before.total
-    # 8 clips x 2 windows (0-4 s, 2-6 s) arrive as 16 one-window model requests (equal-cost calls keep BentoML's
-    # batch cost model right); the service answered them in fewer calls, at most
-    # VERITY_AUDIO_BATCH_MAX_SIZE (4) windows each.
+    # 8 clips x 2 windows (0-4 s, 2-6 s) arrive as 16 one-window model requests (equal-cost
+    # calls keep BentoML's batch cost model right); the service answered them in fewer calls, at
+    # most VERITY_AUDIO_BATCH_MAX_SIZE (4) windows each.
     assert merged == 16
     assert 16 / 4 <= calls < merged

@@ -65,8 +65,15 @@ def test_health_endpoints(client):
     assert ready.status_code == 200
     body = ready.json()
     assert body["status"] == "ready"
-    assert {m["id"] for m in body["models"]} == {"vit-dima806", "siglip-open-deepfake", "wav2vec2-audio"}
-    assert all(m["weights"] == "dev" for m in body["models"])
+    weights = {m["id"]: m["weights"] for m in body["models"]}
+    assert weights == {
+        "vit-dima806": "dev",
+        "siglip-open-deepfake": "dev",
+        "wav2vec2-audio": "dev",
+        "cnn-lstm": "dev",
+        "cnn-lstm-encoder": "dev",
+        "mtcnn": "pretrained",  # the package's own weights
+    }
     assert {w["code"] for w in body["warnings"]} == {"dev_weights"}
 
 

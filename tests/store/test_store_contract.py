@@ -57,10 +57,9 @@ def make_detection(user_id: str, modality: str = "image", verdict: str = "FAKE",
         created_at=NOW,
         modality=modality,
         verdict=verdict,
-        fake_probability=0.75,
         model_id="vit-dima806",
         result={"id": detection_id, "verdict": verdict, "segments": [{"start_s": 0.0}], "warnings": []},
-        **fields,
+        **{"fake_probability": 0.75, **fields},
     )
 
 
@@ -262,6 +261,44 @@ def test_history_add_get_delete(store):
     assert store.get_detection(user.id, detection.id) is None
     assert store.delete_detection(user.id, detection.id) is False
     assert store.list_detections(user.id, 10, None).items == []
+
+
+def test_no_face_detection_has_no_probability(store):
+    user, _, _ = new_user(store)
+    detection = make_detection(user.id, "video", "NO_FACE", fake_probability=None)
+    store.add_detection(detection)
+    assert store.get_detection(user.id, detection.id) == detection
+    assert store.list_detections(user.id, 10, None).items[0].fake_probability is None
+    assert store.stats(user.id)["video"]["NO_FACE"] == 1
+
+
+def test_sqlite_store_from_before_no_face_is_migrated_without_loss(tmp_path):
+    import sqlite3
+
+    from store.sqlite import SQLiteStore
+
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE users (id TEXT PRIMARY KEY);"
+        "CREATE TABLE detections (id TEXT PRIMARY KEY,"
+        " user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,"
+        " created_at TEXT NOT NULL, modality TEXT NOT NULL, verdict TEXT NOT NULL,"
+        " fake_probability REAL NOT NULL, model_id TEXT NOT NULL, result TEXT NOT NULL);"
+        "INSERT INTO users VALUES ('usr_1');"
+        "INSERT INTO detections VALUES"
+        " ('det_1', 'usr_1', '2030-01-01T00:00:00Z', 'image', 'FAKE', 0.9, 'm', '{}');"
+    )
+    old.commit()
+    old.close()
+    store = SQLiteStore(path)
+    kept = store.get_detection("usr_1", "det_1")
+    assert kept is not None and kept.fake_probability == 0.9
+    no_face = make_detection("usr_1", "video", "NO_FACE", fake_probability=None)
+    store.add_detection(no_face)
+    stored = {d.id: d.fake_probability for d in store.list_detections("usr_1", 10, None).items}
+    assert stored == {"det_1": 0.9, no_face.id: None}
+    SQLiteStore(path)  # reopening an already migrated file is a no-op
 
 
 def test_history_is_newest_first_and_paginates(store):
