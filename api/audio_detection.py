@@ -9,7 +9,6 @@ up there and in ``segments`` even when most of the clip is genuine.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -19,16 +18,10 @@ import numpy as np
 
 from api.engine import Engine, ServedModel, audio_hop_s
 from api.ids import new_id
-from api.inference import predict
+from api.inference import predict_each
 from media.audio import decode_audio, make_windows
 from models.audio_features import normalize_windows
 from models.postprocess import fake_probabilities, verdict_for
-
-# Windows per model call. One: BentoML's batcher predicts a call's cost as linear in the number
-# of *calls* it batches, so calls must cost the same; with whole clips as calls (4 windows for a
-# 10 s clip, 29 for a minute) its estimate was off by up to 7x and it shed requests it could
-# serve (bench/audio.py). Windows of concurrent requests still share batches, in arrival order.
-CHUNK = 1
 
 
 def _ms(start: float) -> float:
@@ -40,10 +33,7 @@ async def _run_windows(served: ServedModel, windows: np.ndarray, window_len: int
         # A clip shorter than one window runs alone at its own length: it cannot be
         # concatenated with other requests' full-length windows, and padding would bias it.
         return np.asarray(await served.detector.predict_unbatched(windows))
-    chunks = await asyncio.gather(
-        *(predict(served, windows[i : i + CHUNK]) for i in range(0, len(windows), CHUNK))
-    )
-    return np.concatenate([np.asarray(c) for c in chunks])
+    return await predict_each(served, windows)
 
 
 async def detect_audio(engine: Engine, data: bytes, *, model_id: str | None) -> dict[str, Any]:

@@ -41,12 +41,14 @@ def crops_for(frame: np.ndarray, faces: list[Face], spec: ImageInputSpec, margin
     return preprocess_batch([Image.fromarray(crop) for crop in crops], spec)
 
 
-def face_entry(frame_s: float, face: Face, probability: float | None) -> dict[str, Any]:
-    x, y, w, h = face.box
+def face_entry(frame_s: float, face: Face, probability: float | None, scale: float = 1.0) -> dict[str, Any]:
+    """A result's ``faces`` entry; ``scale`` is frame pixels per media pixel (a downscaled video
+    frame), so boxes and landmarks are reported in the media's own pixels."""
+    x, y, w, h = (v / scale for v in face.box)
     return {
         "frame_s": round(frame_s, 3),
         "box": [round(x, 1), round(y, 1), round(w, 1), round(h, 1)],
         "score": round(face.score, 4),
         "fake_probability": None if probability is None else round(probability, 6),
-        "landmarks": {k: [round(v[0], 1), round(v[1], 1)] for k, v in face.landmarks.items()},
+        "landmarks": {k: [round(v[0] / scale, 1), round(v[1] / scale, 1)] for k, v in face.landmarks.items()},
     }

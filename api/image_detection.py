@@ -21,7 +21,7 @@ from api.engine import Engine
 from api.explain import occlusion_heatmap
 from api.face_analysis import crops_for, face_entry, find_faces
 from api.ids import new_id
-from api.inference import predict
+from api.inference import predict, predict_each
 from config import Settings
 from media.image import DecodedImage, decode_image
 from models.postprocess import fake_probabilities, verdict_for
@@ -62,7 +62,7 @@ async def detect_image(
         batch = (await anyio.to_thread.run_sync(preprocess_image, decoded.image, spec))[None]
     preprocess_ms = _ms(mark)
     mark = time.perf_counter()
-    outputs = await predict(served, batch)
+    outputs = await predict_each(served, batch)  # one call per face: see predict_each
     inference_ms = _ms(mark)
     probs = fake_probabilities(outputs, stored.metadata["output"], int(stored.metadata["fake_index"]))
     top = int(np.argmax(probs))

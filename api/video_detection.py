@@ -38,7 +38,7 @@ from api.audio_detection import detect_audio
 from api.engine import Engine, ServedModel
 from api.face_analysis import crops_for, face_entry, find_faces
 from api.ids import new_id
-from api.inference import predict
+from api.inference import predict_each
 from errors import VerityError
 from media.video import DecodedVideo, decode_video
 from models.postprocess import fake_probabilities, verdict_for
@@ -81,7 +81,7 @@ async def _score_frames(
     ]
     if not batches:
         return served, [[] for _ in frames]
-    outputs = await predict(served, np.concatenate(batches))
+    outputs = await predict_each(served, np.concatenate(batches))
     probs = fake_probabilities(
         outputs, served.stored.metadata["output"], int(served.stored.metadata["fake_index"])
     )
@@ -109,7 +109,7 @@ async def _score_temporal(
             if found
         ]
     )
-    features = np.asarray(await predict(encoder, crops), dtype=np.float32)
+    features = np.asarray(await predict_each(encoder, crops), dtype=np.float32)
     sequence = video.sequence
     windows = sequence_windows(len(features), sequence.seq_len, sequence.stride)
     # All windows of one video have one length (seq_len, or all the frames when fewer), so the
@@ -214,6 +214,7 @@ async def detect_video(
     timing["faces"] = _ms(mark)
     warnings: list[dict[str, Any]] = list(decoded.warnings)
     with_face = [i for i, found in enumerate(faces) if found]
+    scale = decoded.frame_scale  # boxes are found on (possibly downscaled) frames
     mark = time.perf_counter()
     face_entries: list[dict[str, Any]] = []
     models: list[ServedModel]
@@ -232,7 +233,7 @@ async def detect_video(
             frame_probs = [max(per_face[i]) for i in with_face]
             for i in with_face:
                 face_entries += [
-                    face_entry(times[i], f, p) for f, p in zip(faces[i], per_face[i], strict=True)
+                    face_entry(times[i], f, p, scale) for f, p in zip(faces[i], per_face[i], strict=True)
                 ]
             scored = frame_probs
         else:
@@ -240,8 +241,8 @@ async def detect_video(
                 engine, [frames[i] for i in with_face], [faces[i] for i in with_face]
             )
             for i, p in zip(with_face, frame_probs, strict=True):
-                face_entries.append(face_entry(times[i], faces[i][0], p))
-                face_entries += [face_entry(times[i], f, None) for f in faces[i][1:]]
+                face_entries.append(face_entry(times[i], faces[i][0], p, scale))
+                face_entries += [face_entry(times[i], f, None, scale) for f in faces[i][1:]]
             scored = window_probs
         threshold = models[-1].stored.threshold
         video_p = float(np.mean(scored))

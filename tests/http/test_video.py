@@ -81,6 +81,16 @@ def test_temporal_strategy_gives_a_timeline_and_faces(api):
     assert aggregation["method"] == "mean" and aggregation["over"] == "windows"
 
 
+def test_boxes_are_in_video_pixels_when_frames_are_downscaled(api, service_module, monkeypatch):
+    full = post_video(api, face_clip(), "?fps=1").json()
+    monkeypatch.setattr(service_module.app.state.engine.settings, "video_frame_max_side", 200)
+    small = post_video(api, face_clip(), "?fps=1").json()
+    assert small["media"]["width"] == 320  # the video's size, not the sampled frames'
+    assert len(small["faces"]) == len(full["faces"]) == 3
+    for a, b in zip(full["faces"], small["faces"], strict=True):
+        assert b["box"] == pytest.approx(a["box"], abs=8)  # same place, found at 5/8 the pixels
+
+
 def test_frames_strategy_scores_each_face_with_the_image_model(api):
     response = post_video(api, face_clip(), "?fps=1&strategy=frames")
     assert response.status_code == 200, response.text
