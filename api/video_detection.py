@@ -76,9 +76,9 @@ async def _score_frames(
     served = engine.image_model(model_id)
     spec = served.stored.input_spec
     margin = engine.settings.face_crop_margin
-    batches = [
-        crops_for(frame, found, spec, margin) for frame, found in zip(frames, faces, strict=True) if found
-    ]
+    batches = await anyio.to_thread.run_sync(
+        lambda: [crops_for(f, found, spec, margin) for f, found in zip(frames, faces, strict=True) if found]
+    )
     if not batches:
         return served, [[] for _ in frames]
     outputs = await predict_each(served, np.concatenate(batches))
@@ -94,20 +94,18 @@ async def _score_frames(
 
 async def _score_temporal(
     engine: Engine, frames: list[np.ndarray], faces: list[list[Any]]
-) -> tuple[list[ServedModel], list[float], list[tuple[int, int]], list[float]]:
-    """``temporal`` strategy over the frames that have a face: per-frame and per-window
-    probabilities, and the windows (as [start, end) indexes into those frames)."""
+) -> tuple[list[ServedModel], list[float], list[float]]:
+    """``temporal`` strategy over the frames that have a face: the models used, per-frame and
+    per-window probabilities (a frame's: the mean of the windows that contain it)."""
     video = engine.video_models()
     encoder, head = video.encoder, video.head
     spec = encoder.stored.input_spec
     margin = engine.settings.face_crop_margin
     # The largest face of each frame is the subject whose sequence the LSTM follows.
-    crops = np.concatenate(
-        [
-            crops_for(frame, found[:1], spec, margin)
-            for frame, found in zip(frames, faces, strict=True)
-            if found
-        ]
+    crops = await anyio.to_thread.run_sync(
+        lambda: np.concatenate(
+            [crops_for(f, found[:1], spec, margin) for f, found in zip(frames, faces, strict=True) if found]
+        )
     )
     features = np.asarray(await predict_each(encoder, crops), dtype=np.float32)
     sequence = video.sequence
@@ -123,7 +121,7 @@ async def _score_temporal(
         for i in range(start, end):
             covering[i].append(float(p))
     frame_probs = [float(np.mean(c)) for c in covering]
-    return [encoder, head], frame_probs, windows, [float(p) for p in window_probs]
+    return [encoder, head], frame_probs, [float(p) for p in window_probs]
 
 
 def _segments(
@@ -237,7 +235,7 @@ async def detect_video(
                 ]
             scored = frame_probs
         else:
-            models, frame_probs, _, window_probs = await _score_temporal(
+            models, frame_probs, window_probs = await _score_temporal(
                 engine, [frames[i] for i in with_face], [faces[i] for i in with_face]
             )
             for i, p in zip(with_face, frame_probs, strict=True):
