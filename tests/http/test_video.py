@@ -214,3 +214,29 @@ def test_truncated_video_answers_from_what_decodes(api):
         assert any(w["code"] == "truncated" for w in response.json()["warnings"])
     else:
         assert_error(response, 422)
+
+
+def test_video_body_over_the_inline_cap_is_413(api):
+    big = face_clip() + b"\0" * (44 * 1024 * 1024)  # past 32 MB even after multipart/base64 slack
+    assert_error(post_video(api, big), 413)
+
+
+def test_video_over_the_file_cap_but_under_the_body_cap_is_413(api, service_module, monkeypatch):
+    # The body cap is fixed when the app is built; the decoder checks the file against the setting.
+    monkeypatch.setattr(service_module.app.state.engine.settings, "max_video_bytes", 10_000)
+    assert_error(post_video(api, face_clip()), 413)
+
+
+def test_no_temp_file_outlives_a_request(api):
+    import tempfile
+    from pathlib import Path
+
+    from media.video import TEMP_PREFIX
+
+    def ours() -> set[str]:
+        return {p.name for p in Path(tempfile.gettempdir()).iterdir() if p.name.startswith(TEMP_PREFIX)}
+
+    before = ours()
+    for data in (face_clip(), face_clip()[:48], b"\x00\x00\x00\x18ftypmp42" + bytes(5000)):
+        post_video(api, data, "?fps=1")
+    assert ours() == before
