@@ -51,6 +51,7 @@ from bench.common import (
     RssSampler,
     child_env,
     effective_settings,
+    finish_run,
     fmt,
     fmt_latency,
     fmt_other_cpu,
@@ -62,7 +63,6 @@ from bench.common import (
     setup_logging,
     tree_mapped_files,
     wait_for_quiet,
-    write_json,
 )
 from bench.inputs import AUDIO_FORMAT, clip_name, make_clip
 
@@ -159,7 +159,7 @@ def run_served(
     workdir: Path,
     quiet_wait_s: float,
 ) -> dict[str, Any]:
-    from bench.served import AUDIO, Server, auth_env, drive, served_model, signup
+    from bench.served import AUDIO, Server, auth_env, drive, measured_run, served_model, signup
 
     settings = effective_settings()
     first_clip = min(clips)
@@ -216,15 +216,16 @@ def run_served(
         for concurrency in concurrencies:
             for duration, clip in sorted(clips.items()):
                 requests = requests_for(concurrency, duration, scale)
-                wait_for_quiet(quiet_wait_s, BUSY_LIMIT)
-                run_load = loadavg()
-                rss.start_phase()
-                result = drive(
-                    server.base_url, [clip], requests, concurrency, endpoint=AUDIO, api_key=api_key
+                result = measured_run(
+                    server.base_url,
+                    rss,
+                    [clip],
+                    requests,
+                    concurrency,
+                    quiet_wait_s,
+                    endpoint=AUDIO,
+                    api_key=api_key,
                 )
-                result["cpu"] = rss.end_phase()
-                result["peak_rss_mb"] = result["cpu"]["peak_rss_mb"]
-                result["loadavg_before"], result["loadavg_after"] = run_load, loadavg()
                 result["duration_s"] = duration
                 _rtf(result, duration)
                 _run_log(config.name, f"{duration:g}s", result)
@@ -729,17 +730,7 @@ def main(argv: list[str] | None = None) -> int:
     results["checks"] = equality_checks(results)
     results["targets"] = targets(results)
     results["busy_phases"] = busy_phases(results)
-    if results["busy_phases"]:
-        log.warning("other processes used the CPU during: %s", results["busy_phases"])
-    results["loadavg_end"] = loadavg()
-    results["finished_at"] = now_iso()
-    results["duration_s"] = time.perf_counter() - started
-    table = markdown(results)
-    results["markdown"] = table
-    write_json(args.out, results)
-    log.info("done in %.0fs; results in %s", results["duration_s"], args.out)
-    sys.stdout.write(table)
-    return 0
+    return finish_run(results, args.out, started, markdown)
 
 
 if __name__ == "__main__":

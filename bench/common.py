@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -190,6 +191,24 @@ def timed(fn: Any, *args: Any) -> tuple[Any, float]:
     start = time.perf_counter()
     result = fn(*args)
     return result, time.perf_counter() - start
+
+
+def finish_run(
+    results: dict[str, Any], out: Path, started: float, markdown: Callable[[dict[str, Any]], str]
+) -> int:
+    """Close a benchmark run: warn about busy phases, stamp the end, render the Markdown table,
+    write ``out`` (JSON) and print the table. ``results["busy_phases"]`` must be filled."""
+    if results["busy_phases"]:
+        log.warning("other processes used the CPU during: %s", results["busy_phases"])
+    results["loadavg_end"] = loadavg()
+    results["finished_at"] = now_iso()
+    results["duration_s"] = time.perf_counter() - started
+    table = markdown(results)
+    results["markdown"] = table
+    write_json(out, results)
+    log.info("done in %.0fs; results in %s", results["duration_s"], out)
+    sys.stdout.write(table)
+    return 0
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:

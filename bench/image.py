@@ -42,6 +42,7 @@ from bench.common import (
     RssSampler,
     child_env,
     effective_settings,
+    finish_run,
     fmt,
     fmt_latency,
     fmt_other_cpu,
@@ -51,8 +52,6 @@ from bench.common import (
     now_iso,
     run_worker,
     setup_logging,
-    wait_for_quiet,
-    write_json,
 )
 from bench.inputs import SIZES, digest, make_jpegs, write_jpegs
 
@@ -82,7 +81,7 @@ def run_served(
     workdir: Path,
     quiet_wait_s: float,
 ) -> dict[str, Any]:
-    from bench.served import Server, auth_env, drive, served_model, signup
+    from bench.served import Server, auth_env, drive, measured_run, served_model, signup
 
     env = child_env({"VERITY_PRECISION": precision, **auth_env(workdir)})
     with Server(env, log_dir / f"server-{precision}.log") as server, RssSampler(server.pid) as rss:
@@ -98,13 +97,9 @@ def run_served(
         runs = []
         for concurrency in concurrencies:
             requests = requests_for(concurrency, scale)
-            wait_for_quiet(quiet_wait_s, BUSY_LIMIT)
-            load_before = loadavg()
-            rss.start_phase()
-            result = drive(server.base_url, images, requests, concurrency, api_key=api_key)
-            result["cpu"] = rss.end_phase()
-            result["peak_rss_mb"] = result["cpu"]["peak_rss_mb"]
-            result["loadavg_before"], result["loadavg_after"] = load_before, loadavg()
+            result = measured_run(
+                server.base_url, rss, images, requests, concurrency, quiet_wait_s, api_key=api_key
+            )
             log.info(
                 "served %s c=%d: %d/%d ok in %.1fs = %.2f images/s, p50 %.0f ms, p99 %.0f ms, "
                 "statuses %s, peak RSS %.0f MB, other processes' CPU %.0f%%",
@@ -482,17 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     results["checks"] = equality_checks(results)
     results["targets"] = targets(results)
     results["busy_phases"] = busy_phases(results)
-    if results["busy_phases"]:
-        log.warning("other processes used the CPU during: %s", results["busy_phases"])
-    results["loadavg_end"] = loadavg()
-    results["finished_at"] = now_iso()
-    results["duration_s"] = time.perf_counter() - started
-    table = markdown(results)
-    results["markdown"] = table
-    write_json(args.out, results)
-    log.info("done in %.0fs; results in %s", results["duration_s"], args.out)
-    sys.stdout.write(table)
-    return 0
+    return finish_run(results, args.out, started, markdown)
 
 
 if __name__ == "__main__":

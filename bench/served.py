@@ -26,7 +26,7 @@ import httpx
 import numpy as np
 import psutil
 
-from bench.common import PROJECT_ROOT, latency_stats
+from bench.common import BUSY_LIMIT, PROJECT_ROOT, RssSampler, latency_stats, loadavg, wait_for_quiet
 
 log = logging.getLogger("bench.served")
 
@@ -277,3 +277,24 @@ def drive(
     ``concurrency`` closed-loop clients, with ``api_key`` as ``x-api-key``; throughput counts
     successful responses over the wall time of the whole run."""
     return asyncio.run(_drive(base_url, payloads, requests, concurrency, endpoint, api_key))
+
+
+def measured_run(
+    base_url: str,
+    rss: RssSampler,
+    payloads: list[bytes],
+    requests: int,
+    concurrency: int,
+    quiet_wait_s: float,
+    **drive_kwargs: Any,
+) -> dict[str, Any]:
+    """One measured ``drive`` on a quiet machine: the server tree's CPU and peak RSS over exactly
+    this run (``rss`` samples it), and the load average before and after."""
+    wait_for_quiet(quiet_wait_s, BUSY_LIMIT)
+    load_before = loadavg()
+    rss.start_phase()
+    result = drive(base_url, payloads, requests, concurrency, **drive_kwargs)
+    result["cpu"] = rss.end_phase()
+    result["peak_rss_mb"] = result["cpu"]["peak_rss_mb"]
+    result["loadavg_before"], result["loadavg_after"] = load_before, loadavg()
+    return result

@@ -48,6 +48,7 @@ from bench.common import (
     RssSampler,
     child_env,
     effective_settings,
+    finish_run,
     fmt,
     fmt_other_cpu,
     latency_stats,
@@ -58,7 +59,6 @@ from bench.common import (
     run_worker,
     setup_logging,
     wait_for_quiet,
-    write_json,
 )
 from bench.inputs import VIDEO_FORMAT, make_video_clip, video_clip_name
 
@@ -186,7 +186,7 @@ def run_served(
     workdir: Path,
     quiet_wait_s: float,
 ) -> dict[str, Any]:
-    from bench.served import VIDEO, Server, auth_env, drive, served_model, signup
+    from bench.served import VIDEO, Server, auth_env, drive, measured_run, served_model, signup
 
     first_clip = min(clips)
     env = child_env({"VERITY_PRECISION": PRECISION, **auth_env(workdir)})
@@ -224,15 +224,16 @@ def run_served(
         for concurrency in concurrencies:
             for duration, clip in sorted(clips.items()):
                 requests = requests_for(concurrency, duration, scale)
-                wait_for_quiet(quiet_wait_s, BUSY_LIMIT)
-                run_load = loadavg()
-                rss.start_phase()
-                result = drive(
-                    server.base_url, [clip], requests, concurrency, endpoint=VIDEO, api_key=api_key
+                result = measured_run(
+                    server.base_url,
+                    rss,
+                    [clip],
+                    requests,
+                    concurrency,
+                    quiet_wait_s,
+                    endpoint=VIDEO,
+                    api_key=api_key,
                 )
-                result["cpu"] = rss.end_phase()
-                result["peak_rss_mb"] = result["cpu"]["peak_rss_mb"]
-                result["loadavg_before"], result["loadavg_after"] = run_load, loadavg()
                 result["duration_s"] = duration
                 _served_figures(result)
                 log.info(
@@ -669,17 +670,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     results["targets"] = targets(results)
     results["busy_phases"] = busy_phases(results)
-    if results["busy_phases"]:
-        log.warning("other processes used the CPU during: %s", results["busy_phases"])
-    results["loadavg_end"] = loadavg()
-    results["finished_at"] = now_iso()
-    results["duration_s"] = time.perf_counter() - started
-    table = markdown(results)
-    results["markdown"] = table
-    write_json(args.out, results)
-    log.info("done in %.0fs; results in %s", results["duration_s"], args.out)
-    sys.stdout.write(table)
-    return 0
+    return finish_run(results, args.out, started, markdown)
 
 
 if __name__ == "__main__":
