@@ -30,7 +30,7 @@ import soundfile as sf
 import soxr
 
 from errors import BadMedia, TooLarge, UnsupportedMedia, VerityError
-from media.sniff import AUDIO_FORMATS, sniff
+from media.sniff import AUDIO_FORMATS, admit
 
 log = logging.getLogger(__name__)
 
@@ -91,15 +91,9 @@ def decode_audio(
     ``TooLarge`` (413) over ``max_bytes``, ``max_duration_s`` or the sample budget, ``BadMedia``
     (422) for empty, corrupt, too short, undecodable or timed-out audio; never anything else.
     Silence, clipping and truncation are warnings on a valid result, not errors."""
-    if not data:
-        raise BadMedia("the file is empty", code="empty_file")
-    if len(data) > max_bytes:
-        raise TooLarge(f"audio is {len(data)} bytes; the limit is {max_bytes}", code="file_too_large")
-    kind = sniff(data)
-    if kind not in AUDIO_FORMATS:
-        raise UnsupportedMedia(
-            f"not a supported audio file (detected: {kind or 'unknown'}); send WAV, FLAC, OGG, MP3 or M4A",
-        )
+    kind = admit(
+        data, max_bytes=max_bytes, allowed=AUDIO_FORMATS, noun="audio file", send="WAV, FLAC, OGG, MP3 or M4A"
+    )
     started = time.perf_counter()
     try:
         if kind in _SOUNDFILE_FORMATS:

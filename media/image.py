@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from errors import BadMedia, TooLarge, UnsupportedMedia, VerityError
-from media.sniff import IMAGE_FORMATS, sniff
+from errors import BadMedia, TooLarge, VerityError
+from media.sniff import IMAGE_FORMATS, admit
 
 # PIL's own bomb guard warns at MAX_IMAGE_PIXELS and raises at twice that; Verity checks the
 # header size against its own cap before decoding, so PIL's guard is a backstop only.
@@ -50,16 +50,13 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 
 def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> DecodedImage:
-    if not data:
-        raise BadMedia("the file is empty", code="empty_file")
-    if len(data) > max_bytes:
-        raise TooLarge(f"image is {len(data)} bytes; the limit is {max_bytes}", code="file_too_large")
-    kind = sniff(data)
-    if kind not in IMAGE_FORMATS:
-        raise UnsupportedMedia(
-            f"not a supported image (detected: {kind or 'unknown'}); "
-            f"send one of {', '.join(sorted(IMAGE_FORMATS))}",
-        )
+    kind = admit(
+        data,
+        max_bytes=max_bytes,
+        allowed=IMAGE_FORMATS,
+        noun="image",
+        send=f"one of {', '.join(sorted(IMAGE_FORMATS))}",
+    )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from errors import BadMedia, TooLarge, UnsupportedMedia
+
 # (offset, signature, format). Order matters only for formats sharing a prefix.
 _SIGNATURES: list[tuple[int, bytes, str]] = [
     (0, b"\xff\xd8\xff", "jpeg"),
@@ -95,3 +97,17 @@ def sniff(data: bytes) -> str | None:
         if head[offset : offset + len(signature)] == signature:
             return name
     return _mpeg_audio_sync(head)
+
+
+def admit(data: bytes, *, max_bytes: int, allowed: frozenset[str], noun: str, send: str) -> str:
+    """The checks every upload passes before any decoding: not empty (422), within ``max_bytes``
+    (413), and of a type in ``allowed`` by its magic bytes (415; ``send`` says what to send
+    instead). Returns the detected type."""
+    if not data:
+        raise BadMedia("the file is empty", code="empty_file")
+    if len(data) > max_bytes:
+        raise TooLarge(f"{noun} is {len(data)} bytes; the limit is {max_bytes}", code="file_too_large")
+    kind = sniff(data)
+    if kind not in allowed:
+        raise UnsupportedMedia(f"not a supported {noun} (detected: {kind or 'unknown'}); send {send}")
+    return kind

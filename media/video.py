@@ -59,7 +59,7 @@ import cv2
 import numpy as np
 
 from errors import BadMedia, InvalidInput, TooLarge, UnsupportedMedia, VerityError
-from media.sniff import VIDEO_FORMATS, sniff
+from media.sniff import VIDEO_FORMATS, admit, sniff
 
 log = logging.getLogger(__name__)
 
@@ -218,15 +218,9 @@ def decode_video(
     ``with_audio`` also extracts the audio track (``extract_audio``'s WAV, in ``audio_wav``) while
     the frames decode; an unreadable track is a warning, not an error.
     """
-    if not data:
-        raise BadMedia("the file is empty", code="empty_file")
-    if len(data) > max_bytes:
-        raise TooLarge(f"video is {len(data)} bytes; the limit is {max_bytes}", code="file_too_large")
-    kind = sniff(data)
-    if kind not in VIDEO_FORMATS:
-        raise UnsupportedMedia(
-            f"not a supported video (detected: {kind or 'unknown'}); send MP4, MOV, AVI, WebM or MKV",
-        )
+    kind = admit(
+        data, max_bytes=max_bytes, allowed=VIDEO_FORMATS, noun="video", send="MP4, MOV, AVI, WebM or MKV"
+    )
     started = time.perf_counter()
     deadline = time.monotonic() + timeout_s
     try:
