@@ -101,7 +101,7 @@ def make_video_clip(duration_s: float, seed: int = 0) -> bytes:
     backgrounds) as H.264 MP4 bytes: the same bytes for the baseline and the served runs. Frames
     are made one at a time and piped to ffmpeg (60 s of raw 720p is ~5 GB)."""
     from tests.face_factory import HEAD, Paste, astronaut, background
-    from tests.video_factory import ffmpeg_path
+    from tests.video_factory import ffmpeg_path, raw_video_input
 
     width, height = VIDEO_SIZE
     paste = Paste(0, 0, VIDEO_HEAD_SIZE)  # the patch size; its place changes per frame
@@ -115,16 +115,7 @@ def make_video_clip(duration_s: float, seed: int = 0) -> bytes:
             "-hide_banner",
             "-loglevel",
             "error",
-            "-f",
-            "rawvideo",
-            "-pix_fmt",
-            "rgb24",
-            "-s",
-            f"{width}x{height}",
-            "-r",
-            str(VIDEO_FPS),
-            "-i",
-            "pipe:0",
+            *raw_video_input(width, height, VIDEO_FPS),
             "-c:v",
             "libx264",
             "-preset",

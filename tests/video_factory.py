@@ -112,6 +112,22 @@ def write_opencv(frames: Iterable[np.ndarray], fps: float, fmt: str = "mp4") -> 
         return target.read_bytes()
 
 
+def raw_video_input(width: int, height: int, fps: float) -> list[str]:
+    """ffmpeg input options for raw RGB24 frames of ``width`` x ``height`` on stdin."""
+    return [
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "rgb24",
+        "-s",
+        f"{width}x{height}",
+        "-r",
+        f"{fps:g}",
+        "-i",
+        "pipe:0",
+    ]
+
+
 def _run_ffmpeg(
     inputs: list[str], outputs: list[str], fmt: str, stdin: bytes | None = None, *, streamed: bool = False
 ) -> bytes:
@@ -142,18 +158,7 @@ def encode_ffmpeg(
     the same as ``-display_rotation`` in ffmpeg 6+)."""
     muxer, video_codec, audio_codec = FFMPEG_FORMATS[fmt]
     height, width = frames[0].shape[:2]
-    inputs = [
-        "-f",
-        "rawvideo",
-        "-pix_fmt",
-        "rgb24",
-        "-s",
-        f"{width}x{height}",
-        "-r",
-        f"{fps:g}",
-        "-i",
-        "pipe:0",
-    ]
+    inputs = raw_video_input(width, height, fps)
     outputs = ["-map", "0:v"]
     if audio:
         duration = len(frames) / fps
@@ -212,18 +217,7 @@ def raw_avi(width: int = 16, height: int = 16, count: int = 3, fps: float = 5) -
     """An AVI of uncompressed BGR frames: its frame size lives only in the headers."""
     frames = [np.full((height, width, 3), 80 + 40 * i, dtype=np.uint8) for i in range(count)]
     raw = b"".join(frame.tobytes() for frame in frames)
-    inputs = [
-        "-f",
-        "rawvideo",
-        "-pix_fmt",
-        "rgb24",
-        "-s",
-        f"{width}x{height}",
-        "-r",
-        f"{fps:g}",
-        "-i",
-        "pipe:0",
-    ]
+    inputs = raw_video_input(width, height, fps)
     return _run_ffmpeg(inputs, ["-c:v", "rawvideo", "-pix_fmt", "bgr24", "-f", "avi"], "avi", stdin=raw)
 
 
