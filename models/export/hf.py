@@ -6,6 +6,8 @@ import json
 import logging
 import re
 import socket
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +96,56 @@ def build_dev_model(entry: CatalogEntry, overrides: dict[str, Any] | None = None
     return _model_class(entry.architecture)(config).eval()
 
 
+@dataclass(frozen=True)
+class Checkpoint:
+    """A loaded HF model, its preprocessor config (``{}`` when there is none), its weights kind
+    and where it came from."""
+
+    model: torch.nn.Module
+    preprocessor: dict[str, Any]
+    weights: str  # "pretrained" | "dev"
+    origin: str
+
+
+def load_checkpoint(
+    entry: CatalogEntry,
+    location: str | None,
+    *,
+    offline: bool,
+    dev_overrides: dict[str, Any] | None,
+    load_pretrained: Callable[[str], torch.nn.Module],
+    build_dev: Callable[[CatalogEntry, dict[str, Any] | None], torch.nn.Module],
+    auto_preprocessor: Any,
+) -> Checkpoint:
+    """``location`` as a local directory, else from the hub when reachable (and neither offline
+    nor overridden), else the catalog architecture with seeded random weights (``dev``).
+    ``auto_preprocessor`` is the transformers Auto* class of the preprocessor config."""
+    if location and Path(location).is_dir():
+        pre = Path(location) / "preprocessor_config.json"
+        return Checkpoint(
+            load_pretrained(location),
+            json.loads(pre.read_text()) if pre.exists() else {},
+            "pretrained",
+            f"dir:{Path(location).resolve()}",
+        )
+    if location and not offline and dev_overrides is None and hub_reachable():
+        model = load_pretrained(location)
+        try:
+            preprocessor = auto_preprocessor.from_pretrained(location).to_dict()
+        except Exception:  # noqa: BLE001 - fall back to the catalog's spec, logged
+            log.warning("no %s config for %s; using the catalog's", auto_preprocessor.__name__, location)
+            preprocessor = {}
+        return Checkpoint(model, preprocessor, "pretrained", f"hf:{location}")
+    log.warning(
+        "model hub unreachable or offline: building %s from its config with seeded "
+        "random weights; its verdicts are NOT meaningful (weights=dev)",
+        entry.id,
+    )
+    return Checkpoint(
+        build_dev(entry, dev_overrides), {}, "dev", f"dev:{entry.architecture}(seed={DEV_SEED})"
+    )
+
+
 class HFImageSource:
     def __init__(
         self,
@@ -106,30 +158,17 @@ class HFImageSource:
         """``source``: a hub id or a local directory; None means the catalog's hub id."""
         spec = entry.input
         location = source or entry.hub_id
-        self.model: torch.nn.Module
-        weights = "pretrained"
-        processor_raw: dict[str, Any] = {}
-        if location and Path(location).is_dir():
-            self.model = _load_pretrained(location)
-            pre = Path(location) / "preprocessor_config.json"
-            processor_raw = json.loads(pre.read_text()) if pre.exists() else {}
-            origin = f"dir:{Path(location).resolve()}"
-        elif location and not offline and dev_overrides is None and hub_reachable():
-            self.model = _load_pretrained(location)
-            try:
-                processor_raw = transformers.AutoImageProcessor.from_pretrained(location).to_dict()
-            except Exception:  # noqa: BLE001 - fall back to the catalog's spec, logged
-                log.warning("no image processor config for %s; using the catalog's", location)
-            origin = f"hf:{location}"
-        else:
-            log.warning(
-                "model hub unreachable or offline: building %s from its config with seeded "
-                "random weights; its verdicts are NOT meaningful (weights=dev)",
-                entry.id,
-            )
-            self.model = build_dev_model(entry, dev_overrides)
-            weights = "dev"
-            origin = f"dev:{entry.architecture}(seed={DEV_SEED})"
+        checkpoint = load_checkpoint(
+            entry,
+            location,
+            offline=offline,
+            dev_overrides=dev_overrides,
+            load_pretrained=_load_pretrained,
+            build_dev=build_dev_model,
+            auto_preprocessor=transformers.AutoImageProcessor,
+        )
+        self.model: torch.nn.Module = checkpoint.model
+        processor_raw, weights, origin = checkpoint.preprocessor, checkpoint.weights, checkpoint.origin
         config = self.model.config
         vision = getattr(config, "vision_config", config)
         image_size = int(getattr(vision, "image_size", spec.size[0]))

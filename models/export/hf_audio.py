@@ -23,7 +23,6 @@ extractor (``do_normalize``), which the stored input spec records.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ import torch
 import transformers
 
 from models.catalog import AudioInputSpec, CatalogEntry
-from models.export.hf import DEV_SEED, OPSET, _fake_index, hub_reachable
+from models.export.hf import DEV_SEED, OPSET, _fake_index, load_checkpoint
 from models.export.source import SourceInfo
 
 log = logging.getLogger(__name__)
@@ -97,30 +96,17 @@ class HFAudioSource:
             raise ValueError(f"{entry.id} is not an audio model")
         spec = entry.audio
         location = source or entry.hub_id
-        self.model: torch.nn.Module
-        weights = "pretrained"
-        extractor_raw: dict[str, Any] = {}
-        if location and Path(location).is_dir():
-            self.model = _load_pretrained(location)
-            pre = Path(location) / "preprocessor_config.json"
-            extractor_raw = json.loads(pre.read_text()) if pre.exists() else {}
-            origin = f"dir:{Path(location).resolve()}"
-        elif location and not offline and dev_overrides is None and hub_reachable():
-            self.model = _load_pretrained(location)
-            try:
-                extractor_raw = transformers.AutoFeatureExtractor.from_pretrained(location).to_dict()
-            except Exception:  # noqa: BLE001 - fall back to the catalog's spec, logged
-                log.warning("no feature extractor config for %s; using the catalog's", location)
-            origin = f"hf:{location}"
-        else:
-            log.warning(
-                "model hub unreachable or offline: building %s from its config with seeded "
-                "random weights; its verdicts are NOT meaningful (weights=dev)",
-                entry.id,
-            )
-            self.model = build_dev_model(entry, dev_overrides)
-            weights = "dev"
-            origin = f"dev:{entry.architecture}(seed={DEV_SEED})"
+        checkpoint = load_checkpoint(
+            entry,
+            location,
+            offline=offline,
+            dev_overrides=dev_overrides,
+            load_pretrained=_load_pretrained,
+            build_dev=build_dev_model,
+            auto_preprocessor=transformers.AutoFeatureExtractor,
+        )
+        self.model: torch.nn.Module = checkpoint.model
+        extractor_raw, weights, origin = checkpoint.preprocessor, checkpoint.weights, checkpoint.origin
         if not extractor_raw and weights == "pretrained":
             log.warning("%s: no feature extractor config; sample rate, normalization: catalog's", entry.id)
         spec = _spec_from_extractor(extractor_raw, spec)
