@@ -19,7 +19,6 @@ import logging
 import math
 import shutil
 import struct
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ import soxr
 
 from errors import BadMedia, TooLarge, UnsupportedMedia, VerityError
 from media.sniff import AUDIO_FORMATS, admit
+from media.tools import run_tool
 
 log = logging.getLogger(__name__)
 
@@ -383,7 +383,7 @@ def _decode_ffmpeg(
     with tempfile.TemporaryDirectory(prefix=TEMP_PREFIX) as workdir:
         source = Path(workdir) / f"input.{kind}"
         source.write_bytes(data)
-        probe = _run_tool(
+        probe = run_tool(
             [
                 ffprobe,
                 "-v",
@@ -400,16 +400,18 @@ def _decode_ffmpeg(
                 "json",
                 str(source),
             ],
-            kind,
-            deadline,
-            timeout_s,
-            source,
-        )
+            kind=kind,
+            deadline=deadline,
+            timeout_s=timeout_s,
+            source=source,
+            code="corrupt_audio",
+            needed_by=f"{kind} audio",
+        ).stdout
         rate, channels, claimed_s = _parse_probe(probe, kind)
         _check_stream(kind, rate, channels)
         if claimed_s is not None:
             _check_claimed(kind, round(claimed_s * rate), rate, channels, max_duration_s)
-        pcm = _run_tool(
+        pcm = run_tool(
             [
                 ffmpeg,
                 "-nostdin",
@@ -441,11 +443,13 @@ def _decode_ffmpeg(
                 "f32le",
                 "pipe:1",
             ],
-            kind,
-            deadline,
-            timeout_s,
-            source,
-        )
+            kind=kind,
+            deadline=deadline,
+            timeout_s=timeout_s,
+            source=source,
+            code="corrupt_audio",
+            needed_by=f"{kind} audio",
+        ).stdout
     samples = np.frombuffer(pcm, dtype="<f4").astype(np.float32)
     frames = round(len(samples) * rate / target_rate)
     if len(samples) > math.ceil(max_duration_s * target_rate):
@@ -459,31 +463,6 @@ def _decode_ffmpeg(
         clipped=_count_clipped(samples),
         total=len(samples),
     )
-
-
-def _run_tool(command: list[str], kind: str, deadline: float, timeout_s: float, source: Path) -> bytes:
-    remaining = deadline - time.monotonic()
-    try:
-        if remaining <= 0:
-            raise subprocess.TimeoutExpired(command, timeout_s)
-        # run() kills the child on timeout and waits for it: no process outlives the request.
-        result = subprocess.run(command, capture_output=True, timeout=remaining, check=False)
-    except subprocess.TimeoutExpired as exc:
-        log.warning("%s timed out after %g s", Path(command[0]).name, timeout_s, extra={"format": kind})
-        raise BadMedia(
-            f"decoding the {kind} file took longer than {timeout_s:g} s", code="decode_timeout"
-        ) from exc
-    except OSError as exc:
-        log.error("could not run %s: %s", command[0], exc)
-        raise UnsupportedMedia(
-            f"{kind} audio needs ffmpeg, which could not be run on this server", code="decoder_unavailable"
-        ) from exc
-    if result.returncode != 0:
-        # The last line says why; the private temporary path is no business of the client's.
-        lines = result.stderr.decode("utf-8", "replace").replace(str(source), "input").strip().splitlines()
-        reason = lines[-1][:300] if lines else f"{Path(command[0]).name} exited with {result.returncode}"
-        raise BadMedia(f"the {kind} file could not be decoded: {reason}", code="corrupt_audio")
-    return result.stdout
 
 
 def _parse_probe(output: bytes, kind: str) -> tuple[int, int, float | None]:

@@ -60,6 +60,7 @@ import numpy as np
 
 from errors import BadMedia, InvalidInput, TooLarge, UnsupportedMedia, VerityError
 from media.sniff import VIDEO_FORMATS, admit, sniff
+from media.tools import decode_timeout, run_tool
 
 log = logging.getLogger(__name__)
 
@@ -353,7 +354,15 @@ def extract_audio(
             return None
         target = Path(workdir) / "audio.wav"
         command = _audio_command(path, kind, target, max_duration_s)
-        _run_tool(command, kind, deadline, timeout_s, path, code="corrupt_audio")
+        run_tool(
+            command,
+            kind=kind,
+            deadline=deadline,
+            timeout_s=timeout_s,
+            source=path,
+            code="corrupt_audio",
+            needed_by="video",
+        )
         return target.read_bytes()
 
 
@@ -428,7 +437,15 @@ def _probe(path: Path, kind: str, deadline: float, timeout_s: float) -> _Probe:
     """Streams and container of ``path`` by ffprobe with the demuxer named, file protocol only."""
     command = [_tool("ffprobe"), "-v", "error", "-protocol_whitelist", "file"]
     command += ["-f", _FFPROBE_DEMUXERS[kind], "-show_streams", "-show_format", "-of", "json", str(path)]
-    result = _run_tool(command, kind, deadline, timeout_s, path, code="corrupt_video")
+    result = run_tool(
+        command,
+        kind=kind,
+        deadline=deadline,
+        timeout_s=timeout_s,
+        source=path,
+        code="corrupt_video",
+        needed_by="video",
+    )
     try:
         probe = json.loads(result.stdout or b"{}")
         streams = [s for s in probe.get("streams") or [] if isinstance(s, dict)]
@@ -503,36 +520,6 @@ def _too_long(kind: str, max_duration_s: float, duration_s: float | None = None)
     )
 
 
-def _run_tool(
-    command: list[str], kind: str, deadline: float, timeout_s: float, source: Path, *, code: str
-) -> subprocess.CompletedProcess[bytes]:
-    remaining = deadline - time.monotonic()
-    try:
-        if remaining <= 0:
-            raise subprocess.TimeoutExpired(command, timeout_s)
-        # run() kills the child on timeout and waits for it: no process outlives the request.
-        result = subprocess.run(command, capture_output=True, timeout=remaining, check=False)
-    except subprocess.TimeoutExpired as exc:
-        log.warning("%s timed out after %g s", Path(command[0]).name, timeout_s, extra={"format": kind})
-        raise _timeout(kind, timeout_s) from exc
-    except OSError as exc:
-        log.error("could not run %s: %s", command[0], exc)
-        raise UnsupportedMedia(
-            f"video needs {Path(command[0]).name}, which could not be run on this server",
-            code="decoder_unavailable",
-        ) from exc
-    if result.returncode != 0:
-        # The last line says why; the private temporary path is no business of the client's.
-        lines = result.stderr.decode("utf-8", "replace").replace(str(source), "input").strip().splitlines()
-        reason = lines[-1][:300] if lines else f"{Path(command[0]).name} exited with {result.returncode}"
-        raise BadMedia(f"the {kind} file could not be decoded: {reason}", code=code)
-    return result
-
-
-def _timeout(kind: str, timeout_s: float) -> BadMedia:
-    return BadMedia(f"decoding the {kind} file took longer than {timeout_s:g} s", code="decode_timeout")
-
-
 # --- the streaming decode (in the child, or in-process) -------------------------------------------
 
 
@@ -596,7 +583,7 @@ def _decode_frames(job: _Job, deadline: float) -> _Sampled:
     """grab() every frame, retrieve() the sampled ones; the deadline is checked after every frame."""
     kind = job.kind
     if time.monotonic() >= deadline:
-        raise _timeout(kind, job.timeout_s)  # the probe used it all: not a broken file
+        raise decode_timeout(kind, job.timeout_s)  # the probe used it all: not a broken file
     remaining_ms = max(1, int((deadline - time.monotonic()) * 1000))
     # FFmpeg's interrupt callback gives up an open or a read that blocks longer than this.
     params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, remaining_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, remaining_ms]
@@ -624,7 +611,7 @@ def _decode_frames(job: _Job, deadline: float) -> _Sampled:
         count = 0
         while True:
             if time.monotonic() > deadline:
-                raise _timeout(kind, job.timeout_s)
+                raise decode_timeout(kind, job.timeout_s)
             if not capture.grab():
                 break
             count += 1
@@ -759,7 +746,7 @@ class _DecoderChild:
             log.warning(
                 "video decoder timed out after %g s; killed", job.timeout_s, extra={"format": self.kind}
             )
-            raise _timeout(self.kind, job.timeout_s) from exc
+            raise decode_timeout(self.kind, job.timeout_s) from exc
         except _ChildGone as exc:
             returncode = self.stop()
             tail = self.stderr_path.read_bytes()[-2000:].decode("utf-8", "replace").replace(job.path, "input")
