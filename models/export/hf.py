@@ -146,6 +146,27 @@ def load_checkpoint(
     )
 
 
+def hf_source_info(entry: CatalogEntry, checkpoint: Checkpoint, spec: Any) -> SourceInfo:
+    """What an HF classifier export records: labels from the checkpoint's id2label (the catalog's
+    when it has none), the fake class by name for pretrained weights (the catalog's for dev)."""
+    id2label = {int(k): v for k, v in (checkpoint.model.config.id2label or {}).items()}
+    pretrained = checkpoint.weights == "pretrained"
+    return SourceInfo(
+        model_id=entry.id,
+        modality=entry.modality,
+        source=checkpoint.origin,
+        architecture=type(checkpoint.model).__name__,
+        weights=checkpoint.weights,  # type: ignore[arg-type]
+        labels=[id2label[i] for i in sorted(id2label)] or list(entry.labels),
+        fake_index=_fake_index(id2label, entry.fake_index) if pretrained else entry.fake_index,
+        output="logits",
+        threshold=entry.threshold,
+        input=spec,
+        license=entry.license,
+        versions={"torch": torch.__version__, "transformers": transformers.__version__},
+    )
+
+
 class HFImageSource:
     def __init__(
         self,
@@ -168,31 +189,14 @@ class HFImageSource:
             auto_preprocessor=transformers.AutoImageProcessor,
         )
         self.model: torch.nn.Module = checkpoint.model
-        processor_raw, weights, origin = checkpoint.preprocessor, checkpoint.weights, checkpoint.origin
+        processor_raw = checkpoint.preprocessor
         config = self.model.config
         vision = getattr(config, "vision_config", config)
         image_size = int(getattr(vision, "image_size", spec.size[0]))
         spec = _spec_from_processor(processor_raw, spec) if processor_raw else spec
         if spec.size != (image_size, image_size):
             spec = ImageInputSpec(**{**spec.__dict__, "size": (image_size, image_size)})
-        id2label = {int(k): v for k, v in (config.id2label or {}).items()}
-        labels = [id2label[i] for i in sorted(id2label)] or list(entry.labels)
-        self.info = SourceInfo(
-            model_id=entry.id,
-            modality=entry.modality,
-            source=origin,
-            architecture=type(self.model).__name__,
-            weights=weights,  # type: ignore[arg-type]
-            labels=labels,
-            fake_index=_fake_index(id2label, entry.fake_index)
-            if weights == "pretrained"
-            else entry.fake_index,
-            output="logits",
-            threshold=entry.threshold,
-            input=spec,
-            license=entry.license,
-            versions={"torch": torch.__version__, "transformers": transformers.__version__},
-        )
+        self.info = hf_source_info(entry, checkpoint, spec)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         with torch.no_grad():

@@ -32,8 +32,7 @@ import torch
 import transformers
 
 from models.catalog import AudioInputSpec, CatalogEntry
-from models.export.hf import DEV_SEED, OPSET, _fake_index, load_checkpoint
-from models.export.source import SourceInfo
+from models.export.hf import DEV_SEED, OPSET, hf_source_info, load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +105,8 @@ class HFAudioSource:
             auto_preprocessor=transformers.AutoFeatureExtractor,
         )
         self.model: torch.nn.Module = checkpoint.model
-        extractor_raw, weights, origin = checkpoint.preprocessor, checkpoint.weights, checkpoint.origin
-        if not extractor_raw and weights == "pretrained":
+        extractor_raw = checkpoint.preprocessor
+        if not extractor_raw and checkpoint.weights == "pretrained":
             log.warning("%s: no feature extractor config; sample rate, normalization: catalog's", entry.id)
         spec = _spec_from_extractor(extractor_raw, spec)
         config = self.model.config
@@ -120,25 +119,8 @@ class HFAudioSource:
                 f"{entry.id}: min_duration_s {spec.min_duration_s} is {spec.min_samples} samples, "
                 f"fewer than the feature encoder's receptive field ({field})"
             )
-        id2label = {int(k): v for k, v in (config.id2label or {}).items()}
-        labels = [id2label[i] for i in sorted(id2label)] or list(entry.labels)
         self.spec = spec
-        self.info = SourceInfo(
-            model_id=entry.id,
-            modality=entry.modality,
-            source=origin,
-            architecture=type(self.model).__name__,
-            weights=weights,  # type: ignore[arg-type]
-            labels=labels,
-            fake_index=_fake_index(id2label, entry.fake_index)
-            if weights == "pretrained"
-            else entry.fake_index,
-            output="logits",
-            threshold=entry.threshold,
-            input=spec,
-            license=entry.license,
-            versions={"torch": torch.__version__, "transformers": transformers.__version__},
-        )
+        self.info = hf_source_info(entry, checkpoint, spec)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         with torch.no_grad():
