@@ -27,20 +27,7 @@ def sha256_of(path: Path) -> str:
 def save_onnx(onnx_path: Path, metadata: dict[str, Any]) -> StoredModel:
     """Store ``onnx_path`` as ``<model_id>:<precision>-<sha12>``; storing the same bytes twice
     is a no-op, so re-running an export is idempotent."""
-    sha = sha256_of(onnx_path)
-    tag = f"{metadata['model_id']}:{metadata['precision']}-{sha[:12]}"
-    try:
-        existing = get_stored(tag)
-        log.info("model %s already stored", tag)
-        return existing
-    except NotFound:
-        pass
-    full = {**metadata, "sha256": sha}
-    labels = {k: str(full[k]) for k in ("modality", "precision", "weights")}
-    with bentoml.models.create(tag, labels=labels, metadata=full) as model:
-        shutil.copyfile(onnx_path, model.path_of(ONNX_FILE))
-    log.info("stored model %s (%s weights)", tag, full["weights"])
-    return get_stored(tag)
+    return _store({ONNX_FILE: onnx_path}, metadata, sha256_of(onnx_path), {})
 
 
 def save_onnx_files(files: dict[str, Path], metadata: dict[str, Any]) -> StoredModel:
@@ -49,7 +36,12 @@ def save_onnx_files(files: dict[str, Path], metadata: dict[str, Any]) -> StoredM
     metadata lists each one's sha256; storing the same bytes twice is a no-op, as save_onnx."""
     digests = {name: sha256_of(path) for name, path in sorted(files.items())}
     manifest = "".join(f"{name}:{digest}\n" for name, digest in digests.items())
-    sha = hashlib.sha256(manifest.encode()).hexdigest()
+    return _store(files, metadata, hashlib.sha256(manifest.encode()).hexdigest(), {"files": digests})
+
+
+def _store(files: dict[str, Path], metadata: dict[str, Any], sha: str, extra: dict[str, Any]) -> StoredModel:
+    """``files`` (name in the model -> path) as ``<model_id>:<precision>-<sha12>``, unless that
+    tag is stored already."""
     tag = f"{metadata['model_id']}:{metadata['precision']}-{sha[:12]}"
     try:
         existing = get_stored(tag)
@@ -57,10 +49,10 @@ def save_onnx_files(files: dict[str, Path], metadata: dict[str, Any]) -> StoredM
         return existing
     except NotFound:
         pass
-    full = {**metadata, "sha256": sha, "files": digests}
+    full = {**metadata, "sha256": sha, **extra}
     labels = {k: str(full[k]) for k in ("modality", "precision", "weights")}
     with bentoml.models.create(tag, labels=labels, metadata=full) as model:
         for name, path in files.items():
             shutil.copyfile(path, model.path_of(name))
-    log.info("stored model %s (%s weights, %d files)", tag, full["weights"], len(files))
+    log.info("stored model %s (%s weights, %d file(s))", tag, full["weights"], len(files))
     return get_stored(tag)
