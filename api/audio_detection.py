@@ -81,12 +81,7 @@ async def detect_audio(engine: Engine, data: bytes, *, model_id: str | None) -> 
         "verdict": verdict_for(mean_p, threshold, settings.uncertain_band),
         "fake_probability": round(mean_p, 6),
         "threshold": threshold,
-        "model": {
-            "id": stored.model_id,
-            "version": stored.version,
-            "precision": stored.precision,
-            "weights": stored.weights,
-        },
+        "model": stored.summary(),
         "aggregation": {
             "method": "mean",
             "rule": "verdict from the mean window probability vs threshold",

@@ -59,16 +59,6 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _model_info(served: ServedModel) -> dict[str, Any]:
-    stored = served.stored
-    return {
-        "id": stored.model_id,
-        "version": stored.version,
-        "precision": stored.precision,
-        "weights": stored.weights,
-    }
-
-
 async def _score_frames(
     engine: Engine, frames: list[np.ndarray], faces: list[list[Any]], model_id: str | None
 ) -> tuple[ServedModel, list[list[float]]]:
@@ -269,9 +259,9 @@ async def detect_video(
         "fake_probability": None if video_p is None else round(video_p, 6),
         "threshold": threshold,
         "strategy": strategy,
-        "model": _model_info(models[-1]),
+        "model": models[-1].stored.summary(),
         "models": [
-            _model_info(m) | {"role": role} for m, role in zip(models, _roles(strategy), strict=False)
+            m.stored.summary() | {"role": role} for m, role in zip(models, _roles(strategy), strict=False)
         ],
         "aggregation": aggregation,
         "segments": segments,

@@ -77,6 +77,15 @@ class StoredModel:
             raise TypeError(f"{self.tag} is a {self.modality} model, not an audio one")
         return AudioInputSpec.from_dict(self.metadata["input"])
 
+    def summary(self) -> dict[str, Any]:
+        """The ``model`` of a detection result: which export answered, and with what weights."""
+        return {
+            "id": self.model_id,
+            "version": self.version,
+            "precision": self.precision,
+            "weights": self.weights,
+        }
+
     def describe(self) -> dict[str, Any]:
         """The public description used by /v1/models, /health/ready and every result."""
         return {
