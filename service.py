@@ -36,11 +36,11 @@ log = logging.getLogger("service")
 app = create_app(settings)
 
 
-def _stored_or_fail(model_id: str) -> StoredModel:
-    stored = find_stored(model_id, settings.precision)
+def _stored_or_fail(model_id: str, precision: str = settings.precision) -> StoredModel:
+    stored = find_stored(model_id, precision)
     if stored is None:
         raise RuntimeError(
-            f"model {model_id!r} ({settings.precision}) is not in the model store at "
+            f"model {model_id!r} ({precision}) is not in the model store at "
             f"{os.environ.get('BENTOML_HOME', '~/bentoml')}; run `make models` first"
         )
     return stored
@@ -120,9 +120,6 @@ AUDIO_DETECTORS = {
     for mid, s in STORED_AUDIO_MODELS.items()
 }
 
-# The temporal video model is two graphs (SPEC §3): a per-crop CNN encoder, batched across the
-# frames and requests like images, and a sequence head that takes whole windows of features.
-
 
 def _video_pair_or_fail(head_id: str) -> dict[str, StoredModel]:
     pair = find_video_pair(head_id, settings.precision)
@@ -134,13 +131,11 @@ def _video_pair_or_fail(head_id: str) -> dict[str, StoredModel]:
     return {"encoder": pair[0], "head": pair[1]}
 
 
-# The face detector (MTCNN's three graphs, one stored model) runs in the API process: it needs
-# whole frames, which would cost more to ship to another process than to scan here.
-STORED_FACE = find_stored(settings.face_model, "fp32") if settings.face_model else None
-if settings.face_model and STORED_FACE is None:
-    raise RuntimeError(
-        f"face model {settings.face_model!r} is not in the model store; run `make models` first"
-    )
+# The face detector (MTCNN's three graphs, one stored model, fp32 only) runs in the API process:
+# it needs whole frames, which would cost more to ship to another process than to scan here.
+STORED_FACE = _stored_or_fail(settings.face_model, "fp32") if settings.face_model else None
+# The temporal video model is two graphs (SPEC §3): a per-crop CNN encoder, batched across the
+# frames and requests like images, and a sequence head that takes whole windows of features.
 STORED_VIDEO = _video_pair_or_fail(settings.video_model) if settings.video_model else {}
 VIDEO_SERVICES = (
     {
