@@ -12,10 +12,13 @@ STAMPS := .stamps
 HOST   ?= 127.0.0.1
 PORT   ?= 3000
 
-# The project's own model store and built bentos (contents git-ignored).
+# The project's own model store and built bentos (contents git-ignored). The same defaults hold
+# outside make: $(PROJECT_PTH) sets them in every .venv interpreter, so `.venv/bin/bentoml ...`,
+# `.venv/bin/python -m models ...` and the server all read and write ./bentos.
 BENTOML_HOME ?= $(CURDIR)/bentos
 export BENTOML_HOME
 export BENTOML_DO_NOT_TRACK := True
+PROJECT_PTH = $(VENV)/lib/python3.11/site-packages/verity-project.pth
 export PYTHONPATH := $(CURDIR)
 export TF_CPP_MIN_LOG_LEVEL := 2
 
@@ -51,6 +54,13 @@ $(STAMPS)/%: pyproject.toml | $(PY)
 	$(PIP) -r <($(GROUP_REQUIREMENTS) $*) $(QUIET_PIP)
 	@touch $@
 
+# A .pth file's `import` line runs at every start of the venv's interpreter (the `site` module):
+# the project's defaults, unless the environment already names others.
+$(STAMPS)/project-env: Makefile | $(PY)
+	@mkdir -p $(STAMPS)
+	@printf '%s\n' 'import os; os.environ.setdefault("BENTOML_HOME", "$(CURDIR)/bentos"); os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")' > $(PROJECT_PTH)
+	@touch $@
+
 # System packages: ffmpeg/ffprobe decode M4A/AAC audio (media/audio.py). Debian's package, installed
 # with apt-get only when missing (as root, or through sudo); nothing happens when it is on PATH.
 system-deps:
@@ -61,7 +71,7 @@ system-deps:
 	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get update; \
 	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ffmpeg
 
-setup-runtime: system-deps $(STAMPS)/runtime $(STAMPS)/export
+setup-runtime: system-deps $(STAMPS)/runtime $(STAMPS)/export $(STAMPS)/project-env
 setup: system-deps setup-runtime $(STAMPS)/dev
 
 models: setup-runtime
@@ -85,8 +95,11 @@ bench: setup models
 	$(PY) -m bench.audio
 	$(PY) -m bench.video
 
+# `bentoml build` prints only the tag: say what the bento holds and where it went.
 build: models
-	$(VENV)/bin/bentoml build --output tag
+	@tag=$$($(VENV)/bin/bentoml build --output tag | sed -n 's/^__tag__://p'); \
+	[ -n "$$tag" ] || { echo "bentoml build printed no tag"; exit 1; }; \
+	$(PY) -m models bento "$$tag"
 
 clean:
 	rm -rf $(VENV) $(STAMPS) .pytest_cache .ruff_cache

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +23,14 @@ import numpy as np
 from api.app import create_app
 from api.engine import Engine, ServedModel, VideoModels
 from auth.accounts import Accounts
-from config import get_settings
+from config.startup import settings_or_exit
 from faces.mtcnn import FaceDetector
 from logs import configure_logging
 from models.runtime import OnnxModel
-from models.store import ONNX_FILE, StoredModel, find_stored, find_video_pair
+from models.store import ONNX_FILE, StoredModel, find_stored, find_video_pair, store_home
 from store.factory import make_store
 
-settings = get_settings()
+settings = settings_or_exit()
 log = logging.getLogger("service")
 app = create_app(settings)
 
@@ -41,7 +40,7 @@ def _stored_or_fail(model_id: str, precision: str = settings.precision) -> Store
     if stored is None:
         raise RuntimeError(
             f"model {model_id!r} ({precision}) is not in the model store at "
-            f"{os.environ.get('BENTOML_HOME', '~/bentoml')}; run `make models` first"
+            f"{store_home()}; run `make models` first"
         )
     return stored
 

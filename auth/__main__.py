@@ -3,9 +3,11 @@
     python -m auth create-user --email ops@example.com --admin   # password: $VERITY_NEW_PASSWORD or prompt
     python -m auth create-key --email ops@example.com --name ci
     python -m auth set-limit --email a@b.co --daily-limit 1000
-    python -m auth disable --email a@b.co
+    python -m auth disable --email a@b.co                      # keys and tokens stop at once
+    python -m auth enable --email a@b.co
 
-Prints JSON on stdout; new keys are shown once.
+Prints JSON on stdout; new keys are shown once. A refused request (weak or too long password,
+email taken or malformed, unknown user) prints `error: <code>: <message>` on stderr and exits 2.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import os
 import sys
 
 from auth.accounts import Accounts, normalise_email
-from config import get_settings
+from config.startup import settings_or_exit
+from errors import NotFound, VerityError
 from logs import configure_logging
 from store.factory import make_store
 
@@ -31,22 +34,30 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m auth", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    create = sub.add_parser("create-user")
+    create = sub.add_parser("create-user", help="a user (password from $VERITY_NEW_PASSWORD or a prompt)")
     create.add_argument("--email", required=True)
-    create.add_argument("--admin", action="store_true")
-    key = sub.add_parser("create-key")
+    create.add_argument("--admin", action="store_true", help="role admin")
+    key = sub.add_parser("create-key", help="a new API key for a user (shown once)")
     key.add_argument("--email", required=True)
     key.add_argument("--name", default="cli")
-    limit = sub.add_parser("set-limit")
+    limit = sub.add_parser("set-limit", help="a user's daily request limit")
     limit.add_argument("--email", required=True)
     limit.add_argument("--daily-limit", type=int, required=True)
-    for name in ("disable", "enable"):
-        sub.add_parser(name).add_argument("--email", required=True)
+    for name, what in (("disable", "stop a user's keys and tokens at once"), ("enable", "undo disable")):
+        sub.add_parser(name, help=what).add_argument("--email", required=True)
     args = parser.parse_args(argv)
 
-    settings = get_settings()
+    settings = settings_or_exit()
     configure_logging(settings)
-    accounts = Accounts(make_store(settings), settings)
+    try:
+        return _run(args, Accounts(make_store(settings), settings))
+    except VerityError as exc:  # the same refusals the HTTP API answers with 4xx: no traceback
+        sys.stderr.write(f"error: {exc.code}: {exc.message}\n")
+        return 2
+
+
+def _run(args: argparse.Namespace, accounts: Accounts) -> int:
+    settings = accounts.settings
     if args.command == "create-user":
         password = os.environ.get("VERITY_NEW_PASSWORD") or getpass.getpass("password: ")
         user, api_key, secret = accounts.signup(args.email, password, role="admin" if args.admin else "user")
@@ -54,8 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     user = accounts.store.get_user_by_email(normalise_email(args.email))
     if user is None:
-        sys.stderr.write(f"no user {args.email}\n")
-        return 1
+        raise NotFound(f"no user {args.email}", code="user_not_found")
     if args.command == "create-key":
         api_key, secret = accounts.create_key(user, args.name)
         _out({**api_key.public(), "key": secret})

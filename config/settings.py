@@ -12,6 +12,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MB = 1024 * 1024
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _PLACEHOLDERS = ("changeme", "change-me", "secret", "placeholder", "xxx", "dev")
 
 
@@ -103,7 +104,12 @@ class Settings(BaseSettings):
 
     # Store (SPEC §2): embedded SQLite by default, DynamoDB by setting -----------------------
     store: Literal["sqlite", "dynamodb"] = "sqlite"
-    sqlite_path: Path = Field(Path("var/verity.db"), description="SQLite file (created)")
+    data_dir: Path = Field(
+        default_factory=lambda: default_data_dir(),
+        description="mutable state (SQLite file, development secret): the checkout's var/, or "
+        "$XDG_DATA_HOME/verity when running from a built bento (never inside the bento store)",
+    )
+    sqlite_path: Path | None = Field(None, description="SQLite file (created); default <data_dir>/verity.db")
     dynamodb_table: str = "verity"
     dynamodb_endpoint_url: str | None = Field(None, description="e.g. a local DynamoDB or moto")
     dynamodb_create_table: bool = Field(False, description="create the table at start (dev/test)")
@@ -123,7 +129,9 @@ class Settings(BaseSettings):
     )
     jwks_refetch_cooldown_s: float = Field(60.0, ge=0)
     api_key_pepper: SecretStr | None = Field(None, description="HMAC pepper for key digests")
-    dev_secret_path: Path = Field(Path("var/dev-secret"), description="development-only JWT secret")
+    dev_secret_path: Path | None = Field(
+        None, description="development-only JWT secret; default <data_dir>/dev-secret"
+    )
 
     # Quotas (SPEC §5) -----------------------------------------------------------------------
     daily_limit: int = Field(100, ge=0)
@@ -146,6 +154,16 @@ class Settings(BaseSettings):
                 raise ValueError(
                     "VERITY_JWT_SECRET must be set to a random value of >= 32 bytes in production"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _state_under_data_dir(self) -> Settings:
+        # Relative defaults would follow the working directory, and `bentoml serve <bento>` runs
+        # in the bento's own src/ folder: state would land inside the bento store.
+        if self.sqlite_path is None:
+            self.sqlite_path = self.data_dir / "verity.db"
+        if self.dev_secret_path is None:
+            self.dev_secret_path = self.data_dir / "dev-secret"
         return self
 
     @field_validator("image_models", mode="before")
@@ -181,6 +199,37 @@ class Settings(BaseSettings):
         return self.ort_intra_op_threads or (os.cpu_count() or 1)
 
 
+def running_from_bento(root: Path = PROJECT_ROOT) -> bool:
+    """True when this code is the ``src/`` of a built bento (``bento.yaml`` sits beside it)."""
+    return root.name == "src" and (root.parent / "bento.yaml").is_file()
+
+
+def default_data_dir(root: Path = PROJECT_ROOT) -> Path:
+    if running_from_bento(root):
+        base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+        return Path(base) / "verity"
+    return root / "var"
+
+
+def apply_bento_envs(root: Path = PROJECT_ROOT) -> dict[str, str]:
+    """The ``envs`` of the bento this code runs from, set where the environment has none.
+
+    A container built from the bento has them as ENV already; ``bentoml serve <bento>`` on a
+    host does not apply them, and without this a bento built for production would quietly
+    start in development mode. Variables the caller set always win."""
+    import yaml  # bentoml's own dependency; only needed inside a bento
+
+    info = yaml.safe_load((root.parent / "bento.yaml").read_text(encoding="utf-8")) or {}
+    applied = {}
+    for item in info.get("envs") or []:
+        name, value = str(item["name"]), str(item.get("value", ""))
+        if name not in os.environ:
+            os.environ[name] = applied[name] = value
+    return applied
+
+
 @functools.lru_cache(maxsize=1)
 def get_settings() -> Settings:
+    if running_from_bento():
+        apply_bento_envs()
     return Settings()

@@ -8,7 +8,12 @@ python -m models export cnn-lstm                    # the video pair (encoder + 
 python -m models export wav2vec2-audio              # the default audio model (hub or dev)
 python -m models export mtcnn                       # the face detector (weights ship with `mtcnn`)
 python -m models ensure                             # export the served models if missing
-python -m models list
+python -m models list                               # what the store holds (JSON lines)
+python -m models bento verity:latest                # what a built bento holds (`make build` runs it)
+
+The model store is $BENTOML_HOME: the project's bentos/ folder unless the environment names
+another (`make` and every .venv interpreter set it). `--offline` never contacts the model hub and
+builds the architecture with seeded dev weights (`weights: "dev"` in every result).
 """
 
 from __future__ import annotations
@@ -17,9 +22,12 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
-from config import get_settings
+from config.startup import settings_or_exit
+from errors import ModelError
 from logs import configure_logging
+from models.store import store_home
 
 log = logging.getLogger("models")
 
@@ -27,6 +35,7 @@ log = logging.getLogger("models")
 def _cmd_export(args: argparse.Namespace) -> int:
     from models.export.pipeline import export_model
 
+    log.info("exporting %s into the model store under %s", args.model_id, store_home())
     stored = export_model(
         args.model_id,
         source=args.source,
@@ -37,38 +46,64 @@ def _cmd_export(args: argparse.Namespace) -> int:
         **({"encoder": args.encoder} if args.encoder else {}),
     )
     for model in stored:
-        log.info("stored %s", model.tag, extra={"model": model.describe()})
+        log.info("stored %s at %s", model.tag, model.path, extra={"model": model.describe()})
     return 0
 
 
+def _ensure_one(model_id: str, precision: str, *, offline: bool) -> None:
+    """Export ``model_id`` from its catalog source unless the store can already serve it.
+
+    Never replaces what is stored: a model exported by hand (``--source``, ``--no-int8``) that
+    lacks the served precision is reported with the command to fix it, not overwritten by a hub
+    or dev export, because serving always takes the newest version."""
+    from models.catalog import load_catalog
+    from models.store import find_stored, find_video_pair, list_stored
+
+    entry = load_catalog().get(model_id)
+    video = entry is not None and entry.modality == "video-head"
+    found = find_video_pair(model_id, precision) if video else find_stored(model_id, precision)
+    if found is not None:
+        model = found[1] if video else found
+        log.info(
+            "%s already in the model store: %s (%s weights, source %s) at %s",
+            model_id,
+            model.tag,
+            model.weights,
+            model.metadata.get("source"),
+            model.path,
+        )
+        return
+    others = list_stored(model_id)
+    if others:
+        raise SystemExit(
+            f"{model_id} is stored ({', '.join(m.tag for m in others)}) but not as {precision}, which "
+            f"VERITY_PRECISION asks for. Export it again from its source with int8 on, e.g. "
+            f"`python -m models export {model_id} --source {others[0].metadata.get('source', '...')}`, "
+            "or serve the stored precision; `make serve` never replaces a stored model"
+        )
+    if entry is not None and entry.source == "file" and not video:
+        raise SystemExit(
+            f"{model_id} is served but not in the model store under {store_home()}, and it comes from "
+            f"your own file: run `python -m models export {model_id} --source FILE` first"
+        )
+    from models.export.pipeline import export_model
+
+    log.info("%s is not in the model store under %s: exporting it", model_id, store_home())
+    for model in export_model(model_id, offline=offline):
+        log.info("stored %s at %s", model.tag, model.path)
+
+
 def _cmd_ensure(args: argparse.Namespace) -> int:
-    from models.store import find_stored, find_video_pair
-
-    settings = get_settings()
-    for model_id in [*settings.served_image_models, *settings.served_audio_models]:
-        if find_stored(model_id, "fp32") and find_stored(model_id, "int8"):
-            log.info("%s already in the model store", model_id)
-            continue
-        from models.export.pipeline import export_model
-
-        export_model(model_id, offline=args.offline)
-    for model_id in settings.served_video_models:
-        # The encoder + head pair, exported together (models/export/keras_video.py); no --source:
-        # the dev pair, built offline.
-        if find_video_pair(model_id, "fp32") and find_video_pair(model_id, "int8"):
-            log.info("%s already in the model store", model_id)
-            continue
-        from models.export.pipeline import export_model
-
-        export_model(model_id, offline=args.offline)
+    settings = settings_or_exit(check_store=False)
+    for model_id in [
+        *settings.served_image_models,
+        *settings.served_audio_models,
+        *settings.served_video_models,
+    ]:
+        _ensure_one(model_id, settings.precision, offline=args.offline)
+    # fp32 only: the face detector has no int8 export (models/export/mtcnn.py says why).
     for model_id in settings.served_face_models:
-        # fp32 only: the face detector has no int8 export (models/export/mtcnn.py says why).
-        if find_stored(model_id, "fp32"):
-            log.info("%s already in the model store", model_id)
-            continue
-        from models.export.pipeline import export_model
-
-        export_model(model_id)
+        _ensure_one(model_id, "fp32", offline=args.offline)
     return 0
 
 
@@ -77,6 +112,35 @@ def _cmd_list(_: argparse.Namespace) -> int:
 
     for model in list_stored():
         sys.stdout.write(json.dumps({"tag": model.tag, **model.describe()}) + "\n")
+    return 0
+
+
+def _cmd_bento(args: argparse.Namespace) -> int:
+    """What `make build` built: the bento's tag and folder, the models it references (they stay in
+    the model store until `bentoml export` packs them), and how it runs."""
+    import bentoml
+    import yaml
+
+    from models.store import get_stored
+
+    bento = bentoml.get(args.tag)
+    info = yaml.safe_load((Path(bento.path) / "bento.yaml").read_text(encoding="utf-8"))
+    tags = sorted({m["tag"] for svc in info.get("services", []) for m in svc.get("models", [])})
+    total = 0
+    lines = [f"built bento {bento.tag} in {bento.path}", f"models ({len(tags)}):"]
+    for tag in tags:
+        stored = get_stored(tag)
+        size = sum(f.stat().st_size for f in stored.path.rglob("*") if f.is_file())
+        total += size
+        lines.append(f"  {tag:<40} {stored.weights:>10} weights  {size / 1e6:8.1f} MB")
+    envs = ", ".join(f"{e['name']}={e['value']}" for e in info.get("envs") or [])
+    lines += [
+        f"model files: {total / 1e6:.1f} MB in {store_home() / 'models'}",
+        f"envs applied where it runs: {envs or '(none)'}",
+        f"run it:     VERITY_JWT_SECRET=... .venv/bin/bentoml serve {bento.tag}",
+        f"export it:  .venv/bin/bentoml export {bento.tag} verity.bento",
+    ]
+    sys.stdout.write("\n".join(lines) + "\n")
     return 0
 
 
@@ -100,9 +164,16 @@ def main(argv: list[str] | None = None) -> int:
     ensure.add_argument("--offline", action="store_true")
     ensure.set_defaults(func=_cmd_ensure)
     sub.add_parser("list", help="list stored models as JSON lines").set_defaults(func=_cmd_list)
+    bento = sub.add_parser("bento", help="describe a built bento: models, sizes, how to run it")
+    bento.add_argument("tag")
+    bento.set_defaults(func=_cmd_bento)
     args = parser.parse_args(argv)
-    configure_logging(get_settings())
-    return int(args.func(args))
+    configure_logging(settings_or_exit(check_store=False))
+    try:
+        return int(args.func(args))
+    except (ValueError, ModelError) as exc:  # a bad source or option: say what, no traceback
+        log.error("%s", exc)
+        return 2
 
 
 if __name__ == "__main__":

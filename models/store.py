@@ -19,6 +19,14 @@ from models.catalog import AudioInputSpec, ImageInputSpec, SequenceInputSpec
 ONNX_FILE = "model.onnx"
 
 
+def store_home() -> Path:
+    """The BENTOML_HOME in force (the project's ``bentos/`` unless the environment names another):
+    where models are stored and read."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    return Path(BentoMLContainer.bentoml_home.get())
+
+
 @dataclass(frozen=True)
 class StoredModel:
     tag: str

@@ -71,7 +71,8 @@ class ServerProcess:
     """One started command (``bentoml serve`` or ``make serve``) and the process tree under it.
 
     Each server keeps its accounts in a SQLite file (and its development JWT secret) of its own,
-    next to its log: never the in-process tests' store, never ``var/``. ``env`` adds settings."""
+    next to its log: never the in-process tests' store, never ``var/``. ``env`` adds settings; a
+    value of None removes that variable."""
 
     def __init__(
         self,
@@ -80,7 +81,7 @@ class ServerProcess:
         port: int,
         bentoml_home: Path,
         log_path: Path,
-        env: dict[str, str] | None = None,
+        env: dict[str, str | None] | None = None,
     ) -> None:
         self.argv = argv
         self.port = port
@@ -94,7 +95,11 @@ class ServerProcess:
         environment = server_env(bentoml_home)
         environment["VERITY_SQLITE_PATH"] = str(self.sqlite_path)
         environment["VERITY_DEV_SECRET_PATH"] = str(log_path.parent / "dev-secret")
-        environment.update(env or {})
+        for name, value in (env or {}).items():
+            if value is None:
+                environment.pop(name, None)
+            else:
+                environment[name] = value
         log.info("starting %s (log: %s)", " ".join(argv), log_path)
         self.proc = subprocess.Popen(
             argv,

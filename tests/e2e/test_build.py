@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 import subprocess
 import tarfile
 import time
 import tomllib
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
-from tests.e2e.servers import BIN_DIR, PROJECT_ROOT, server_env, server_home
+from tests.e2e.servers import BIN_DIR, PROJECT_ROOT, ServerProcess, free_port, server_env, server_home
 
 pytestmark = pytest.mark.e2e
 
@@ -46,16 +50,29 @@ def _name(requirement: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def built(model_store, bentoml_home: Path, tmp_path_factory) -> tuple[Path, Path, str]:
-    """Build the bento into a BENTOML_HOME of its own (sharing the session's model store)."""
-    home = server_home(bentoml_home, tmp_path_factory.mktemp("build") / "bentoml-home")
-    output = _run([str(BIN_DIR / "bentoml"), "build", "--output", "tag"], home)
-    match = re.search(r"__tag__:(verity:[a-z0-9]+)", output)
-    assert match, f"no bento tag in the output of bentoml build:\n{output}"
-    tag = match.group(1)
-    bento_dir = home / "bentos" / "verity" / tag.split(":", 1)[1]
-    assert (bento_dir / "bento.yaml").is_file(), list(bento_dir.parent.iterdir())
-    return home, bento_dir, tag
+def built(model_store, bentoml_home: Path) -> Iterator[tuple[Path, Path, str]]:
+    """`make build`, twice in a row as a user runs it, into a BENTOML_HOME inside the checkout's
+    bentos/ (where the project's store lives, inside the build context: a second build once copied
+    the first bento into itself). Models link to the session's store; the folder is removed after."""
+    home = server_home(bentoml_home, PROJECT_ROOT / "bentos" / f".e2e-build-{uuid.uuid4().hex[:8]}")
+    try:
+        tags = []
+        for _ in range(2):
+            output = _run(["make", "--no-print-directory", "build"], home)
+            match = re.search(r"^built bento (verity:[a-z0-9]+) in (\S+)$", output, re.M)
+            assert match, f"`make build` did not say what it built:\n{output}"
+            tags.append(match.group(1))
+            # ... which models, and where they are.
+            for model_id in SERVED:
+                assert re.search(rf"^  {re.escape(model_id)}:fp32-", output, re.M), output
+            assert "model files: " in output and str(home / "models") in output, output
+        assert tags[0] != tags[1]
+        tag = tags[1]
+        bento_dir = home / "bentos" / "verity" / tag.split(":", 1)[1]
+        assert (bento_dir / "bento.yaml").is_file(), list(bento_dir.parent.iterdir())
+        yield home, bento_dir, tag
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def test_requirements_are_the_lean_runtime_group(built) -> None:
@@ -97,7 +114,7 @@ def test_bento_lists_the_served_models(built, model_store) -> None:
         p.relative_to(bento_dir / "src").as_posix() for p in (bento_dir / "src").rglob("*") if p.is_file()
     }
     assert {"service.py", "models/runtime.py", "models/catalog.toml", "api/app.py"} <= sources
-    assert not {s for s in sources if s.startswith(("tests/", "models/export/", "bench/"))}
+    assert not {s for s in sources if s.startswith(("tests/", "models/export/", "bench/", "bentos/", "var/"))}
 
 
 def test_exported_bento_carries_the_onnx_files(built, model_store, tmp_path: Path) -> None:
@@ -112,3 +129,64 @@ def test_exported_bento_carries_the_onnx_files(built, model_store, tmp_path: Pat
             # One model.onnx per model; MTCNN's three graphs are one stored model.
             for graph in sorted(p.name for p in stored.path.glob("*.onnx")):
                 assert f"./models/{stored.model_id}/{stored.version}/{graph}" in names, sorted(names)
+
+
+def _bento_serve_env(tmp_path: Path, **extra: str | None) -> dict[str, str | None]:
+    """A user's shell: none of the test session's own settings, so the bento's envs apply."""
+    return {
+        "VERITY_ENVIRONMENT": None,
+        "VERITY_SQLITE_PATH": None,
+        "VERITY_DEV_SECRET_PATH": None,
+        "VERITY_JWT_SECRET": None,
+        "XDG_DATA_HOME": str(tmp_path / "data"),
+        **extra,
+    }
+
+
+def test_built_bento_runs_in_production(built, tmp_path: Path) -> None:
+    """`bentoml serve <bento>` as the README says: the bento's production setting holds, a missing
+    secret stops it in plain words with a non-zero status, and with a secret it serves while its
+    mutable state (the SQLite file) lives outside the bento store."""
+    home, bento_dir, tag = built
+    before = {p for p in bento_dir.rglob("*")}
+    argv = [str(BIN_DIR / "bentoml"), "serve", tag, "--host", "127.0.0.1"]
+    env = server_env(home)
+    for name, value in _bento_serve_env(tmp_path).items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    refused = subprocess.run(
+        [*argv, "--port", str(free_port())],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=BUILD_TIMEOUT_S,
+        check=False,
+    )
+    output = refused.stdout + refused.stderr
+    assert refused.returncode != 0, output[-3000:]
+    assert "Verity cannot start: VERITY_JWT_SECRET" in output, output[-3000:]
+
+    port = free_port()
+    server = ServerProcess(
+        [*argv, "--port", str(port)],
+        port=port,
+        bentoml_home=home,
+        log_path=tmp_path / "bento-serve.log",
+        env=_bento_serve_env(tmp_path, VERITY_JWT_SECRET="e2e-" + "0123456789abcdef" * 3),
+    )
+    try:
+        server.wait_ready(240)
+        signup = httpx.post(
+            f"{server.url}/v1/auth/signup",
+            json={"email": "prod@example.com", "password": "correct horse battery"},
+            timeout=30,
+        )
+        assert signup.status_code == 201, signup.text
+    finally:
+        server.stop()
+    assert (tmp_path / "data" / "verity" / "verity.db").is_file()
+    assert not (tmp_path / "data" / "verity" / "dev-secret").exists()  # production: no dev secret
+    assert {p for p in bento_dir.rglob("*")} == before, "the served bento's folder changed"

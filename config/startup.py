@@ -1,0 +1,65 @@
+"""Settings for a process that is starting: a bad or missing setting stops it in plain words.
+
+Every entry point (the server in ``service.py``, ``python -m models``, ``python -m auth``) starts
+here. A settings error raised deep inside an import reaches BentoML's loader, which hides it
+behind "Failed to import module ..." and, on a worker, restarts the process in a loop; a
+``SystemExit`` with the reason is printed as is and ends the process with status 1 instead.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pydantic import ValidationError
+
+from config.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    """A setting (or what it points at) makes starting impossible; the message says what to do."""
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line per problem, naming the environment variable rather than pydantic's field path."""
+    lines = []
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error.get("loc", ()) if part != "__root__")
+        message = str(error.get("msg", "")).removeprefix("Value error, ")
+        lines.append(f"VERITY_{field.upper()}: {message}" if field else message)
+    return "; ".join(lines)
+
+
+def check_store_credentials(settings: Settings) -> None:
+    """DynamoDB needs AWS credentials even for a local endpoint (moto, DynamoDB Local), which accept
+    any values. Without them every store call fails, and a server would keep restarting its worker;
+    say so once, before anything starts."""
+    if settings.store != "dynamodb":
+        return
+    import boto3
+
+    if boto3.session.Session().get_credentials() is None:
+        where = (
+            f"the local endpoint {settings.dynamodb_endpoint_url} accepts any values, e.g. "
+            "AWS_ACCESS_KEY_ID=local AWS_SECRET_ACCESS_KEY=local"
+            if settings.dynamodb_endpoint_url
+            else "set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or run with an IAM role"
+        )
+        raise StartupError(f"VERITY_STORE=dynamodb needs AWS credentials and none were found: {where}")
+
+
+def settings_or_exit(*, check_store: bool = True) -> Settings:
+    """The process's settings, or ``SystemExit`` (status 1) with the reason in plain words."""
+    try:
+        settings = get_settings()
+        if check_store:
+            check_store_credentials(settings)
+    except ValidationError as exc:
+        reason = describe_validation_error(exc)
+    except StartupError as exc:
+        reason = str(exc)
+    else:
+        return settings
+    log.critical("Verity cannot start: %s", reason)
+    raise SystemExit(f"Verity cannot start: {reason}")
