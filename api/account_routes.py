@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Depends, Query, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from auth.accounts import Accounts
 from auth.principal import Principal
@@ -46,20 +46,27 @@ async def run(fn: Any, *args: Any, **kwargs: Any) -> Any:
     return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs))
 
 
-class Credentials(BaseModel):
+class StrictBody(BaseModel):
+    """Unknown fields are refused (422 naming them), never silently dropped: an admin who sends
+    `{"role": "admin"}` must learn that nothing changed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Credentials(StrictBody):
     email: str = Field(max_length=254)
     password: str = Field(max_length=1024)
 
 
-class KeyRequest(BaseModel):
+class KeyRequest(StrictBody):
     name: str = Field("default", max_length=64)
 
 
-class RollRequest(BaseModel):
+class RollRequest(StrictBody):
     grace_seconds: int = Field(0, ge=0, le=7 * 86400)
 
 
-class UserUpdate(BaseModel):
+class UserUpdate(StrictBody):
     daily_limit: int | None = Field(None, ge=0, le=10_000_000)
     disabled: bool | None = None
 

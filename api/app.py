@@ -14,6 +14,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -36,6 +37,7 @@ from store.records import Detection
 log = logging.getLogger(__name__)
 
 MULTIPART_OVERHEAD = 64 * 1024
+DOCS_ASSETS = "/docs/assets"
 READY_TIMEOUT_S = 5.0
 
 _STATUS_CODES = {
@@ -78,6 +80,9 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        if any(e.get("type") == "json_invalid" for e in exc.errors()):
+            # Not a JSON document at all: the same 400 the detection routes give.
+            return error_response(request, 400, "invalid_json", "request body is not valid JSON")
         problems = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
         message = "; ".join(f"{'.'.join(map(str, p['loc']))}: {p['msg']}" for p in problems)
         return error_response(request, 422, "invalid_input", message, details={"errors": problems})
@@ -116,7 +121,10 @@ async def record_detection(accounts: Accounts, principal: Principal, result: dic
 
 
 def create_app(settings: Settings) -> FastAPI:
-    app = FastAPI(
+    # FastAPI's own /docs and /redoc load their scripts from a CDN and render blank offline;
+    # fastapi-offline serves the same pages with the assets from the package itself.
+    app = FastAPIOffline(
+        static_url=DOCS_ASSETS,
         title="Verity",
         version="1",
         description="Deepfake detection for images, video, audio and camera frames.",
@@ -152,7 +160,13 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/health/ready", tags=["health"])
     async def ready(request: Request) -> JSONResponse:
-        engine = engine_of(request)
+        """200 once every served model answers and the store can be read; 503 ``not_ready`` before
+        (starting) and while either is down. ``/health/live`` stays 200 through both: a store
+        outage is no reason to restart the process."""
+        engine = getattr(request.app.state, "engine", None)
+        accounts = getattr(request.app.state, "accounts", None)
+        if engine is None or accounts is None:
+            raise ServiceUnavailable("the service is starting: models are not loaded yet", code="not_ready")
         models, warnings, failed = [], [], []
 
         async def probe(model_id: str) -> None:
@@ -164,12 +178,22 @@ def create_app(settings: Settings) -> FastAPI:
             models.append(served.stored.describe())
             warnings.extend(served.warnings)
 
-        await asyncio.gather(*(probe(m) for m in engine.served))
+        async def store_answers() -> bool:
+            try:
+                await asyncio.wait_for(account_routes.run(accounts.store.ping), READY_TIMEOUT_S)
+            except Exception:  # an outage, a timeout: not ready either way
+                log.warning("readiness: the store does not answer", exc_info=True)
+                return False
+            return True
+
+        *_, store_ok = await asyncio.gather(*(probe(m) for m in engine.served), store_answers())
         if engine.face_stored is not None:  # in-process: loaded once the engine exists
             models.append(engine.face_stored.describe())
         if failed:
             raise ServiceUnavailable(f"models not loaded yet: {sorted(failed)}", code="not_ready")
-        return JSONResponse({"status": "ready", "models": models, "warnings": warnings})
+        if not store_ok:
+            raise ServiceUnavailable(f"the {accounts.settings.store} store does not answer", code="not_ready")
+        return JSONResponse({"status": "ready", "models": models, "warnings": warnings, "store": "ok"})
 
     @app.get("/v1/models", tags=["models"])
     async def list_models(request: Request) -> dict[str, Any]:
@@ -178,7 +202,9 @@ def create_app(settings: Settings) -> FastAPI:
             {
                 **m.stored.describe(),
                 "served": True,
-                "default": mid in (engine.default_image_model, engine.settings.audio_model),
+                # The default of its modality: what a request that names no model gets.
+                "default": mid
+                in (engine.default_image_model, engine.settings.audio_model, engine.settings.video_model),
                 "warnings": m.warnings,
             }
             for mid, m in engine.served.items()
@@ -282,10 +308,13 @@ def create_app(settings: Settings) -> FastAPI:
         include_in_schema=False,
     )
     async def not_found(request: Request, path: str) -> None:
+        # FastAPI keeps an included router's routes behind one entry of app.router.routes, so the
+        # routers are walked themselves: a wrong method on /v1/keys is a 405, not a 404.
         allowed = sorted(
             {
                 method
-                for route in request.app.router.routes
+                for router in (app.router, account_routes.router)
+                for route in router.routes
                 if isinstance(route, APIRoute)
                 and route.path != "/{path:path}"
                 and route.matches(request.scope)[0] == Match.PARTIAL

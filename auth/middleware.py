@@ -32,7 +32,7 @@ PUBLIC_PATHS = frozenset(
         "/v1/auth/login",
     }
 )
-PUBLIC_PREFIXES = ("/health",)
+PUBLIC_PREFIXES = ("/health", "/docs/")
 
 
 def _route_paths(app: ASGIApp) -> frozenset[str]:

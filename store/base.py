@@ -92,5 +92,9 @@ class Store(ABC):
     def stats(self, user_id: str) -> dict[str, dict[str, int]]:
         """{modality: {"total": n, "FAKE": n, "REAL": n, ...}}"""
 
+    def ping(self) -> None:
+        """Readiness: one cheap read, raising ``StoreUnavailable`` when the store cannot answer."""
+        self.get_user("usr_readiness_probe")
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

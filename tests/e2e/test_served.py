@@ -8,6 +8,7 @@ import base64
 import io
 import logging
 import re
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -146,6 +147,42 @@ def test_explain_heatmap(http: httpx.Client) -> None:
     heatmap = Image.open(io.BytesIO(base64.b64decode(explanation["heatmap_png"])))
     assert heatmap.format == "PNG"
     assert heatmap.mode == "RGBA"
+
+
+async def _explain_among_plain(url: str, headers: dict[str, str], plain: int) -> tuple[Any, list[Any]]:
+    async with httpx.AsyncClient(base_url=url, timeout=120.0, headers=headers) as client:
+
+        async def timed(params: dict[str, str], seed: int) -> tuple[httpx.Response, float]:
+            started = time.perf_counter()
+            response = await client.post(DETECT, params=params, files=multipart(jpeg_bytes(seed=seed)))
+            return response, time.perf_counter() - started
+
+        explained = asyncio.create_task(timed({"explain": "true"}, 0))
+        await asyncio.sleep(0.05)  # the explanation is under way when the others arrive
+        others = await asyncio.gather(*(timed({}, seed) for seed in range(1, plain + 1)))
+        return await explained, others
+
+
+def test_explanation_never_holds_other_requests(
+    http: httpx.Client, server_url: str, server_headers: dict[str, str]
+) -> None:
+    """An explanation's occluded copies reach the batcher one per call (the batcher prices calls,
+    not rows; 16-row calls stalled later requests for seconds or had them shed), so requests that
+    arrive meanwhile are answered without waiting for the whole explanation, and none is shed."""
+    from api.explain import GRID
+
+    plain = 4
+    before = batch_stats(http)
+    (explained, explain_s), others = asyncio.run(_explain_among_plain(server_url, server_headers, plain))
+    delta = batch_stats(http) - before
+
+    assert explained.status_code == 200, explained.text
+    assert explained.json()["explanation"]["grid"]
+    assert [r.status_code for r, _ in others] == [200] * plain, [r.text for r, _ in others]
+    # Every client call carried one picture: the explained one, its GRID² copies, the plain ones.
+    assert delta.total == 1 + GRID * GRID + plain, delta
+    log.info("explanation %.2f s; plain requests meanwhile %s s", explain_s, [round(s, 2) for _, s in others])
+    assert max(s for _, s in others) < explain_s, (explain_s, others)
 
 
 # --- authentication and history through the served process (issue 3) ---------------------------

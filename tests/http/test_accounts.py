@@ -587,6 +587,15 @@ def test_admin_disables_a_user_whose_key_and_token_stop_at_once(client, admin_he
     assert key.get("/v1/auth/me").status_code == 200 and token.get("/v1/auth/me").status_code == 200
 
 
+@pytest.mark.parametrize("body", [{"role": "admin"}, {"daily_limit": 5, "dailylimit": 6}])
+def test_admin_patch_refuses_unknown_fields(client, admin_headers, user: Account, body) -> None:
+    response = client.patch(f"/v1/admin/users/{user.user_id}", json=body, headers=admin_headers)
+    error = assert_error(response, 422, "invalid_input")
+    assert "not permitted" in error["message"]
+    unchanged = client.get("/v1/auth/me", headers=user.headers).json()
+    assert unchanged["role"] == "user" and unchanged["daily_limit"] != 5
+
+
 def test_admin_routes_refuse_non_admins_and_validate(client, admin_headers, api: Caller, jwt_headers) -> None:
     for caller in (api, Caller(client, jwt_headers)):
         assert_error(caller.get("/v1/admin/users"), 403, "admin_only")
@@ -704,7 +713,7 @@ def test_ops_cli_creates_an_admin_and_a_key_without_http(client) -> None:
     assert me.json()["email"] == email
 
     missing = run_cli("create-key", "--email", unique_email("nobody"))
-    assert missing.returncode == 1 and "no user" in missing.stderr
+    assert missing.returncode == 2 and "error: user_not_found: no user" in missing.stderr
 
 
 # --- an external JWKS issuer through the HTTP layer ---------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import socket
 
 import pytest
@@ -88,6 +89,9 @@ def test_models_lists_served_and_catalog(client):
     assert models["siglip-open-deepfake"]["served"] and not models["siglip-open-deepfake"]["default"]
     assert models["vit-deepfake-v2"]["served"] is False
     assert models["keras-cnn"]["served"] is False
+    # The default of each modality is marked so: what a request that names no model gets.
+    defaults = {mid for mid, m in models.items() if m.get("default")}
+    assert defaults == {"vit-dima806", "wav2vec2-audio", "cnn-lstm", "mtcnn"}
 
 
 # --- detection -----------------------------------------------------------------------------
@@ -247,6 +251,50 @@ def test_405_wrong_method(api):
     assert "POST" in response.headers["allow"]
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("GET", "/v1/auth/signup", {"POST"}),
+        ("DELETE", "/v1/auth/login", {"POST"}),
+        ("PUT", "/v1/keys", {"GET", "POST"}),
+        ("GET", "/v1/keys/key_x/roll", {"POST"}),
+        ("POST", "/v1/usage", {"GET"}),
+    ],
+)
+def test_405_on_account_routes_names_the_allowed_methods(api, method, path, allowed):
+    response = api.request(method, path)
+    assert_error(response, 405, "method_not_allowed")
+    assert set(response.headers["allow"].split(", ")) == allowed
+
+
+@pytest.mark.parametrize("path", ["/v1/auth/signup", "/v1/auth/login", "/v1/keys"])
+def test_400_invalid_json_on_account_routes(api, path):
+    response = api.post(path, content=b'{"email": "me@', headers={"content-type": "application/json"})
+    assert_error(response, 400, "invalid_json")
+
+
+def test_docs_work_offline(client):
+    """/docs and /redoc load their scripts and styles from the service, never from a CDN."""
+    for page in ("/docs", "/redoc"):
+        html = client.get(page)
+        assert html.status_code == 200
+        sources = re.findall(r'(?:src|href)="([^"]+)"', html.text)
+        assert sources, html.text[:500]
+        assert not [s for s in sources if s.startswith(("http://", "https://", "//"))], sources
+        for source in sources:
+            asset = client.get(source)
+            assert asset.status_code == 200, source
+            assert len(asset.content) > 1000 or source.endswith(".png"), source
+    assert "SwaggerUIBundle" in client.get("/docs").text
+
+
+def test_rejected_media_counts_toward_the_quota(api):
+    """What the README says: an admitted detection request counts whatever it answers (here 415)."""
+    before = api.get("/v1/usage").json()["requests_today"]
+    assert_error(post_image(api, b"hello, not a picture\n", name="a.txt"), 415, "unsupported_media_type")
+    assert api.get("/v1/usage").json()["requests_today"] == before + 1
+
+
 def test_413_body_over_cap_before_reading(api):
     big = b"\xff\xd8\xff" + b"\0" * (14 * 1024 * 1024)
     assert_error(post_image(api, big), 413, "payload_too_large")
@@ -283,7 +331,7 @@ def test_422_bad_media_and_inputs(api):
         api.post("/v1/detect/image", json={"image": "data:image/jpeg;base64,@@@"}), 422, "invalid_base64"
     )
     assert_error(api.post("/v1/detect/image", json={"nothing": 1}), 422, "missing_image")
-    assert_error(api.post("/v1/detect/image", json=[1, 2]), 422, "invalid_json")
+    assert_error(api.post("/v1/detect/image", json=[1, 2]), 422, "invalid_input")
     assert_error(api.post("/v1/detect/image", json={"upload_id": "up_1"}), 422, "uploads_unavailable")
     assert_error(post_image(api, jpeg_bytes(), params="?model=vit-deepfake-v2"), 422, "model_not_served")
     assert_error(post_image(api, jpeg_bytes(), params="?explain=maybe"), 422, "invalid_input")

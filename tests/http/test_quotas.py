@@ -272,6 +272,27 @@ def test_503_when_the_store_is_down_for_authentication(engine, aws_env):
     # A malformed key is refused by its checksum before any store lookup: still a plain 401.
     assert_error(detect(app, "vk_live_" + "x" * 49), 401, "invalid_api_key")
 
+    # Readiness reflects the store (a load balancer stops sending traffic); liveness does not
+    # (restarting the process would not bring the store back).
+    assert_error(send(app, "GET", "/health/ready"), 503, "not_ready")
+    assert send(app, "GET", "/health/live").status_code == 200
+
+
+def test_ready_is_not_ready_while_starting(engine, tmp_path: Path):
+    from api.app import create_app
+    from store.sqlite import SQLiteStore
+
+    settings = quota_settings()
+    app = create_app(settings)  # neither engine nor accounts yet: the service is starting
+    response = send(app, "GET", "/health/ready")
+    assert_error(response, 503, "not_ready")
+    assert int(response.headers["retry-after"]) > 0
+    assert send(app, "GET", "/health/live").status_code == 200
+    app = build_app(engine, SQLiteStore(tmp_path / "ready.db"), settings, FakeClock(utc(2030, 1, 1)))
+    ready = send(app, "GET", "/health/ready")
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["store"] == "ok"
+
 
 def test_503_when_the_quota_counter_is_throttled(engine, moto_server):
     """Authentication works but the metered count is throttled: 503, nothing counted or run."""
