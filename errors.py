@@ -107,3 +107,88 @@ class StoreUnavailable(ServiceUnavailable):
     """The account store failed: fail closed (SPEC §5), never a free pass."""
 
     code = "store_unavailable"
+
+
+# Every error code a client can receive: code -> (status, when). The README's error table is
+# rendered from this (`python -m errors`), and tests/unit/test_error_table.py checks that every
+# code the code base can raise is listed here with its status, and that nothing listed is stale.
+ERROR_CODES: dict[str, tuple[int, str]] = {
+    "invalid_json": (400, "the body is not valid JSON"),
+    "unauthenticated": (401, "no `x-api-key` and no `Authorization: Bearer`"),
+    "invalid_api_key": (401, "unknown key, or a typo (refused by its checksum before any lookup)"),
+    "revoked_api_key": (401, "the key was revoked or rolled past its grace period"),
+    "invalid_token": (401, "bad signature, issuer, audience, algorithm or claims"),
+    "token_expired": (401, "the JWT's `exp` has passed"),
+    "token_not_yet_valid": (401, "the JWT's `nbf`/`iat` lies in the future"),
+    "invalid_credentials": (401, "wrong email or password at login"),
+    "account_disabled": (403, "an admin disabled the account (its keys and tokens stop at once)"),
+    "admin_only": (403, "an admin route without the admin role"),
+    "route_not_found": (404, "no such route"),
+    "model_not_found": (404, "`model=` names no catalog model"),
+    "key_not_found": (404, "no such key among yours"),
+    "detection_not_found": (404, "no such result in your history"),
+    "user_not_found": (404, "admin: no such user"),
+    "method_not_allowed": (405, "the route exists for other methods (listed in `Allow`)"),
+    "email_taken": (409, "the email is already registered"),
+    "payload_too_large": (413, "the body is over the route's cap, refused before it is read"),
+    "file_too_large": (413, "the media is over its byte cap (image 10 MB, audio 20 MB, video 32 MB)"),
+    "too_many_pixels": (413, "width × height over the cap (decompression bombs)"),
+    "audio_too_long": (413, "audio longer than the duration cap (checked from the header first)"),
+    "too_many_samples": (413, "decoded audio would exceed the duration cap"),
+    "video_too_long": (413, "video longer than the duration cap"),
+    "too_many_frames": (413, "the video holds more frames per second than its duration cap allows"),
+    "unsupported_media_type": (415, "not an allowed format for the route, by its magic bytes"),
+    "unsupported_content_type": (415, "a request content type the route does not take"),
+    "decoder_unavailable": (415, "the server lacks the tool this format needs (ffmpeg)"),
+    "invalid_input": (422, "a bad query parameter or body field (the message names it)"),
+    "invalid_email": (422, "not an email address"),
+    "weak_password": (422, "a password under 8 characters"),
+    "password_too_long": (422, "a password over 72 bytes (bcrypt's limit)"),
+    "invalid_key_name": (422, "a key name over 64 characters"),
+    "invalid_grace": (422, "a roll grace period out of range"),
+    "missing_file": (422, "a multipart body without the media field"),
+    "missing_image": (422, "a JSON body without `image`"),
+    "missing_audio": (422, "a JSON body without `audio`"),
+    "missing_video": (422, "a JSON body without `video`"),
+    "invalid_base64": (422, "the data URL or base64 string does not decode"),
+    "invalid_data_url": (422, "a `data:` URL that is not base64-encoded"),
+    "uploads_unavailable": (422, "`upload_id` given, but this server does not offer uploads yet"),
+    "model_not_served": (422, "the model is in the catalog but not served here"),
+    "invalid_fps": (422, "`fps` out of range"),
+    "invalid_max_frames": (422, "`max_frames` over the cap"),
+    "empty_file": (422, "the media is empty"),
+    "corrupt_image": (422, "a truncated or corrupt image"),
+    "corrupt_audio": (422, "truncated or corrupt audio"),
+    "corrupt_video": (422, "a truncated or corrupt video"),
+    "decode_failed": (422, "the decoder crashed or answered nonsense (a corrupt or hostile file)"),
+    "decode_timeout": (422, "decoding took longer than its time limit"),
+    "bad_sample_rate": (422, "an absurd sample rate in the audio header"),
+    "bad_channels": (422, "a channel count outside 1-32 in the audio header"),
+    "invalid_samples": (422, "audio samples that are NaN or infinite"),
+    "too_short": (422, "audio under 0.5 s"),
+    "no_audio": (422, "the file holds no audio stream"),
+    "no_video": (422, "the file holds no video stream"),
+    "no_frames": (422, "no frame could be decoded"),
+    "daily_quota_exceeded": (429, "the daily limit is reached (resets at midnight UTC)"),
+    "rate_limited": (429, "the endpoint's per-minute limit is reached"),
+    "starting": (503, "the service is still starting"),
+    "not_ready": (503, "`/health/ready`: models not loaded yet, or the store does not answer"),
+    "model_unavailable": (503, "a model service is down, restarting or overloaded"),
+    "modality_unavailable": (503, "no model of that modality is served here"),
+    "faces_unavailable": (503, "`faces=auto` or video, but no face model is served"),
+    "store_unavailable": (503, "the account store is down: fail closed, never a free pass"),
+    "internal_error": (500, "a bug, never bad input: please report it with the request id"),
+}
+
+
+def error_table_markdown() -> str:
+    """The README's error table, one row per code."""
+    rows = ["| status | code | when |", "|---|---|---|"]
+    rows += [f"| {status} | `{code}` | {when} |" for code, (status, when) in ERROR_CODES.items()]
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.stdout.write(error_table_markdown() + "\n")

@@ -46,7 +46,7 @@ async def read_media_payload(request: Request, kind: str) -> bytes:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise BadRequest(f"body is not valid JSON: {exc}", code="invalid_json") from exc
         if not isinstance(body, dict):
-            raise InvalidInput("JSON body must be an object", code="invalid_json")
+            raise InvalidInput("JSON body must be an object", code="invalid_input")
         if "upload_id" in body and kind not in body:
             raise InvalidInput(
                 "upload_id needs the uploads API, which this deployment does not enable yet",

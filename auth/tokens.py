@@ -36,17 +36,19 @@ class Claims:
 
 
 def _reject(exc: Exception) -> Unauthorized:
+    if isinstance(exc, jwt.ExpiredSignatureError):
+        return Unauthorized("token has expired", code="token_expired")
+    if isinstance(exc, jwt.ImmatureSignatureError):
+        return Unauthorized("token is not valid yet (nbf/iat)", code="token_not_yet_valid")
     reason = {
-        jwt.ExpiredSignatureError: ("token_expired", "token has expired"),
-        jwt.ImmatureSignatureError: ("token_not_yet_valid", "token is not valid yet (nbf/iat)"),
-        jwt.InvalidAudienceError: ("invalid_token", "token audience is not accepted"),
-        jwt.InvalidIssuerError: ("invalid_token", "token issuer is not accepted"),
-        jwt.MissingRequiredClaimError: ("invalid_token", f"token lacks a required claim: {exc}"),
-        jwt.InvalidAlgorithmError: ("invalid_token", "token algorithm is not allowed"),
+        jwt.InvalidAudienceError: "token audience is not accepted",
+        jwt.InvalidIssuerError: "token issuer is not accepted",
+        jwt.MissingRequiredClaimError: f"token lacks a required claim: {exc}",
+        jwt.InvalidAlgorithmError: "token algorithm is not allowed",
     }
-    for kind, (code, message) in reason.items():
+    for kind, message in reason.items():
         if isinstance(exc, kind):
-            return Unauthorized(message, code=code)
+            return Unauthorized(message, code="invalid_token")
     return Unauthorized("invalid token", code="invalid_token")
 
 
