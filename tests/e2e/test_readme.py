@@ -158,6 +158,11 @@ def test_readme_has_curl_examples() -> None:
     assert any("/v1/detect/image" in c for c in CURL_COMMANDS)
     assert any(SIGNUP in c for c in CURL_COMMANDS) and any(LOGIN in c for c in CURL_COMMANDS)
     assert readme_credentials()["email"]
+    # The line after the signup example names the field of the answer that holds the key, as
+    # the signup test below reads it (answer["api_key"]["key"]).
+    readme = README.read_text(encoding="utf-8")
+    export = next(line for line in readme.splitlines() if line.startswith("export VERITY_API_KEY="))
+    assert "api_key.key" in export, export
     # Every example of an authenticated route shows how to authenticate.
     for command in CURL_COMMANDS:
         if not any(path in command for path in PUBLIC):
@@ -314,3 +319,37 @@ def test_readme_ops_cli_commands(tmp_path: Path) -> None:
             assert output["daily_limit"] == int(re.search(r"--daily-limit (\d+)", command).group(1))
         elif " disable " in command:
             assert output["disabled"] is True
+
+
+def test_readme_ops_cli_refusals_are_plain_errors(tmp_path: Path) -> None:
+    """The README's create-user line exactly as written (its password is the placeholder `…`, too
+    short), then with a real password twice: refusals are one `error: <code>: ...` line and exit 2,
+    never a traceback."""
+    line = next(c for c in readme_cli_commands() if "create-user" in c)
+    env = {
+        **server_env(tmp_path),
+        "VERITY_SQLITE_PATH": str(tmp_path / "verity.db"),
+        "VERITY_DEV_SECRET_PATH": str(tmp_path / "dev-secret"),
+    }
+
+    def run(command: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["bash", "-c", command.replace(".venv/bin/python", sys.executable)],
+            cwd=PROJECT_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    as_written = run(line)
+    assert as_written.returncode == 2, as_written.stderr[-2000:]
+    assert re.search(r"^error: weak_password: ", as_written.stderr, re.M), as_written.stderr[-2000:]
+    real = re.sub(r"VERITY_NEW_PASSWORD='[^']*'", "VERITY_NEW_PASSWORD='a real password 123'", line)
+    assert run(real).returncode == 0
+    again = run(real)
+    assert again.returncode == 2, again.stderr[-2000:]
+    assert re.search(r"^error: email_taken: ", again.stderr, re.M), again.stderr[-2000:]
+    for done in (as_written, again):
+        assert "Traceback" not in done.stderr and done.stdout == ""
