@@ -16,14 +16,14 @@ import torch
 import transformers
 
 from models.catalog import CatalogEntry, ImageInputSpec
-from models.export.source import SourceInfo
+from models.export.source import DEV_SEED as DEV_SEED  # the base seed; bench/ imports it from here
+from models.export.source import SourceInfo, dev_seed
 
 log = logging.getLogger(__name__)
 
 OPSET = 18
 _FAKE_LABEL = re.compile(r"fake|deepfake|synthetic|generated|manipulated|spoof", re.IGNORECASE)
 _PIL_FILTERS = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic"}
-DEV_SEED = 20261121
 
 
 def hub_reachable(timeout_s: float = 3.0) -> bool:
@@ -92,7 +92,7 @@ def build_dev_model(entry: CatalogEntry, overrides: dict[str, Any] | None = None
         )
     else:
         config = transformers.ViTConfig(**dims, **label_kwargs)
-    torch.manual_seed(DEV_SEED)
+    torch.manual_seed(dev_seed(entry.id))
     return _model_class(entry.architecture)(config).eval()
 
 
@@ -142,7 +142,7 @@ def load_checkpoint(
         entry.id,
     )
     return Checkpoint(
-        build_dev(entry, dev_overrides), {}, "dev", f"dev:{entry.architecture}(seed={DEV_SEED})"
+        build_dev(entry, dev_overrides), {}, "dev", f"dev:{entry.architecture}(seed={dev_seed(entry.id)})"
     )
 
 

@@ -32,7 +32,8 @@ import torch
 import transformers
 
 from models.catalog import AudioInputSpec, CatalogEntry
-from models.export.hf import DEV_SEED, OPSET, hf_source_info, load_checkpoint
+from models.export.hf import OPSET, hf_source_info, load_checkpoint
+from models.export.source import DEV_SEED, dev_seed
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def build_dev_model(entry: CatalogEntry, overrides: dict[str, Any] | None = None
             "label2id": {v: k for k, v in id2label.items()},
         }
     )
-    torch.manual_seed(DEV_SEED)
+    torch.manual_seed(dev_seed(entry.id))
     model_class = getattr(transformers, entry.architecture, transformers.Wav2Vec2ForSequenceClassification)
     return model_class(config).eval()
 

@@ -57,6 +57,31 @@ def _renumber_generated_names(graph: Any) -> None:
     graph.initializer.extend(initializers)
 
 
+def convertible(model: Any) -> Any:
+    """``model`` in a form tf2onnx 1.17 converts: a ``keras.Sequential`` rebuilt as a functional
+    model (same layer objects, hence the same weights) on a fresh ``keras.Input``; any other model
+    as it is.
+
+    tf2onnx names the graph's outputs by ``model.output_names``, which Keras 3 defines for
+    functional models only (the output layers' names, also the keys of the traced function's
+    outputs). For a Sequential it falls back to the output KerasTensor's generated name
+    (``keras_tensor_<n>``), which is no key of the traced outputs: ``KeyError: 'keras_tensor_<n>'``
+    for every Sequential file, ``.h5`` or ``.keras``. Rebuilt, the graph's output is named after
+    the last layer, as a functional model's is. The Sequential itself stays the reference the
+    export's parity is checked against.
+    """
+    import keras
+
+    if not isinstance(model, keras.Sequential):
+        return model
+    # Named as the ONNX input (the conversion's signature names it; this name is not in the bytes).
+    inputs = keras.Input(shape=tuple(model.input_shape[1:]), dtype=model.inputs[0].dtype, name="pixel_values")
+    outputs = inputs
+    for layer in model.layers:  # the InputLayer is not among them
+        outputs = layer(outputs)
+    return keras.Model(inputs, outputs, name=model.name)
+
+
 class KerasImageSource:
     def __init__(self, entry: CatalogEntry, *, path: Path, fake_index: int | None = None) -> None:
         import keras
@@ -105,7 +130,9 @@ class KerasImageSource:
         signature = (
             self._tf.TensorSpec((None, height, width, self._channels), self._tf.float32, name="pixel_values"),
         )
-        model_proto, _ = tf2onnx.convert.from_keras(self.model, input_signature=signature, opset=OPSET)
+        model_proto, _ = tf2onnx.convert.from_keras(
+            convertible(self.model), input_signature=signature, opset=OPSET
+        )
         _renumber_generated_names(model_proto.graph)
         path.write_bytes(model_proto.SerializeToString())
         self.info.versions["tf2onnx"] = tf2onnx.__version__

@@ -53,19 +53,18 @@ import onnxruntime as ort
 
 from errors import ParityError
 from models.catalog import CatalogEntry, ImageInputSpec, SequenceInputSpec, get_entry
-from models.export.keras import OPSET
+from models.export.keras import OPSET, convertible
 from models.export.parity import FP32_TOLERANCE, check_parity, int8_agreement
 from models.export.probe import probe_batch
 from models.export.quantize import quantize_int8
 from models.export.save import save_onnx, sha256_of
-from models.export.source import SourceInfo
+from models.export.source import DEV_SEED as DEV_SEED  # the base seed; bench/ imports it from here
+from models.export.source import SourceInfo, dev_seed
 from models.store import StoredModel
 
 log = logging.getLogger(__name__)
 
 PROBE_SIZE = 16  # probe pictures for the encoder (as models/export/pipeline.py)
-# The HF dev weights' seed (models/export/hf.py, which would pull in torch just for it).
-DEV_SEED = 20261121
 HEAD_PROBE_BATCH = 4  # sequences per probed length
 SPLIT_CLIPS = 2  # clips the CNN-LSTM and head(encoder(frames)) are compared on
 RECURRENT = ("LSTM", "GRU", "SimpleRNN", "Bidirectional", "RNN")
@@ -291,7 +290,7 @@ def build_dev_video_model(head: CatalogEntry, encoder: CatalogEntry, config: dic
     same config must give the same bytes (hence store tag) in any process, at any point in it."""
     keras = _keras()
     keras.backend.clear_session()
-    keras.utils.set_random_seed(DEV_SEED)
+    keras.utils.set_random_seed(dev_seed(head.id))
     size = int(config.get("image_size", encoder.input.size[0]))  # type: ignore[union-attr]
     seq_len = int(config.get("seq_len", head.sequence.seq_len))  # type: ignore[union-attr]
     name = str(config.get("backbone", "EfficientNetB0"))
@@ -462,7 +461,9 @@ class KerasVideoSource:
     def _convert(self, model: Any, signature: tuple[Any, ...], axes: list[str]) -> onnx.ModelProto:
         import tf2onnx
 
-        model_proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=OPSET)
+        model_proto, _ = tf2onnx.convert.from_keras(
+            convertible(model), input_signature=signature, opset=OPSET
+        )
         canonical_names(model_proto.graph, axes)
         self.encoder_info.versions["tf2onnx"] = self.head_info.versions["tf2onnx"] = tf2onnx.__version__
         return model_proto
@@ -509,7 +510,7 @@ def make_video_source(
         model = build_dev_video_model(entry, encoder_entry, config)
         origin = (
             f"dev:{config.get('backbone', 'EfficientNetB0')}+LSTM({config.get('lstm_units', 256)})"
-            f"(seed={DEV_SEED})"
+            f"(seed={dev_seed(entry.id)})"
         )
         rescale = float(config["rescale"]) if "rescale" in config else None
         return KerasVideoSource(

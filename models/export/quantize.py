@@ -3,11 +3,49 @@
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
 log = logging.getLogger(__name__)
+
+# Where ONNX Runtime's quantizer lives, as it appears in its log records' paths.
+_QUANTIZER_PATH = f"{os.sep}onnxruntime{os.sep}quantization{os.sep}"
+_QUANTIZER_LOGGER = "onnxruntime.quantization"
+
+
+class _QuantizerChatter(logging.Filter):
+    """Drops the quantizer's records below WARNING, whoever logs them.
+
+    ``quantize_dynamic`` logs through the ROOT logger (module-level ``logging.info``: "Quantization
+    parameters for tensor ... not specified", one line per tensor it quantizes, and the like), so
+    no named logger's level can silence it. A filter on the root logger sees exactly those records (a
+    logger's filters apply to what is logged through it, not to what propagates to it), so our
+    own INFO logs, all on named loggers, still get through.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or _QUANTIZER_PATH not in record.pathname
+
+
+@contextmanager
+def _quiet_quantizer() -> Iterator[None]:
+    """The quantizer's INFO/DEBUG chatter off while quantizing (its warnings still show)."""
+    root, named = logging.getLogger(), logging.getLogger(_QUANTIZER_LOGGER)
+    chatter = _QuantizerChatter()
+    level = named.level
+    root.addFilter(chatter)
+    # Its modules with loggers of their own (onnxruntime.quantization.*) propagate to the root's
+    # handlers past the root's filters: their level is what stops them.
+    named.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        named.setLevel(level)
+        root.removeFilter(chatter)
 
 
 def quantize_int8(fp32_path: Path, int8_path: Path, *, op_types: list[str] | None = None) -> Path:
@@ -16,12 +54,13 @@ def quantize_int8(fp32_path: Path, int8_path: Path, *, op_types: list[str] | Non
     wav2vec2-style models must pass ``op_types=["MatMul", "Gemm"]``: quantizing their
     weight-normed convolutions breaks them (SPEC §3).
     """
-    quantize_dynamic(
-        str(fp32_path),
-        str(int8_path),
-        weight_type=QuantType.QInt8,
-        op_types_to_quantize=op_types,
-        per_channel=False,
-    )
+    with _quiet_quantizer():
+        quantize_dynamic(
+            str(fp32_path),
+            str(int8_path),
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=op_types,
+            per_channel=False,
+        )
     log.info("quantized %s -> %s", fp32_path.name, int8_path.name)
     return int8_path

@@ -232,6 +232,7 @@ def test_ensure_exports_the_served_audio_model(monkeypatch):
     exported: list[str] = []
     monkeypatch.setattr(pipeline, "export_model", lambda model_id, **_: exported.append(model_id) or [])
     monkeypatch.setattr(store, "find_stored", lambda model_id, precision: None)
+    monkeypatch.setattr(store, "list_stored", lambda model_id=None: [])  # an empty store
     assert cli._cmd_ensure(argparse.Namespace(offline=True)) == 0
     settings = get_settings()
     assert Settings.model_fields["audio_model"].default == MODEL_ID  # the default audio model

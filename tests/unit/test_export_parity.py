@@ -2,8 +2,9 @@
 the metadata serving trusts (SPEC §3, models/export/).
 
 Sources are tiny real architectures: the session's seeded-dev ViT and SigLIP (conftest
-``model_store``) and small Keras CNNs built here, saved as ``.h5`` and ``.keras``, with a 1-unit
-sigmoid and a 2-unit softmax head. Everything goes through ``models.export.pipeline``.
+``model_store``) and small Keras CNNs built here, functional and ``keras.Sequential``, saved as
+``.h5`` and ``.keras``, with a 1-unit sigmoid and a 2-unit softmax head. Everything goes through
+``models.export.pipeline``.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from models.catalog import get_entry
 from models.export.parity import FP32_TOLERANCE, check_parity
 from models.export.pipeline import PROBE_SIZE, export_model, export_source, make_source
 from models.export.probe import probe_images
+from models.export.quantize import quantize_int8
 from models.export.save import save_onnx
+from models.export.source import dev_seed
 from models.postprocess import fake_probabilities
 from models.preprocess import preprocess_batch
 from models.runtime import OnnxModel
@@ -165,6 +168,39 @@ def test_hf_re_export_is_idempotent(model_store):
     assert _stored_tags("vit-dima806") == before
 
 
+def test_dev_weights_are_seeded_per_model_id(tmp_path):
+    """Two catalog ids with one architecture and dev config get different dev weights (hence
+    different exports), each id the same weights every time: comparing two dev models compares
+    two models, and a re-export stays the idempotent no-op it is."""
+    import torch
+
+    first, second = "vit-dima806", "vit-deepfake-v2"
+    assert get_entry(first).architecture == get_entry(second).architecture
+    assert get_entry(first).dev_config == get_entry(second).dev_config
+    sources = {
+        name: make_source(model_id, offline=True, dev_overrides=TINY_VIT)
+        for name, model_id in (("first", first), ("again", first), ("second", second))
+    }
+    weights = {name: source.model.state_dict() for name, source in sources.items()}
+    assert weights["first"].keys() == weights["second"].keys()  # the same architecture...
+    assert any(  # ...with other weights
+        not torch.equal(tensor, weights["second"][key])
+        for key, tensor in weights["first"].items()
+        if tensor.is_floating_point()
+    )
+    assert all(torch.equal(tensor, weights["again"][key]) for key, tensor in weights["first"].items())
+    # The seed is a stable hash of the id (not ``hash()``, salted per process): pinned, as a
+    # change would give every dev export a new store tag.
+    assert dev_seed(first) == 374720517 and dev_seed(second) != dev_seed(first)
+    assert sources["first"].info.source == f"dev:ViTForImageClassification(seed={dev_seed(first)})"
+    digests = {}
+    for name, source in sources.items():
+        path = tmp_path / f"{name}.onnx"
+        source.export_onnx(path)
+        digests[name] = _sha256(path)
+    assert digests["first"] == digests["again"] != digests["second"]
+
+
 def test_saving_the_same_file_twice_returns_the_same_tag(model_store):
     fp32 = _by_precision(model_store["siglip-open-deepfake"])["fp32"]
     before = _stored_tags("siglip-open-deepfake")
@@ -191,23 +227,34 @@ def _seed_weights(model, seed: int) -> None:
         weight.assign(value.astype("float32"))
 
 
-def _build_cnn(head: str, *, seed: int = 0, input_shape=(KERAS_SIZE, KERAS_SIZE, 3), units=None):
-    """A small functional-API image CNN; ``units`` overrides the head width (for rejections)."""
+def _build_cnn(
+    head: str, *, seed: int = 0, input_shape=(KERAS_SIZE, KERAS_SIZE, 3), units=None, api: str = "functional"
+):
+    """A small image CNN, written with the functional API or as ``keras.Sequential`` (``api``; the
+    same layers either way); ``units`` overrides the head width (for rejections)."""
     import keras
 
     units = units or (1 if head == "sigmoid" else 2)
-    inputs = keras.Input(shape=input_shape, name="image")
-    x = keras.layers.Conv2D(8, 3, padding="same")(inputs)
-    x = keras.layers.BatchNormalization()(x)
-    x = keras.layers.ReLU()(x)
-    x = keras.layers.MaxPooling2D()(x)
-    x = keras.layers.Conv2D(16, 3, padding="same")(x)
-    x = keras.layers.BatchNormalization()(x)
-    x = keras.layers.ReLU()(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    x = keras.layers.Dense(16, activation="relu")(x)
-    outputs = keras.layers.Dense(units, activation=head, name="head")(x)
-    model = keras.Model(inputs, outputs, name=f"cnn_{head}_{seed}")
+    layers = [
+        keras.layers.Conv2D(8, 3, padding="same"),
+        keras.layers.BatchNormalization(),
+        keras.layers.ReLU(),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Conv2D(16, 3, padding="same"),
+        keras.layers.BatchNormalization(),
+        keras.layers.ReLU(),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(16, activation="relu"),
+        keras.layers.Dense(units, activation=head, name="head"),
+    ]
+    if api == "sequential":
+        model = keras.Sequential([keras.Input(shape=input_shape), *layers], name=f"seq_cnn_{head}_{seed}")
+    else:
+        inputs = keras.Input(shape=input_shape, name="image")
+        x = inputs
+        for layer in layers:
+            x = layer(x)
+        model = keras.Model(inputs, x, name=f"cnn_{head}_{seed}")
     _seed_weights(model, seed)
     return model
 
@@ -216,6 +263,7 @@ def _build_cnn(head: str, *, seed: int = 0, input_shape=(KERAS_SIZE, KERAS_SIZE,
 class KerasCase:
     head: str
     fmt: str
+    api: str  # "functional" | "sequential"
     path: Path
     source: Any  # models.export.keras.KerasImageSource
     stored: dict[str, StoredModel]
@@ -225,17 +273,24 @@ class KerasCase:
         return 1 if self.head == "sigmoid" else 2
 
 
-KERAS_CASES = [("sigmoid", "h5"), ("sigmoid", "keras"), ("softmax", "h5"), ("softmax", "keras")]
+# Sequential is the most common way to write a small CNN; tf2onnx alone cannot convert one
+# (models/export/keras.py, ``convertible``).
+KERAS_CASES = [
+    (head, fmt, api)
+    for api in ("functional", "sequential")
+    for head in ("sigmoid", "softmax")
+    for fmt in ("h5", "keras")
+]
 
 
 @pytest.fixture(scope="module", params=KERAS_CASES, ids=["-".join(c) for c in KERAS_CASES])
 def keras_case(request, tmp_path_factory, bentoml_home) -> KerasCase:
-    head, fmt = request.param
-    path = tmp_path_factory.mktemp("keras") / f"detector-{head}.{fmt}"
-    _build_cnn(head, seed=len(head) * 10 + len(fmt)).save(path)
+    head, fmt, api = request.param
+    path = tmp_path_factory.mktemp("keras") / f"detector-{head}-{api}.{fmt}"
+    _build_cnn(head, seed=len(head) * 10 + len(fmt) + (50 if api == "sequential" else 0), api=api).save(path)
     source = make_source("keras-cnn", source=str(path))
     stored = _by_precision(export_source(source))
-    return KerasCase(head, fmt, path, source, stored)
+    return KerasCase(head, fmt, api, path, source, stored)
 
 
 def test_keras_exports_stored_with_metadata(keras_case):
@@ -245,7 +300,7 @@ def test_keras_exports_stored_with_metadata(keras_case):
         meta = _assert_stored_metadata(model, model_id="keras-cnn", precision=precision)
         assert meta["weights"] == "pretrained"  # the user's own file
         assert meta["source"] == f"file:{keras_case.path.name}"
-        assert meta["architecture"].startswith("Keras:")
+        assert meta["architecture"] == f"Keras:{keras_case.api.capitalize()}"  # the file's own model
         assert meta["labels"] == list(entry.labels)
         assert meta["fake_index"] == entry.fake_index
         assert meta["threshold"] == entry.threshold
@@ -435,11 +490,58 @@ def test_export_with_a_parity_failure_stores_nothing(tmp_path, bentoml_home):
     assert _stored_tags("keras-cnn") == before
 
 
+# --- int8 quantization's logs ----------------------------------------------------------------------
+
+
+def _matmul_onnx(path: Path) -> None:
+    """``x @ weight + bias``: the smallest graph dynamic quantization has work on."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.normal(size=(8, 4)).astype(np.float32), "weight")
+    bias = numpy_helper.from_array(rng.normal(size=(4,)).astype(np.float32), "bias")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "weight"], ["h"]), helper.make_node("Add", ["h", "bias"], ["y"])],
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        [weight, bias],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def test_quantizing_logs_ours_not_the_quantizers_info(tmp_path, caplog):
+    """ONNX Runtime's quantizer logs "Quantization parameters for tensor ..." at INFO through the
+    root logger (dozens of lines per export); export keeps its own INFO lines and drops those."""
+    root, named = logging.getLogger(), logging.getLogger("onnxruntime.quantization")
+    filters, level = list(root.filters), named.level
+    _matmul_onnx(tmp_path / "fp32.onnx")
+    caplog.set_level(logging.DEBUG)
+    quantize_int8(tmp_path / "fp32.onnx", tmp_path / "int8.onnx")
+    quantizer = os.path.join("onnxruntime", "quantization", "")
+    chatter = [
+        record.getMessage()
+        for record in caplog.records
+        if record.levelno < logging.WARNING
+        and (quantizer in record.pathname or record.name.startswith("onnxruntime"))
+    ]
+    assert chatter == []
+    assert "quantized fp32.onnx -> int8.onnx" in [
+        record.getMessage() for record in caplog.records if record.name == "models.export.quantize"
+    ]
+    assert (tmp_path / "int8.onnx").stat().st_size > 0
+    # Nothing left behind: after quantizing, the quantizer logs as it did before.
+    assert (root.filters, named.level) == (filters, level)
+
+
 # --- the CLI ----------------------------------------------------------------------------------------
 
 
-def test_cli_exports_a_keras_h5_file(tmp_path, bentoml_home):
-    path = Path(_save(_build_cnn("sigmoid", seed=77), tmp_path, "cli-detector.h5"))
+@pytest.mark.parametrize("api", ["functional", "sequential"])
+def test_cli_exports_a_keras_h5_file(tmp_path, bentoml_home, api):
+    name = f"cli-detector-{api}.h5"
+    path = Path(_save(_build_cnn("sigmoid", seed=77, api=api), tmp_path, name))
     assert os.environ["BENTOML_HOME"] == str(bentoml_home)
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
     result = subprocess.run(
@@ -451,7 +553,10 @@ def test_cli_exports_a_keras_h5_file(tmp_path, bentoml_home):
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    stored = [m for m in list_stored("keras-cnn") if m.metadata["source"] == "file:cli-detector.h5"]
+    # Our INFO logs on stderr, not ONNX Runtime's quantizer's (models/export/quantize.py).
+    assert "INFO models.export.quantize quantized fp32.onnx -> int8.onnx" in result.stderr
+    assert "Quantization parameters" not in result.stderr
+    stored = [m for m in list_stored("keras-cnn") if m.metadata["source"] == f"file:{name}"]
     by_precision = _by_precision(stored)
     assert set(by_precision) == {"fp32", "int8"}
     for precision, model in by_precision.items():

@@ -670,6 +670,20 @@ def test_last_window_is_aligned_to_the_end_not_padded():
     assert_windows_match(samples, windows, spans)
 
 
+@pytest.mark.parametrize("tail_s", [0.008, 0.5, 0.99])
+def test_a_short_tail_slides_the_last_window_instead_of_adding_one(tail_s):
+    """A 10.008 s clip (an M4A's usual encoder padding) is 4 windows, the last aligned to its end,
+    not 5 with a near-copy of the fourth; every sample stays covered."""
+    samples = 1.0 + ramp(10.0 + tail_s)
+    windows, spans = make_windows(samples, RATE, 4.0, 2.0)
+    assert len(windows) == 4
+    assert spans[:3] == [(0.0, 4.0), (2.0, 6.0), (4.0, 8.0)]
+    assert spans[-1] == pytest.approx((6.0 + tail_s, 10.0 + tail_s))
+    np.testing.assert_array_equal(windows[-1], samples[-4 * RATE :])
+    assert all(b[0] <= a[1] for a, b in itertools.pairwise(spans))  # no gaps
+    assert_windows_match(samples, windows, spans)
+
+
 def test_a_tail_one_sample_past_a_window_gets_an_end_aligned_window():
     samples = np.arange(4 * RATE + 1, dtype=np.float32)
     windows, spans = make_windows(samples, RATE, 4.0, 2.0)

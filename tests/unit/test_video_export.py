@@ -15,6 +15,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import bentoml
@@ -471,6 +472,124 @@ def test_an_encoder_inside_a_nested_backbone_is_cut_at_the_backbone(tmp_path, fm
     np.testing.assert_allclose(np.asarray(encoder(crops)), np.asarray(backbone(crops)), rtol=0, atol=1e-6)
 
 
+# --- models written as keras.Sequential ----------------------------------------------------------------
+
+
+def _sequential_classifier(seed: int):
+    """``_classifier`` written as ``keras.Sequential``, the most common way to write a small CNN."""
+    import keras
+
+    model = keras.Sequential(
+        [
+            keras.Input(shape=(SIZE, SIZE, 3)),
+            keras.layers.Conv2D(4, 3, padding="same"),
+            keras.layers.BatchNormalization(),
+            keras.layers.ReLU(),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Conv2D(POOLED, 3, padding="same"),
+            keras.layers.ReLU(),
+            keras.layers.GlobalAveragePooling2D(name="pooled"),
+            keras.layers.Dense(FEATURES, activation="tanh", name="embedding"),
+            keras.layers.Dense(1, activation="sigmoid", name="fake"),
+        ],
+        name="finetuned_seq",
+    )
+    _seed_weights(model.weights, seed)
+    return model
+
+
+def _sequential_embedder(classifier):
+    """The classifier's layers up to its embedding (the same layer objects) as a Sequential."""
+    import keras
+
+    inputs = keras.Input(shape=(SIZE, SIZE, 3))
+    return keras.Sequential([inputs, *classifier.layers[:-1]], name="embedder_seq")
+
+
+def _fp32(stored: list[StoredModel]) -> dict[str, StoredModel]:
+    by_id = {model.model_id: model for model in stored if model.precision == "fp32"}
+    assert set(by_id) == {HEAD, ENCODER}
+    return by_id
+
+
+def test_a_sequential_cnn_lstm_over_a_sequential_cnn_exports(tmp_path, bentoml_home):
+    """``Sequential([Input(T, H, W, 3), TimeDistributed(Sequential CNN), LSTM, Dropout, Dense])``
+    with a Sequential ``--encoder`` .h5: the TimeDistributed CNN is the encoder converted."""
+    import keras
+
+    classifier = _sequential_classifier(seed=16)
+    classifier.save(tmp_path / "finetuned_model.h5")
+    layers = [
+        keras.layers.LSTM(8, name="lstm"),
+        keras.layers.Dropout(0.3, name="dropout"),
+        keras.layers.Dense(1, activation="sigmoid", name="out"),
+    ]
+    video = keras.Sequential(
+        [
+            keras.Input(shape=(SEQ_LEN, SIZE, SIZE, 3)),
+            keras.layers.TimeDistributed(_sequential_embedder(classifier), name="cnn"),
+            *layers,
+        ],
+        name="video_model_seq",
+    )
+    _seed_weights([w for layer in layers for w in layer.weights], 17)
+    video.save(tmp_path / "video_model_v2.keras")
+    stored = _fp32(
+        export_model(
+            HEAD,
+            source=str(tmp_path / "video_model_v2.keras"),
+            encoder=str(tmp_path / "finetuned_model.h5"),
+            int8=False,
+        )
+    )
+    encoder, head = stored[ENCODER], stored[HEAD]
+    assert encoder.metadata["architecture"] == "Keras:embedder_seq"
+    assert head.metadata["encoder_file"]["matches"] is True  # the .h5 cut at its embedding
+    original = keras.models.load_model(tmp_path / "video_model_v2.keras", compile=False)
+    crops = _pictures(2 * SEQ_LEN, seed=61)
+    features = OnnxModel(encoder.onnx_path, intra_op_threads=1).run(crops)
+    reference = original.get_layer("cnn").layer
+    np.testing.assert_allclose(features, np.asarray(reference(crops)), rtol=0, atol=FP32_TOLERANCE)
+    clips = crops.reshape(2, SEQ_LEN, SIZE, SIZE, 3)
+    probabilities = OnnxModel(head.onnx_path, intra_op_threads=1).run(features.reshape(2, SEQ_LEN, FEATURES))
+    np.testing.assert_allclose(
+        probabilities, np.asarray(original(clips, training=False)), rtol=0, atol=FP32_TOLERANCE
+    )
+    assert float(np.ptp(features, axis=0).max()) > 1e-2  # a non-vacuous parity
+
+
+@pytest.mark.parametrize("fmt", ["h5", "keras"])
+def test_a_head_only_keras_takes_a_sequential_encoder_whole(tmp_path, bentoml_home, fmt):
+    """``--encoder`` a Sequential whose output already is the head's (batch, D) features: the
+    file itself is the encoder converted."""
+    import keras
+
+    # Seeds per format: the same weights would be the same ONNX bytes, i.e. the other case's export.
+    embedder = _sequential_embedder(_sequential_classifier(seed=18 + len(fmt)))
+    embedder.save(tmp_path / f"embedder.{fmt}")
+    head_model = _head_only(FEATURES, seed=19)
+    head_model.save(tmp_path / "lstm_head.keras")
+    stored = _fp32(
+        export_model(
+            HEAD,
+            source=str(tmp_path / "lstm_head.keras"),
+            encoder=str(tmp_path / f"embedder.{fmt}"),
+            int8=False,
+        )
+    )
+    encoder, head = stored[ENCODER], stored[HEAD]
+    assert encoder.metadata["source"] == f"file:embedder.{fmt}"
+    assert encoder.metadata["architecture"] == "Keras:embedder_seq"
+    reference = keras.models.load_model(tmp_path / f"embedder.{fmt}", compile=False)
+    crops = _pictures(3, seed=71)
+    features = OnnxModel(encoder.onnx_path, intra_op_threads=1).run(crops)
+    np.testing.assert_allclose(features, np.asarray(reference(crops)), rtol=0, atol=FP32_TOLERANCE)
+    probabilities = OnnxModel(head.onnx_path, intra_op_threads=1).run(features[None])
+    np.testing.assert_allclose(
+        probabilities, np.asarray(head_model(features[None])), rtol=0, atol=FP32_TOLERANCE
+    )
+
+
 # --- refusals ------------------------------------------------------------------------------------------
 
 
@@ -573,9 +692,11 @@ def test_ensure_exports_the_video_pair_unless_both_precisions_are_stored(monkeyp
     exported: list[str] = []
     monkeypatch.setattr(pipeline, "export_model", lambda model_id, **_: exported.append(model_id) or [])
     monkeypatch.setattr(store, "find_stored", lambda model_id, precision: None)
+    monkeypatch.setattr(store, "list_stored", lambda model_id=None: [])  # an empty store
     assert cli._cmd_ensure(argparse.Namespace(offline=True)) == 0
     assert exported.count(get_settings().video_model) == 1
     exported.clear()
-    monkeypatch.setattr(store, "find_video_pair", lambda model_id, precision: ("encoder", "head"))
+    stored = SimpleNamespace(tag=f"{HEAD}:fp32-x", weights="dev", metadata={"source": "dev"}, path="/x")
+    monkeypatch.setattr(store, "find_video_pair", lambda model_id, precision: (stored, stored))
     assert cli._cmd_ensure(argparse.Namespace(offline=True)) == 0
     assert HEAD not in exported
