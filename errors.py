@@ -1,7 +1,8 @@
-"""Errors that carry their HTTP status (STYLE §6).
+"""Errors that carry their HTTP status.
 
-Every failure a client can cause is one of these; ``api.app`` maps them to the single JSON
-error shape of SPEC §4. Anything else reaching the handler is a bug and becomes a 500.
+Every failure a client can cause is one of these; ``api.app`` maps them to the single JSON error
+shape ``{"error": {"code", "message", "request_id"}}``. Anything else reaching the handler is a
+bug and becomes a 500.
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ class QuotaExceeded(VerityError):
 
 
 class StoreUnavailable(ServiceUnavailable):
-    """The account store failed: fail closed (SPEC §5), never a free pass."""
+    """The account store failed: fail closed, never a free pass."""
 
     code = "store_unavailable"
 

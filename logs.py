@@ -1,4 +1,4 @@
-"""JSON logging with the request id (SPEC §9). ``logging`` everywhere, never ``print``."""
+"""JSON logging with the request id. ``logging`` everywhere, never ``print``."""
 
 from __future__ import annotations
 

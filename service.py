@@ -1,7 +1,7 @@
 """BentoML services: thin wiring of the parts in api/, models/ and config/.
 
 * ``ImageDetector`` (one class per served image model): one ONNX Runtime session and one
-  batchable API; adaptive batching merges pixels from concurrent requests (SPEC §2).
+  batchable API; adaptive batching merges pixels from concurrent requests.
 * ``Verity``: the public API service. It mounts the FastAPI app from ``api.app`` and depends on
   the detectors; all request handling (decoding, validation, aggregation) lives there.
 
@@ -133,7 +133,7 @@ def _video_pair_or_fail(head_id: str) -> dict[str, StoredModel]:
 # The face detector (MTCNN's three graphs, one stored model, fp32 only) runs in the API process:
 # it needs whole frames, which would cost more to ship to another process than to scan here.
 STORED_FACE = _stored_or_fail(settings.face_model, "fp32") if settings.face_model else None
-# The temporal video model is two graphs (SPEC §3): a per-crop CNN encoder, batched across the
+# The temporal video model is two graphs: a per-crop CNN encoder, batched across the
 # frames and requests like images, and a sequence head that takes whole windows of features.
 STORED_VIDEO = _video_pair_or_fail(settings.video_model) if settings.video_model else {}
 VIDEO_SERVICES = (

@@ -1,4 +1,4 @@
-"""Accounts, keys, usage, history, stats and admin routes (SPEC §4 "Authenticated", §5)."""
+"""Accounts, keys, usage, history, stats and admin routes."""
 
 from __future__ import annotations
 

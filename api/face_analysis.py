@@ -1,5 +1,5 @@
 """Faces in pictures and video frames: the MTCNN cascade (``faces/``) run off the event loop, the
-crops the models see, and the ``faces`` entries of a result (SPEC §4).
+crops the models see, and the ``faces`` entries of a result.
 
 Which faces count: at most ``VERITY_FACES_PER_FRAME`` per frame, the largest first (a crowd in the
 background should not multiply the model's work, and the person on camera is the subject).

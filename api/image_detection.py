@@ -1,4 +1,4 @@
-"""POST /v1/detect/image: payload -> decoded picture -> batch of one -> result (SPEC §4).
+"""POST /v1/detect/image: payload -> decoded picture -> batch of one -> result.
 
 ``faces=auto`` scores faces instead of the whole picture: every face MTCNN finds (at most
 ``VERITY_FACES_PER_FRAME``, largest first) is cropped with a margin, squared and scored by the

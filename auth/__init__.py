@@ -1,1 +1,1 @@
-"""Identity: passwords, API keys, JWT, middleware and quotas (SPEC §5; issue 3)."""
+"""Identity: passwords, API keys, JWT, middleware and quotas (issue 3)."""

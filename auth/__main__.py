@@ -1,4 +1,4 @@
-"""Ops CLI: accounts without HTTP (SPEC §4 admin; issue 3).
+"""Ops CLI: accounts without HTTP (issue 3).
 
     python -m auth create-user --email ops@example.com --admin   # password: $VERITY_NEW_PASSWORD or prompt
     python -m auth create-key --email ops@example.com --name ci

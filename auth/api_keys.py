@@ -1,4 +1,4 @@
-"""API keys (SPEC §5): ``vk_live_`` + 32 random bytes in base62 + a CRC32 checksum.
+"""API keys: ``vk_live_`` + 32 random bytes in base62 + a CRC32 checksum.
 
 The checksum makes keys scannable by secret scanners and lets a typo be rejected before any
 store lookup. At rest only a digest is kept (SHA-256, or HMAC-SHA256 with a server pepper), so a

@@ -1,4 +1,4 @@
-"""Plain ASGI authentication + quota middleware (SPEC §5, STYLE §4).
+"""Plain ASGI authentication + quota middleware.
 
 Answers 401/403/429/503 itself in the one JSON error shape, puts the ``Principal`` on
 ``scope["state"]["principal"]``, and adds RateLimit headers to every metered response. Public

@@ -1,4 +1,4 @@
-"""Password hashing with bcrypt (SPEC §5)."""
+"""Password hashing with bcrypt."""
 
 from __future__ import annotations
 

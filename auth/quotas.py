@@ -1,4 +1,4 @@
-"""Daily and per-minute quotas (SPEC §5): which endpoints are metered, the counting, the headers.
+"""Daily and per-minute quotas: which endpoints are metered, the counting, the headers.
 
 The counting itself is the store's atomic ``consume`` (a SQLite write transaction or DynamoDB
 conditional updates); this module decides the buckets and renders the IETF RateLimit headers.

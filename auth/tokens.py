@@ -1,4 +1,4 @@
-"""JWT: Verity's own tokens, and external issuers verified through their JWKS (SPEC §5).
+"""JWT: Verity's own tokens, and external issuers verified through their JWKS.
 
 Nothing here trusts an unverified claim except ``iss``, read only to pick the verifier; the
 chosen verifier then checks signature, algorithm (pinned per issuer), ``exp``/``iat``/``nbf``,

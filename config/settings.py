@@ -1,4 +1,4 @@
-"""The one settings class (SPEC §9): every knob comes from a ``VERITY_*`` environment variable."""
+"""The one settings class: every knob comes from a ``VERITY_*`` environment variable."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = True
 
-    # Models -----------------------------------------------------------------------------
+    # Models -------------------------------------------------------------------------------------------
     image_model: str = Field("vit-dima806", description="catalog id of the default image model")
     image_models: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -72,7 +72,7 @@ class Settings(BaseSettings):
     )
     uncertain_band: float = Field(0.05, ge=0.0, lt=0.5, description="|p - threshold| below this is UNCERTAIN")
 
-    # Media limits (SPEC §6) ---------------------------------------------------------------
+    # Media limits -------------------------------------------------------------------------------------
     max_image_bytes: int = Field(10 * MB, ge=1)
     max_image_pixels: int = Field(40_000_000, ge=1, description="width*height cap (bombs)")
     max_json_body_bytes: int = Field(1 * MB, ge=1, description="cap for non-media requests")
@@ -102,7 +102,7 @@ class Settings(BaseSettings):
         1920, ge=64, description="sampled frames with a longer side are downscaled (memory per frame)"
     )
 
-    # Store (SPEC §2): embedded SQLite by default, DynamoDB by setting -----------------------
+    # Store: embedded SQLite by default, DynamoDB by setting -------------------------------------------
     store: Literal["sqlite", "dynamodb"] = "sqlite"
     data_dir: Path = Field(
         default_factory=lambda: default_data_dir(),
@@ -115,7 +115,7 @@ class Settings(BaseSettings):
     dynamodb_create_table: bool = Field(False, description="create the table at start (dev/test)")
     aws_region: str = "us-east-1"
 
-    # Auth (SPEC §5) -------------------------------------------------------------------------
+    # Auth ---------------------------------------------------------------------------------------------
     jwt_algorithm: Literal["HS256", "RS256", "ES256"] = "HS256"
     jwt_secret: SecretStr | None = Field(None, description="HS256 secret, >= 32 bytes")
     jwt_private_key_path: Path | None = Field(None, description="PEM key for RS256/ES256")
@@ -133,7 +133,7 @@ class Settings(BaseSettings):
         None, description="development-only JWT secret; default <data_dir>/dev-secret"
     )
 
-    # Quotas (SPEC §5) -----------------------------------------------------------------------
+    # Quotas -------------------------------------------------------------------------------------------
     daily_limit: int = Field(100, ge=0)
     rate_limit_image_per_min: int = Field(60, ge=0)
     rate_limit_audio_per_min: int = Field(30, ge=0)

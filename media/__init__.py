@@ -1,1 +1,1 @@
-"""Decoding and validation of untrusted media (SPEC §6)."""
+"""Decoding and validation of untrusted media."""

@@ -1,4 +1,4 @@
-"""Decode untrusted audio into float32 mono at the model's rate, or fail with a 4xx error (SPEC §6).
+"""Decode untrusted audio into float32 mono at the model's rate, or fail with a 4xx error.
 
 Issue 4. WAV, FLAC, OGG (Vorbis, Opus) and MP3 go through libsndfile (``soundfile``) in memory;
 M4A/MP4/AAC go through the ffmpeg binary from the system packages (``make system-deps``), run

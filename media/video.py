@@ -1,5 +1,5 @@
 """Decode untrusted video into a few upright RGB frames, sampled while streaming, or fail with a
-4xx error (SPEC §6, issue 5).
+4xx error (issue 5).
 
 MP4, MOV, AVI, WebM and MKV, told by magic bytes (``media.sniff``). The bytes go to a private
 temporary file (always removed): MP4 often keeps its index at the end, which a pipe cannot seek to.

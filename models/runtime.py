@@ -1,4 +1,4 @@
-"""ONNX Runtime sessions: the only thing a model service holds (SPEC §2)."""
+"""ONNX Runtime sessions: the only thing a model service holds."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Read exported models from the BentoML model store (``bentos/``, SPEC §3).
+"""Read exported models from the BentoML model store (``bentos/``).
 
 Run-time side: imports bentoml only. Each stored model is one ONNX file plus the metadata that
 export wrote beside it (input spec, label map, threshold, precision, weights, parity figures).

@@ -18,7 +18,7 @@ sampled frame, in time order) and the head's ``seq_len`` / ``stride``:
 - ``n == 0``: no windows (no face was found: the caller's NO_FACE).
 
 Each window yields one probability; together they form the video's timeline. Nothing here
-imports tensorflow or torch (SPEC §2): the head is any callable that maps a float32
+imports tensorflow or torch: the head is any callable that maps a float32
 ``(windows, time, features)`` array to the graph's raw output, e.g. ``OnnxModel.run`` or a
 batchable model service.
 """

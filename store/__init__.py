@@ -1,1 +1,1 @@
-"""Accounts, keys, usage counters and history: one interface, SQLite or DynamoDB (SPEC §2, §5)."""
+"""Accounts, keys, usage counters and history: one interface, SQLite or DynamoDB."""

@@ -1,7 +1,7 @@
 """The store contract. Both backends pass the same suite (tests/store/test_store_contract.py).
 
 Every method that reads or changes a user's data takes the owner's ``user_id`` and only ever
-touches that user's records: ownership is enforced here, not left to callers (SPEC §5).
+touches that user's records: ownership is enforced here, not left to callers.
 Backends raise ``StoreUnavailable`` for outages, so the API fails closed with a 503.
 """
 

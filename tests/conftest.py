@@ -98,7 +98,7 @@ class Caller:
 
 
 def assert_error(response: Any, status: int, code: str | None = None) -> dict[str, Any]:
-    """SPEC §4: every error is ``{"error": {"code", "message", "request_id"}}`` as JSON, and the
+    """every error is ``{"error": {"code", "message", "request_id"}}`` as JSON, and the
     request id is the one in the ``x-request-id`` header."""
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/json")

@@ -1,4 +1,4 @@
-"""Tiny configs of the real catalog architectures, for tests (SPEC §3)."""
+"""Tiny configs of the real catalog architectures, for tests."""
 
 TINY_VIT = {
     "hidden_size": 32,

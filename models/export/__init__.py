@@ -1,5 +1,5 @@
 """Export-time code: torch / transformers / tensorflow -> ONNX, verified and stored.
 
-Never imported by the serving path (SPEC §2): ``service.py`` and everything it imports must run
+Never imported by the serving path: ``service.py`` and everything it imports must run
 without torch or tensorflow installed.
 """

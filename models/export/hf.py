@@ -71,7 +71,7 @@ def _load_pretrained(location: str) -> torch.nn.Module:
 
 
 def build_dev_model(entry: CatalogEntry, overrides: dict[str, Any] | None = None) -> torch.nn.Module:
-    """The catalog architecture with seeded random weights (SPEC §3, weights = "dev")."""
+    """The catalog architecture with seeded random weights (weights = "dev")."""
     dims = {**entry.dev_config, **(overrides or {})}
     id2label = dict(enumerate(entry.labels))
     label_kwargs = {
@@ -206,7 +206,7 @@ class HFImageSource:
         height, width = self.info.input.size
         dummy = torch.zeros(2, 3, height, width)
         # dynamo=False: the TorchScript exporter is fast, writes one file and quantizes cleanly
-        # (SPEC §3); the batch axis is the only dynamic one.
+        # ; the batch axis is the only dynamic one.
         torch.onnx.export(
             self.model,
             (dummy,),

@@ -64,7 +64,7 @@ def receptive_field(config: Any) -> int:
 
 
 def build_dev_model(entry: CatalogEntry, overrides: dict[str, Any] | None = None) -> torch.nn.Module:
-    """The catalog architecture with seeded random weights (SPEC §3, weights = "dev")."""
+    """The catalog architecture with seeded random weights (weights = "dev")."""
     dims = {**entry.dev_config, **(overrides or {})}
     if int(dims.get("num_labels", len(entry.labels))) != len(entry.labels):
         raise ValueError(f"{entry.id}: dev num_labels {dims['num_labels']} != {len(entry.labels)} labels")

@@ -1,4 +1,4 @@
-"""The Keras CNN-LSTM video model -> two ONNX graphs: a CNN encoder and an LSTM head (SPEC §3).
+"""The Keras CNN-LSTM video model -> two ONNX graphs: a CNN encoder and an LSTM head.
 
 A TimeDistributed CNN with a variable time axis does not run in ONNX Runtime, so the model is
 split where the per-frame work ends:

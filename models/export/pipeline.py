@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 PROBE_SIZE = 16
 # Audio (wav2vec2-style) INT8 covers the transformer's matrix products only: dynamic quantization
-# of the conv feature encoder and the weight-normed positional conv breaks them (SPEC §3).
+# of the conv feature encoder and the weight-normed positional conv breaks them.
 AUDIO_INT8_OP_TYPES = ["MatMul", "Gemm"]
 
 

@@ -52,7 +52,7 @@ def quantize_int8(fp32_path: Path, int8_path: Path, *, op_types: list[str] | Non
     """Quantize MatMul/Gemm (and, unless ``op_types`` narrows it, the other supported ops).
 
     wav2vec2-style models must pass ``op_types=["MatMul", "Gemm"]``: quantizing their
-    weight-normed convolutions breaks them (SPEC §3).
+    weight-normed convolutions breaks them.
     """
     with _quiet_quantizer():
         quantize_dynamic(

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.e2e
 log = logging.getLogger(__name__)
 
 BUILD_TIMEOUT_S = 300
-# Export-time only (SPEC §2): none of these may reach the serving image.
+# Export-time only: none of these may reach the serving image.
 EXPORT_ONLY = {"torch", "tensorflow", "tensorflow-cpu", "transformers", "tf2onnx", "keras", "onnxscript"}
 SERVED = ("vit-dima806", "siglip-open-deepfake", "wav2vec2-audio", "cnn-lstm", "mtcnn")
 

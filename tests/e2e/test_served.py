@@ -52,7 +52,7 @@ def served_version(model_store, model_id: str, precision: str = "fp32") -> str:
 
 
 def assert_result_shape(result: dict, *, model_id: str, version: str, width: int, height: int) -> None:
-    """SPEC §4: the one result shape, for a dev-weights image model."""
+    """the one result shape, for a dev-weights image model."""
     assert re.fullmatch(r"det_[0-9A-HJKMNP-TV-Z]{26}", result["id"]), result["id"]
     assert result["modality"] == "image"
     assert datetime.fromisoformat(result["created_at"].replace("Z", "+00:00")).tzinfo is not None

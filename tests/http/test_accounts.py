@@ -1,5 +1,5 @@
 """Accounts, keys, tokens, usage, history, stats, admin and the ops CLI through the in-process app
-(issue 3; SPEC §4 "Authenticated", §5). Quota races, rollover and per-minute limits live in
+(issue 3). Quota races, rollover and per-minute limits live in
 tests/http/test_quotas.py; the store contract in tests/store/."""
 
 from __future__ import annotations
@@ -417,7 +417,7 @@ def test_delete_me_removes_the_account_and_its_data(client, user: Account, accou
     assert response.status_code == 201
 
 
-# --- isolation: A can never see or touch B's data (SPEC §5) ----------------------------------
+# --- isolation: A can never see or touch B's data ----------------------------------
 
 
 def test_user_a_cannot_read_list_or_delete_b_history(client, new_user) -> None:

@@ -49,7 +49,7 @@ def assert_result(body: dict, *, model_id: str = "vit-dima806") -> None:
     assert body["model"]["id"] == model_id
     assert body["model"]["precision"] == "fp32"
     assert body["model"]["version"].startswith("fp32-")
-    # Dev weights are never silent (SPEC §3).
+    # Dev weights are never silent.
     assert body["model"]["weights"] == "dev"
     assert any(w["code"] == "dev_weights" for w in body["warnings"])
     assert set(body["timing_ms"]) >= {"decode", "inference", "total"}
@@ -230,7 +230,7 @@ def test_failed_detection_is_not_in_history(api):
     assert api.get("/v1/history").json()["items"] == []
 
 
-# --- the error table (SPEC §4): every status this issue can produce -----------------------
+# --- the error table: every status this issue can produce -----------------------
 
 
 def test_400_invalid_json(api):

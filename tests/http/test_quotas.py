@@ -1,4 +1,4 @@
-"""Quotas over HTTP (SPEC §5) against both store backends: the 200-request race, midnight
+"""Quotas over HTTP against both store backends: the 200-request race, midnight
 rollover and per-minute limits under a controlled clock, and 503 fail-closed on store outages.
 
 Each test builds the FastAPI app (``api.app.create_app``) with its own settings and an

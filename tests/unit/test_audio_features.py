@@ -1,6 +1,6 @@
 """Feature-extractor parity: ``normalize_windows`` equals transformers' Wav2Vec2FeatureExtractor
-(zero-mean/unit-variance, eps 1e-7), with and without attention masks, padded or not (SPEC §3,
-issue 4)."""
+(zero-mean/unit-variance, eps 1e-7), with and without attention masks, padded or not
+(issue 4)."""
 
 from __future__ import annotations
 

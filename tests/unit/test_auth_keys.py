@@ -1,4 +1,4 @@
-"""API keys (SPEC §5): format, checksum, digests, constant-time comparison."""
+"""API keys: format, checksum, digests, constant-time comparison."""
 
 from __future__ import annotations
 

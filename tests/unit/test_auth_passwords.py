@@ -1,4 +1,4 @@
-"""Passwords (SPEC §5): bcrypt, and inputs over 72 bytes are a 422, never a crash or a truncation."""
+"""Passwords: bcrypt, and inputs over 72 bytes are a 422, never a crash or a truncation."""
 
 from __future__ import annotations
 

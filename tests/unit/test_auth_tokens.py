@@ -1,4 +1,4 @@
-"""JWT (SPEC §5, issue 3): Verity's own tokens and external JWKS issuers, attacked.
+"""JWT (issue 3): Verity's own tokens and external JWKS issuers, attacked.
 
 Keys are generated with ``cryptography``; forged tokens (``alg: none``, HS256 signed with an RSA
 public key, non-string issuers) are assembled by hand because PyJWT refuses to make them. The JWKS

@@ -1,5 +1,5 @@
 """Export parity: every ONNX export agrees with its source framework and lands in the store with
-the metadata serving trusts (SPEC §3, models/export/).
+the metadata serving trusts (models/export/).
 
 Sources are tiny real architectures: the session's seeded-dev ViT and SigLIP (conftest
 ``model_store``) and small Keras CNNs built here, functional and ``keras.Sequential``, saved as

@@ -1,5 +1,5 @@
 """Untrusted audio bytes -> float32 mono at 16 kHz, or a 4xx error; windows without padding
-(media/audio.py, media/sniff.py; SPEC §6, issue 4)."""
+(media/audio.py, media/sniff.py, issue 4)."""
 
 from __future__ import annotations
 

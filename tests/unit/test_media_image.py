@@ -1,4 +1,4 @@
-"""Untrusted image bytes -> upright 8-bit RGB, or a 4xx error (media/image.py, media/sniff.py; SPEC §6)."""
+"""Untrusted image bytes -> upright 8-bit RGB, or a 4xx error (media/image.py, media/sniff.py)."""
 
 from __future__ import annotations
 

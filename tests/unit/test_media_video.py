@@ -1,5 +1,5 @@
 """Untrusted video bytes -> sampled upright RGB frames with their times, or a 4xx error
-(media/video.py, media/sniff.py; SPEC §6, issue 5 scope items 1 and 6). Every video is generated
+(media/video.py, media/sniff.py, issue 5 scope items 1 and 6). Every video is generated
 here (tests/video_factory.py)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The lean-runtime rule (SPEC §2): the serving side never needs torch or tensorflow."""
+"""The lean-runtime rule: the serving side never needs torch or tensorflow."""
 
 from __future__ import annotations
 
