@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -258,13 +259,15 @@ def test_ensure_exports_the_face_detector_unless_stored(monkeypatch, already_sto
     import models.store as store
 
     exported: list[str] = []
+    stored = SimpleNamespace(tag="x:fp32-0", weights="dev", metadata={"source": "dev"}, path="/x")
     monkeypatch.setattr(pipeline, "export_model", lambda model_id, **_: exported.append(model_id) or [])
     monkeypatch.setattr(
         store,
         "find_stored",
-        lambda model_id, precision: object() if model_id != "mtcnn" or already_stored else None,
+        lambda model_id, precision: stored if model_id != "mtcnn" or already_stored else None,
     )
-    monkeypatch.setattr(store, "find_video_pair", lambda *_: object(), raising=False)
+    monkeypatch.setattr(store, "find_video_pair", lambda *_: (stored, stored), raising=False)
+    monkeypatch.setattr(store, "list_stored", lambda model_id=None: [])  # mtcnn: no version at all
     assert cli._cmd_ensure(argparse.Namespace(offline=True)) == 0
     assert exported == ([] if already_stored else ["mtcnn"])
 
