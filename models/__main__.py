@@ -27,7 +27,7 @@ from pathlib import Path
 from config.startup import settings_or_exit
 from errors import ModelError
 from logs import configure_logging
-from models.store import store_home
+from models.store import StoredModel, store_home
 
 log = logging.getLogger("models")
 
@@ -48,6 +48,16 @@ def _cmd_export(args: argparse.Namespace) -> int:
     for model in stored:
         log.info("stored %s at %s", model.tag, model.path, extra={"model": model.describe()})
     return 0
+
+
+def _source_option(stored: StoredModel) -> str:
+    """The ``--source`` that exports ``stored`` again, as far as its metadata tells."""
+    source = str(stored.metadata.get("source", ""))
+    if source.startswith("hf:"):
+        return f" --source {source.removeprefix('hf:')}"
+    if source.startswith("dev:"):
+        return " --offline"
+    return " --source YOUR_FILE"
 
 
 def _ensure_one(model_id: str, precision: str, *, offline: bool) -> None:
@@ -76,10 +86,10 @@ def _ensure_one(model_id: str, precision: str, *, offline: bool) -> None:
     others = list_stored(model_id)
     if others:
         raise SystemExit(
-            f"{model_id} is stored ({', '.join(m.tag for m in others)}) but not as {precision}, which "
-            f"VERITY_PRECISION asks for. Export it again from its source with int8 on, e.g. "
-            f"`python -m models export {model_id} --source {others[0].metadata.get('source', '...')}`, "
-            "or serve the stored precision; `make serve` never replaces a stored model"
+            f"{model_id} is stored ({', '.join(m.tag for m in others)}) but cannot be served as {precision} "
+            f"(VERITY_PRECISION{', or its encoder is missing' if video else ''}). Export it again: "
+            f"`python -m models export {model_id}{_source_option(others[0])}`, or serve what is stored; "
+            "`make serve` never replaces a stored model"
         )
     if entry is not None and entry.source == "file" and not video:
         raise SystemExit(

@@ -115,7 +115,9 @@ def test_ensure_never_replaces_a_users_export(model_store, tmp_path: Path) -> No
         user_env(BENTOML_HOME=str(home), VERITY_PRECISION="int8", VERITY_LOG_JSON="false", **IMAGE_ONLY),
     )
     assert int8.returncode != 0
-    assert "not as int8" in int8.stderr and "never replaces a stored model" in int8.stderr, int8.stderr
+    assert "cannot be served as int8" in int8.stderr, int8.stderr
+    assert "python -m models export vit-dima806 --source YOUR_FILE" in int8.stderr, int8.stderr
+    assert "never replaces a stored model" in int8.stderr, int8.stderr
     assert _listed(home) == before  # nothing exported, nothing replaced
 
 
