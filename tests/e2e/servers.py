@@ -67,6 +67,17 @@ def server_env(bentoml_home: Path) -> dict[str, str]:
     return env
 
 
+def with_env(base: dict[str, str], changes: dict[str, str | None]) -> dict[str, str]:
+    """``base`` with ``changes`` applied: a value sets the variable, None removes it."""
+    env = dict(base)
+    for name, value in changes.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    return env
+
+
 class ServerProcess:
     """One started command (``bentoml serve`` or ``make serve``) and the process tree under it.
 
@@ -95,11 +106,7 @@ class ServerProcess:
         environment = server_env(bentoml_home)
         environment["VERITY_SQLITE_PATH"] = str(self.sqlite_path)
         environment["VERITY_DEV_SECRET_PATH"] = str(log_path.parent / "dev-secret")
-        for name, value in (env or {}).items():
-            if value is None:
-                environment.pop(name, None)
-            else:
-                environment[name] = value
+        environment = with_env(environment, env or {})
         log.info("starting %s (log: %s)", " ".join(argv), log_path)
         self.proc = subprocess.Popen(
             argv,

@@ -17,7 +17,15 @@ import httpx
 import pytest
 import yaml
 
-from tests.e2e.servers import BIN_DIR, PROJECT_ROOT, ServerProcess, free_port, server_env, server_home
+from tests.e2e.servers import (
+    BIN_DIR,
+    PROJECT_ROOT,
+    ServerProcess,
+    free_port,
+    server_env,
+    server_home,
+    with_env,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -150,12 +158,7 @@ def test_built_bento_runs_in_production(built, tmp_path: Path) -> None:
     home, bento_dir, tag = built
     before = {p for p in bento_dir.rglob("*")}
     argv = [str(BIN_DIR / "bentoml"), "serve", tag, "--host", "127.0.0.1"]
-    env = server_env(home)
-    for name, value in _bento_serve_env(tmp_path).items():
-        if value is None:
-            env.pop(name, None)
-        else:
-            env[name] = value
+    env = with_env(server_env(home), _bento_serve_env(tmp_path))
     refused = subprocess.run(
         [*argv, "--port", str(free_port())],
         cwd=PROJECT_ROOT,

@@ -269,6 +269,19 @@ def readme_cli_commands() -> list[str]:
     ]
 
 
+def run_cli_line(command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """One README CLI line in bash from the checkout, with this test run's interpreter."""
+    return subprocess.run(
+        ["bash", "-c", command.replace(".venv/bin/python", sys.executable)],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
 def test_readme_ops_cli_commands(tmp_path: Path) -> None:
     """The README's ``python -m auth`` lines run as written against a fresh SQLite store; only the
     password placeholder is filled in, and users they act on (other than those they create) exist."""
@@ -297,16 +310,7 @@ def test_readme_ops_cli_commands(tmp_path: Path) -> None:
         runnable = re.sub(
             r"VERITY_NEW_PASSWORD='[^']*'", "VERITY_NEW_PASSWORD='a real password 123'", command
         )
-        runnable = runnable.replace(".venv/bin/python", sys.executable)
-        done = subprocess.run(
-            ["bash", "-c", runnable],
-            cwd=PROJECT_ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        done = run_cli_line(runnable, env)
         assert done.returncode == 0, f"{runnable}\n{done.stderr[-2000:]}"
         output = json.loads(done.stdout)
         log.info("%s -> %s", command, sorted(output))
@@ -333,15 +337,7 @@ def test_readme_ops_cli_refusals_are_plain_errors(tmp_path: Path) -> None:
     }
 
     def run(command: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["bash", "-c", command.replace(".venv/bin/python", sys.executable)],
-            cwd=PROJECT_ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        return run_cli_line(command, env)
 
     as_written = run(line)
     assert as_written.returncode == 2, as_written.stderr[-2000:]
