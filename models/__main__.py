@@ -45,8 +45,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         like_model=args.like,
         **({"encoder": args.encoder} if args.encoder else {}),
     )
-    for model in stored:
-        log.info("stored %s at %s", model.tag, model.path, extra={"model": model.describe()})
+    # Each model was logged where it was stored (models/export/save.py); the summary for scripts:
+    log.info("exported %s: %s", args.model_id, ", ".join(m.tag for m in stored))
     return 0
 
 
@@ -99,8 +99,7 @@ def _ensure_one(model_id: str, precision: str, *, offline: bool) -> None:
     from models.export.pipeline import export_model
 
     log.info("%s is not in the model store under %s: exporting it", model_id, store_home())
-    for model in export_model(model_id, offline=offline):
-        log.info("stored %s at %s", model.tag, model.path)
+    export_model(model_id, offline=offline)  # each stored model is logged with its path
 
 
 def _cmd_ensure(args: argparse.Namespace) -> int:

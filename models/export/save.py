@@ -45,7 +45,7 @@ def _store(files: dict[str, Path], metadata: dict[str, Any], sha: str, extra: di
     tag = f"{metadata['model_id']}:{metadata['precision']}-{sha[:12]}"
     try:
         existing = get_stored(tag)
-        log.info("model %s already stored", tag)
+        log.info("model %s already stored at %s", tag, existing.path)
         return existing
     except NotFound:
         pass
@@ -54,5 +54,6 @@ def _store(files: dict[str, Path], metadata: dict[str, Any], sha: str, extra: di
     with bentoml.models.create(tag, labels=labels, metadata=full) as model:
         for name, path in files.items():
             shutil.copyfile(path, model.path_of(name))
-    log.info("stored model %s (%s weights, %d file(s))", tag, full["weights"], len(files))
-    return get_stored(tag)
+    stored = get_stored(tag)
+    log.info("stored model %s (%s weights, %d file(s)) at %s", tag, full["weights"], len(files), stored.path)
+    return stored

@@ -83,7 +83,7 @@ def test_export_says_where_it_stored_what(model_store, tmp_path: Path) -> None:
     source = model_store["vit-dima806"][0].onnx_path
     done = _export_onnx("my-detector", source, home)
     assert done.returncode == 0, done.stderr[-3000:]
-    stored = [line for line in done.stderr.splitlines() if " stored my-detector:" in line]
+    stored = [line for line in done.stderr.splitlines() if " stored model my-detector:" in line]
     assert len(stored) == 2, done.stderr[-3000:]  # fp32 and int8
     for line in stored:
         assert f" at {home}/models/my-detector/" in line, line
