@@ -8,13 +8,9 @@ behind "Failed to import module ..." and, on a worker, restarts the process in a
 
 from __future__ import annotations
 
-import logging
-
 from pydantic import ValidationError
 
 from config.settings import Settings, get_settings
-
-log = logging.getLogger(__name__)
 
 
 class StartupError(Exception):
@@ -61,5 +57,5 @@ def settings_or_exit(*, check_store: bool = True) -> Settings:
         reason = str(exc)
     else:
         return settings
-    log.critical("Verity cannot start: %s", reason)
+    # Python prints a SystemExit's message on stderr, once, whether or not logging is set up yet.
     raise SystemExit(f"Verity cannot start: {reason}")

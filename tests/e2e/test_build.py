@@ -125,10 +125,11 @@ def test_bento_lists_the_served_models(built, model_store) -> None:
     assert not {s for s in sources if s.startswith(("tests/", "models/export/", "bench/", "bentos/", "var/"))}
 
 
-def test_exported_bento_carries_the_onnx_files(built, model_store, tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["verity.bento", "verity.tar"])  # the README's two formats
+def test_exported_bento_carries_the_onnx_files(built, model_store, tmp_path: Path, name: str) -> None:
     # A bento in the local store references the model store; `bentoml export` packs the models.
     home, _, tag = built
-    archive = tmp_path / "verity.bento"
+    archive = tmp_path / name
     _run([str(BIN_DIR / "bentoml"), "export", tag, str(archive)], home)
     with tarfile.open(archive) as bento:
         names = set(bento.getnames())
@@ -137,6 +138,11 @@ def test_exported_bento_carries_the_onnx_files(built, model_store, tmp_path: Pat
             # One model.onnx per model; MTCNN's three graphs are one stored model.
             for graph in sorted(p.name for p in stored.path.glob("*.onnx")):
                 assert f"./models/{stored.model_id}/{stored.version}/{graph}" in names, sorted(names)
+    # ... and `bentoml import` brings it into another store, as the README says.
+    target = tmp_path / "imported-home"  # another machine's store: empty
+    _run([str(BIN_DIR / "bentoml"), "import", str(archive)], target)
+    assert (target / "bentos" / "verity" / tag.split(":", 1)[1] / "bento.yaml").is_file()
+    assert {p.name for p in (target / "models").iterdir()} >= set(SERVED)
 
 
 def _bento_serve_env(tmp_path: Path, **extra: str | None) -> dict[str, str | None]:
