@@ -308,16 +308,11 @@ def create_app(settings: Settings) -> FastAPI:
         include_in_schema=False,
     )
     async def not_found(request: Request, path: str) -> None:
-        # FastAPI keeps an included router's routes behind one entry of app.router.routes, so the
-        # routers are walked themselves: a wrong method on /v1/keys is a 405, not a 404.
         allowed = sorted(
             {
                 method
-                for router in (app.router, account_routes.router)
-                for route in router.routes
-                if isinstance(route, APIRoute)
-                and route.path != "/{path:path}"
-                and route.matches(request.scope)[0] == Match.PARTIAL
+                for route in request.app.state.api_routes
+                if route.matches(request.scope)[0] == Match.PARTIAL
                 for method in route.methods
             }
         )
@@ -327,4 +322,14 @@ def create_app(settings: Settings) -> FastAPI:
             )
         raise NotFound(f"no route /{path}", code="route_not_found")
 
+    # Every API route, for the 405 answer above and for the auth middleware's metering. FastAPI
+    # keeps an included router's routes behind one entry of app.router.routes, so the routers
+    # are walked themselves (a wrong method on /v1/keys is a 405, and a metered route added on a
+    # router is metered).
+    app.state.api_routes = [
+        route
+        for router in (app.router, account_routes.router)
+        for route in router.routes
+        if isinstance(route, APIRoute) and route.path != "/{path:path}"
+    ]
     return app

@@ -36,9 +36,10 @@ PUBLIC_PREFIXES = ("/health", "/docs/")
 
 
 def _route_paths(app: ASGIApp) -> frozenset[str]:
-    paths = getattr(app.state, "route_paths", None)
+    """The paths of the app's API routes (``app.state.api_routes``, set by ``api.app.create_app``)."""
+    paths = getattr(app.state, "route_paths", None)  # type: ignore[attr-defined]
     if paths is None:
-        paths = frozenset(getattr(route, "path", "") for route in app.routes)  # type: ignore[attr-defined]
+        paths = frozenset(route.path for route in app.state.api_routes)  # type: ignore[attr-defined]
         app.state.route_paths = paths  # type: ignore[attr-defined]
     return paths
 
