@@ -31,6 +31,7 @@ import soxr
 from errors import BadMedia, TooLarge, UnsupportedMedia, VerityError
 from media.sniff import AUDIO_FORMATS, admit
 from media.tools import run_tool
+from media.windows import window_starts
 
 log = logging.getLogger(__name__)
 
@@ -508,10 +509,8 @@ def make_windows(
     zeros would change the model's input statistics (the per-window normalisation and the
     share of silence it sees), so a padded tail could score differently from the audio it holds
     and flip the clip's verdict. The model takes a dynamic length axis, which makes the short
-    single window possible. A clip that is an exact multiple of the hop gets no duplicate last
-    window, and neither does a tail shorter than half a hop that the windows' overlap can absorb:
-    the last regular window slides to the end instead (a 10.008 s clip is 4 windows, not a fifth
-    near-copy of the fourth for 8 ms of audio).
+    single window possible. Where the windows start is media/windows.py's rule (shared with video
+    frames), with a short tail absorbed: no duplicate or near-duplicate last window.
     """
     window_len = round(window_s * rate)
     hop = round(hop_s * rate)
@@ -525,16 +524,7 @@ def make_windows(
     total = len(samples)
     if total <= window_len:
         return samples[np.newaxis, :].copy(), [(0.0, total / rate)]
-    starts = np.arange(0, total - window_len + 1, hop)
-    tail = total - (int(starts[-1]) + window_len)
-    if tail > 0:
-        # Sliding the last window by `tail` keeps every sample covered when its neighbour
-        # overlaps it by at least `tail`.
-        absorbable = len(starts) > 1 and tail < hop / 2 and tail <= window_len - hop
-        if absorbable:
-            starts[-1] = total - window_len
-        else:
-            starts = np.append(starts, total - window_len)
+    starts = window_starts(total, window_len, hop, absorb_short_tail=True)
     view = np.lib.stride_tricks.sliding_window_view(samples, window_len)
     windows = np.ascontiguousarray(view[starts])
     spans = [(int(s) / rate, (int(s) + window_len) / rate) for s in starts]

@@ -5,11 +5,11 @@ crop into a feature vector, the head turns a sequence of them into a fake probab
 axis is dynamic, so sequences are never padded. The rule, for ``n`` feature vectors (one per
 sampled frame, in time order) and the head's ``seq_len`` / ``stride``:
 
-- ``n >= seq_len``: windows of exactly ``seq_len`` frames start every ``stride`` frames; the last
+- ``n > seq_len``: windows of exactly ``seq_len`` frames start every ``stride`` frames; the last
   one is aligned to the end (it may overlap its neighbour by more than the stride), so every
   frame is in a window and every window has the length the head was trained on. A count that
-  fits the stride exactly gets no duplicate last window. This is media/audio.py's rule for
-  audio windows.
+  fits the stride exactly gets no duplicate last window: media/windows.py's rule, shared with
+  audio windows (which, unlike frames, also absorb a short tail; that module says why).
 - ``0 < n < seq_len``: one window of all ``n`` frames, run at its own length. Zero padding
   would change the verdict (an LSTM keeps stepping through the zeros; its last state is not the
   state after the real frames). Running at the own length computes exactly what the Keras
@@ -31,6 +31,7 @@ from typing import Literal
 
 import numpy as np
 
+from media.windows import window_starts
 from models.catalog import SequenceInputSpec, get_entry
 from models.postprocess import fake_probabilities
 
@@ -57,10 +58,7 @@ def sequence_windows(n_frames: int, seq_len: int, stride: int) -> list[tuple[int
         return []
     if n_frames <= seq_len:
         return [(0, n_frames)]
-    starts = list(range(0, n_frames - seq_len + 1, stride))
-    if starts[-1] + seq_len < n_frames:
-        starts.append(n_frames - seq_len)
-    return [(start, start + seq_len) for start in starts]
+    return [(start, start + seq_len) for start in window_starts(n_frames, seq_len, stride)]
 
 
 def window_batch(features: np.ndarray, windows: list[tuple[int, int]]) -> np.ndarray:
