@@ -7,6 +7,10 @@ bug and becomes a 500.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
 
 class VerityError(Exception):
     status: int = 400
@@ -108,6 +112,31 @@ class StoreUnavailable(ServiceUnavailable):
     """The account store failed: fail closed, never a free pass."""
 
     code = "store_unavailable"
+
+
+def error_document(
+    code: str, message: str, request_id: str | None, details: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The one JSON error shape, for the app's handlers and the middlewares alike."""
+    error: dict[str, Any] = {"code": code, "message": message, "request_id": request_id}
+    if details:
+        error["details"] = details
+    return {"error": error}
+
+
+async def send_error(
+    scope: dict[str, Any],
+    send: Callable[[dict[str, Any]], Awaitable[None]],
+    exc: VerityError,
+    extra_headers: dict[str, str] | None = None,
+) -> None:
+    """Answer ``exc`` from plain ASGI middleware (before any route runs), in the same shape."""
+    request_id = scope.get("state", {}).get("request_id")
+    body = json.dumps(error_document(exc.code, exc.message, request_id, exc.details)).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in {**exc.headers, **(extra_headers or {})}.items()]
+    await send({"type": "http.response.start", "status": exc.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 # Every error code a client can receive: code -> (status, when). The README's error table is

@@ -29,7 +29,14 @@ from auth.accounts import Accounts
 from auth.middleware import AuthMiddleware
 from auth.principal import Principal
 from config import Settings
-from errors import InvalidInput, MethodNotAllowed, NotFound, ServiceUnavailable, VerityError
+from errors import (
+    InvalidInput,
+    MethodNotAllowed,
+    NotFound,
+    ServiceUnavailable,
+    VerityError,
+    error_document,
+)
 from models.catalog import load_catalog
 from models.store import list_stored
 from store.records import Detection
@@ -63,14 +70,10 @@ def error_response(
     headers: dict[str, str] | None = None,
     details: dict[str, Any] | None = None,
 ) -> JSONResponse:
-    error: dict[str, Any] = {
-        "code": code,
-        "message": message,
-        "request_id": request.scope.get("state", {}).get("request_id"),
-    }
-    if details:
-        error["details"] = details
-    return JSONResponse({"error": error}, status_code=status, headers=headers)
+    request_id = request.scope.get("state", {}).get("request_id")
+    return JSONResponse(
+        error_document(code, message, request_id, details), status_code=status, headers=headers
+    )
 
 
 def _install_error_handlers(app: FastAPI) -> None:

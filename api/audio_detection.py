@@ -17,11 +17,11 @@ import anyio
 import numpy as np
 
 from api.engine import Engine, ServedModel, audio_hop_s
-from api.ids import new_id
 from api.inference import predict_each
 from media.audio import decode_audio, make_windows
 from models.audio_features import normalize_windows
 from models.postprocess import fake_probabilities, verdict_for
+from store.ids import new_id
 
 
 def _ms(start: float) -> float:

@@ -20,12 +20,12 @@ import numpy as np
 from api.engine import Engine
 from api.explain import occlusion_heatmap
 from api.face_analysis import crops_for, face_entry, find_faces
-from api.ids import new_id
 from api.inference import predict, predict_each
 from config import Settings
 from media.image import DecodedImage, decode_image
 from models.postprocess import fake_probabilities, verdict_for
 from models.preprocess import preprocess_image
+from store.ids import new_id
 
 log = logging.getLogger(__name__)
 

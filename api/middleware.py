@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.ids import new_id
-from errors import TooLarge
+from errors import TooLarge, send_error
 from logs import request_id_var
+from store.ids import new_id
 
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
-
-
-def error_body(code: str, message: str, request_id: str | None) -> bytes:
-    return json.dumps({"error": {"code": code, "message": message, "request_id": request_id}}).encode()
 
 
 class RequestIdMiddleware:
@@ -69,7 +64,9 @@ class BodySizeLimitMiddleware:
             except ValueError:
                 length = -1
             if length > limit:
-                await self._reject(scope, send, f"request body is {length} bytes; the limit is {limit}")
+                # Connection: close, since the unread body would otherwise be taken for the next request.
+                too_large = TooLarge(f"request body is {length} bytes; the limit is {limit}")
+                await send_error(scope, send, too_large, {"connection": "close"})
                 return
         received = 0
 
@@ -83,20 +80,3 @@ class BodySizeLimitMiddleware:
             return message
 
         await self.app(scope, capped_receive, send)
-
-    @staticmethod
-    async def _reject(scope: Scope, send: Send, message: str) -> None:
-        request_id = scope.get("state", {}).get("request_id")
-        body = error_body("payload_too_large", message, request_id)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})

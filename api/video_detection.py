@@ -37,12 +37,12 @@ import numpy as np
 from api.audio_detection import detect_audio
 from api.engine import Engine, ServedModel
 from api.face_analysis import crops_for, face_entry, find_faces
-from api.ids import new_id
 from api.inference import predict_each
 from errors import VerityError
 from media.video import DecodedVideo, decode_video
 from models.postprocess import fake_probabilities, verdict_for
 from models.temporal import sequence_windows, window_batch
+from store.ids import new_id
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from api.ids import new_id
 from auth import api_keys, passwords
 from auth.principal import Principal
 from auth.quotas import Clock, utc_now
@@ -17,6 +16,7 @@ from auth.tokens import ExternalIssuer, JwksVerifier, OwnTokens, TokenVerifier
 from config import Settings
 from errors import Forbidden, InvalidInput, NotFound, Unauthorized
 from store.base import Store
+from store.ids import new_id
 from store.records import ApiKey, User
 
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]{2,}$")

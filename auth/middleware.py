@@ -7,7 +7,6 @@ paths are listed explicitly; everything else needs ``x-api-key`` or ``Authorizat
 
 from __future__ import annotations
 
-import json
 import logging
 
 import anyio
@@ -15,7 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from auth.accounts import Accounts
 from auth.quotas import consume, meter_for
-from errors import QuotaExceeded, ServiceUnavailable, Unauthorized, VerityError
+from errors import QuotaExceeded, ServiceUnavailable, Unauthorized, VerityError, send_error
 
 log = logging.getLogger(__name__)
 
@@ -46,17 +45,6 @@ def _route_paths(app: ASGIApp) -> frozenset[str]:
 
 def is_public(path: str) -> bool:
     return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
-
-
-async def send_error(scope: Scope, send: Send, exc: VerityError) -> None:
-    request_id = scope.get("state", {}).get("request_id")
-    body = json.dumps(
-        {"error": {"code": exc.code, "message": exc.message, "request_id": request_id}}
-    ).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    headers += [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
-    await send({"type": "http.response.start", "status": exc.status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
 
 
 class AuthMiddleware:

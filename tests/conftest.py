@@ -188,9 +188,9 @@ def signup(client) -> Callable[..., Account]:
 def new_user(accounts) -> Callable[..., Account]:
     """Make a user through the store and ``Accounts.create_key`` (no HTTP). All share one bcrypt
     hash of ``TEST_PASSWORD``, computed once, so a fresh user per test stays cheap."""
-    from api.ids import new_id
     from auth.accounts import normalise_email
     from auth.passwords import hash_password
+    from store.ids import new_id
     from store.records import User
 
     password_hash = hash_password(TEST_PASSWORD)

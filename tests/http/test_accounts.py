@@ -207,7 +207,7 @@ def test_wrong_password_and_unknown_email_answer_alike(client, user: Account) ->
 def test_login_to_an_account_without_a_password_is_401(client, accounts) -> None:
     """Accounts made for external JWKS issuers store "!" as their hash: a login attempt on one is
     a plain 401 (it used to be bcrypt's ValueError: a 500)."""
-    from api.ids import new_id
+    from store.ids import new_id
     from store.records import User
 
     email = unique_email("external")

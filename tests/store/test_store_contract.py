@@ -11,9 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from botocore.stub import Stubber
 
-from api.ids import new_id
 from auth import api_keys
 from errors import Conflict, StoreUnavailable
+from store.ids import new_id
 from store.records import ApiKey, Detection, QuotaDecision, User
 from tests.store.conftest import free_port, make_dynamodb_store
 

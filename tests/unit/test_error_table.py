@@ -27,7 +27,7 @@ ERROR_CLASSES = {
     if isinstance(cls, type) and issubclass(cls, errors.VerityError)
 }
 # Helpers that render an error or raise one of a known class with the code they are given.
-RENDERERS = {"error_response", "error_body"}
+RENDERERS = {"error_response", "error_document"}
 CODE_PASSING = {"run_tool": errors.BadMedia}
 # Built with the request's media kind (api/payload.py: code=f"missing_{kind}").
 DYNAMIC = {"missing_image", "missing_audio", "missing_video"}
