@@ -52,7 +52,10 @@ class AuthMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or is_public(scope["path"]):
+        if scope["type"] == "websocket" and not is_public(scope["path"]):
+            await self._websocket(scope, receive, send)
+            return
+        if scope["type"] != "http" or is_public(scope["path"]):  # lifespan, public routes
             await self.app(scope, receive, send)
             return
         accounts: Accounts | None = getattr(scope["app"].state, "accounts", None)
@@ -97,6 +100,23 @@ class AuthMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_limits)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A WebSocket is authenticated like a request (x-api-key or Bearer in the handshake);
+        one that cannot be is refused before it is accepted (close 1008: the server answers the
+        handshake with 403), never let through to a route."""
+        accounts: Accounts | None = getattr(scope["app"].state, "accounts", None)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        try:
+            if accounts is None:
+                raise ServiceUnavailable("the service is starting", code="starting")
+            principal = await anyio.to_thread.run_sync(self._authenticate, accounts, headers)
+        except VerityError as exc:
+            await receive()  # the websocket.connect event, answered by the refusal
+            await send({"type": "websocket.close", "code": 1008, "reason": exc.code})
+            return
+        scope.setdefault("state", {})["principal"] = principal
+        await self.app(scope, receive, send)
 
     @staticmethod
     def _authenticate(accounts: Accounts, headers: dict[str, str]):

@@ -273,6 +273,33 @@ def test_400_invalid_json_on_account_routes(api, path):
     assert_error(response, 400, "invalid_json")
 
 
+def test_websockets_are_authenticated_before_any_route(service_module, accounts, api):
+    """The auth middleware on the app itself: a WebSocket without valid credentials is refused at
+    the handshake (1008), never passed on; with a key it reaches the router (no WebSocket route is
+    served yet, so it is closed there with 1000)."""
+    from starlette.testclient import TestClient
+    from starlette.websockets import WebSocketDisconnect
+
+    from api.app import create_app
+
+    app = create_app(service_module.settings)
+    app.state.accounts = accounts
+    with TestClient(app) as client:
+        for headers in ({}, {"x-api-key": "vk_live_typo"}):
+            with (
+                pytest.raises(WebSocketDisconnect) as refused,
+                client.websocket_connect("/v1/x", headers=headers),
+            ):
+                pass
+            assert refused.value.code == 1008
+        with (
+            pytest.raises(WebSocketDisconnect) as routed,
+            client.websocket_connect("/v1/x", headers=api.headers),
+        ):
+            pass
+        assert routed.value.code == 1000
+
+
 def test_docs_work_offline(client):
     """/docs and /redoc load their scripts and styles from the service, never from a CDN."""
     for page in ("/docs", "/redoc"):
