@@ -22,6 +22,7 @@ import numpy as np
 
 from api.app import create_app
 from api.engine import Engine, ServedModel, VideoModels
+from api.model_clients import BentoModelClient
 from auth.accounts import Accounts
 from config.startup import settings_or_exit
 from faces.mtcnn import FaceDetector
@@ -165,14 +166,22 @@ class _VerityAPI:
 
         def served(stored: dict[str, StoredModel], prefix: str) -> dict[str, ServedModel]:
             return {
-                mid: ServedModel(stored=s, detector=getattr(self, _dep_attr(prefix, mid)))
+                mid: ServedModel(
+                    stored=s, client=BentoModelClient(mid, getattr(self, _dep_attr(prefix, mid)))
+                )
                 for mid, s in stored.items()
             }
 
         video = (
             VideoModels(
-                encoder=ServedModel(stored=STORED_VIDEO["encoder"], detector=self.video_encoder),
-                head=ServedModel(stored=STORED_VIDEO["head"], detector=self.video_head),
+                encoder=ServedModel(
+                    stored=STORED_VIDEO["encoder"],
+                    client=BentoModelClient(STORED_VIDEO["encoder"].model_id, self.video_encoder),
+                ),
+                head=ServedModel(
+                    stored=STORED_VIDEO["head"],
+                    client=BentoModelClient(STORED_VIDEO["head"].model_id, self.video_head),
+                ),
             )
             if STORED_VIDEO
             else None

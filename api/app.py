@@ -175,7 +175,7 @@ def create_app(settings: Settings) -> FastAPI:
         async def probe(model_id: str) -> None:
             served = engine.served[model_id]
             try:
-                await asyncio.wait_for(served.detector.health(), READY_TIMEOUT_S)
+                await asyncio.wait_for(served.client.health(), READY_TIMEOUT_S)
             except Exception:  # noqa: BLE001 - any failure means not ready
                 failed.append(model_id)
             models.append(served.stored.describe())

@@ -17,7 +17,6 @@ import anyio
 import numpy as np
 
 from api.engine import Engine, ServedModel, audio_hop_s
-from api.inference import predict_each
 from media.audio import decode_audio, make_windows
 from models.audio_features import normalize_windows
 from models.postprocess import fake_probabilities, verdict_for
@@ -32,8 +31,8 @@ async def _run_windows(served: ServedModel, windows: np.ndarray, window_len: int
     if windows.shape[1] != window_len:
         # A clip shorter than one window runs alone at its own length: it cannot be
         # concatenated with other requests' full-length windows, and padding would bias it.
-        return np.asarray(await served.detector.predict_unbatched(windows))
-    return await predict_each(served, windows)
+        return await served.client.predict_together(windows)
+    return await served.client.predict(windows)
 
 
 async def detect_audio(engine: Engine, data: bytes, *, model_id: str | None) -> dict[str, Any]:

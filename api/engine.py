@@ -9,6 +9,7 @@ from typing import Any, Protocol
 import anyio
 import numpy as np
 
+from api.model_clients import ModelClient
 from config import Settings
 from errors import InvalidInput, NotFound, ServiceUnavailable
 from models.catalog import AudioInputSpec, SequenceInputSpec, load_catalog
@@ -22,20 +23,12 @@ DEV_WEIGHTS_MESSAGE = (
 )
 
 
-class ImageDetectorClient(Protocol):
-    """What the API needs from an image model service (a BentoML dependency or a local one)."""
-
-    async def predict(self, pixels: np.ndarray) -> np.ndarray: ...
-
-    async def predict_unbatched(self, inputs: np.ndarray) -> np.ndarray: ...
-
-    async def health(self) -> dict[str, Any]: ...
-
-
 @dataclass(frozen=True)
 class ServedModel:
+    """A stored model (what it is: metadata, version, weights) and how to call it."""
+
     stored: StoredModel
-    detector: ImageDetectorClient
+    client: ModelClient
 
     @property
     def warnings(self) -> list[dict[str, str]]:

@@ -20,7 +20,6 @@ import numpy as np
 from api.engine import Engine
 from api.explain import occlusion_heatmap
 from api.face_analysis import crops_for, face_entry, find_faces
-from api.inference import predict, predict_each
 from config import Settings
 from media.image import DecodedImage, decode_image
 from models.postprocess import fake_probabilities, verdict_for
@@ -62,7 +61,7 @@ async def detect_image(
         batch = (await anyio.to_thread.run_sync(preprocess_image, decoded.image, spec))[None]
     preprocess_ms = _ms(mark)
     mark = time.perf_counter()
-    outputs = await predict_each(served, batch)  # one call per face: see predict_each
+    outputs = await served.client.predict(batch)
     inference_ms = _ms(mark)
     probs = fake_probabilities(outputs, stored.metadata["output"], int(stored.metadata["fake_index"]))
     top = int(np.argmax(probs))
@@ -89,9 +88,7 @@ async def detect_image(
         result["aggregation"] = {"method": "max", "over": "faces", "count": len(face_entries)}
     if explain:
         mark = time.perf_counter()
-        result["explanation"] = await occlusion_heatmap(
-            pixels, probability, lambda batch: predict(served, batch), stored
-        )
+        result["explanation"] = await occlusion_heatmap(pixels, probability, served.client.predict, stored)
         result["timing_ms"]["explain"] = _ms(mark)
     result["timing_ms"].update(
         {"decode": decode_ms, "preprocess": preprocess_ms, "inference": inference_ms, "total": _ms(started)}

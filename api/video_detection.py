@@ -37,7 +37,6 @@ import numpy as np
 from api.audio_detection import detect_audio
 from api.engine import Engine, ServedModel
 from api.face_analysis import crops_for, face_entry, find_faces
-from api.inference import predict_each
 from errors import VerityError
 from media.video import DecodedVideo, decode_video
 from models.postprocess import fake_probabilities, verdict_for
@@ -71,7 +70,7 @@ async def _score_frames(
     )
     if not batches:
         return served, [[] for _ in frames]
-    outputs = await predict_each(served, np.concatenate(batches))
+    outputs = await served.client.predict(np.concatenate(batches))
     probs = fake_probabilities(
         outputs, served.stored.metadata["output"], int(served.stored.metadata["fake_index"])
     )
@@ -97,12 +96,12 @@ async def _score_temporal(
             [crops_for(f, found[:1], spec, margin) for f, found in zip(frames, faces, strict=True) if found]
         )
     )
-    features = np.asarray(await predict_each(encoder, crops), dtype=np.float32)
+    features = np.asarray(await encoder.client.predict(crops), dtype=np.float32)
     sequence = video.sequence
     windows = sequence_windows(len(features), sequence.seq_len, sequence.stride)
     # All windows of one video have one length (seq_len, or all the frames when fewer), so the
     # head takes them as one (windows, time, features) batch.
-    raw = np.asarray(await head.detector.predict_unbatched(window_batch(features, windows)))
+    raw = np.asarray(await head.client.predict_together(window_batch(features, windows)))
     window_probs = fake_probabilities(
         raw, head.stored.metadata["output"], int(head.stored.metadata["fake_index"])
     )

@@ -382,6 +382,7 @@ def test_503_when_starting_and_when_model_service_is_down(service_module, accoun
 
     from api.app import create_app
     from api.engine import Engine, ServedModel
+    from api.model_clients import BentoModelClient
     from config import get_settings
 
     settings = get_settings()
@@ -398,7 +399,8 @@ def test_503_when_starting_and_when_model_service_is_down(service_module, accoun
         f"http://127.0.0.1:{_closed_port()}", service=service_module.ImageDetector
     ).as_service()
     stored = service_module.STORED_IMAGE_MODELS["vit-dima806"]
-    app.state.engine = Engine(settings, {"vit-dima806": ServedModel(stored=stored, detector=dead)})
+    client = BentoModelClient("vit-dima806", dead)
+    app.state.engine = Engine(settings, {"vit-dima806": ServedModel(stored=stored, client=client)})
     with TestClient(app) as down:
         response = post_image(Caller(down, auth_headers), jpeg_bytes())
         assert_error(response, 503, "model_unavailable")
