@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import math
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -21,29 +20,19 @@ import bentoml
 import numpy as np
 
 from api.app import create_app
+from api.composition import face_detector, served_models
 from api.engine import Engine, ServedModel, VideoModels
 from api.model_clients import BentoModelClient
 from auth.accounts import Accounts
-from config.startup import settings_or_exit
-from faces.mtcnn import FaceDetector
+from config.startup import settings_or_exit, startup_or_exit
 from logs import configure_logging
 from models.runtime import OnnxModel
-from models.store import ONNX_FILE, StoredModel, find_stored, find_video_pair, store_home
+from models.store import ONNX_FILE, StoredModel
 from store.factory import make_store
 
 settings = settings_or_exit()
 log = logging.getLogger("service")
 app = create_app(settings)
-
-
-def _stored_or_fail(model_id: str, precision: str = settings.precision) -> StoredModel:
-    stored = find_stored(model_id, precision)
-    if stored is None:
-        raise RuntimeError(
-            f"model {model_id!r} ({precision}) is not in the model store at "
-            f"{store_home()}; run `make models` first"
-        )
-    return stored
 
 
 def model_service(stored: StoredModel, name: str, *, max_batch_size: int, max_latency_ms: int) -> Any:
@@ -98,7 +87,9 @@ def _service_name(kind: str, model_id: str, default: str | None) -> str:
     return kind if model_id == default else f"{kind}_{model_id.replace('-', '_')}"
 
 
-STORED_IMAGE_MODELS = {mid: _stored_or_fail(mid) for mid in settings.served_image_models}
+# Every served model's stored export (a missing one stops start-up with the command to run).
+SERVED = startup_or_exit(lambda: served_models(settings))
+STORED_IMAGE_MODELS = SERVED.image
 IMAGE_DETECTORS = {
     mid: model_service(
         s,
@@ -109,7 +100,7 @@ IMAGE_DETECTORS = {
     for mid, s in STORED_IMAGE_MODELS.items()
 }
 ImageDetector = IMAGE_DETECTORS[settings.image_model]
-STORED_AUDIO_MODELS = {mid: _stored_or_fail(mid) for mid in settings.served_audio_models}
+STORED_AUDIO_MODELS = SERVED.audio
 AUDIO_DETECTORS = {
     mid: model_service(
         s,
@@ -121,22 +112,12 @@ AUDIO_DETECTORS = {
 }
 
 
-def _video_pair_or_fail(head_id: str) -> dict[str, StoredModel]:
-    pair = find_video_pair(head_id, settings.precision)
-    if pair is None:
-        raise RuntimeError(
-            f"video model {head_id!r} ({settings.precision}: head and the encoder it was verified with) "
-            "is not in the model store; run `make models` first"
-        )
-    return {"encoder": pair[0], "head": pair[1]}
-
-
 # The face detector (MTCNN's three graphs, one stored model, fp32 only) runs in the API process:
 # it needs whole frames, which would cost more to ship to another process than to scan here.
-STORED_FACE = _stored_or_fail(settings.face_model, "fp32") if settings.face_model else None
+STORED_FACE = SERVED.face
 # The temporal video model is two graphs: a per-crop CNN encoder, batched across the
 # frames and requests like images, and a sequence head that takes whole windows of features.
-STORED_VIDEO = _video_pair_or_fail(settings.video_model) if settings.video_model else {}
+STORED_VIDEO = SERVED.video
 VIDEO_SERVICES = (
     {
         "encoder": model_service(
@@ -191,14 +172,7 @@ class _VerityAPI:
             served(STORED_IMAGE_MODELS, "image"),
             audio_models=served(STORED_AUDIO_MODELS, "audio"),
             video=video,
-            face_detector=FaceDetector(
-                Path(self.face_model.path),
-                intra_op_threads=settings.intra_op_threads,
-                max_side=settings.face_max_side,
-                min_face_size=settings.face_min_size,
-            )
-            if STORED_FACE
-            else None,
+            face_detector=face_detector(settings, STORED_FACE) if STORED_FACE else None,
             face_stored=STORED_FACE,
         )
 

@@ -8,9 +8,14 @@ behind "Failed to import module ..." and, on a worker, restarts the process in a
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 from pydantic import ValidationError
 
 from config.settings import Settings, get_settings
+
+T = TypeVar("T")
 
 
 class StartupError(Exception):
@@ -43,6 +48,14 @@ def check_store_credentials(settings: Settings) -> None:
             else "set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or run with an IAM role"
         )
         raise StartupError(f"VERITY_STORE=dynamodb needs AWS credentials and none were found: {where}")
+
+
+def startup_or_exit(step: Callable[[], T]) -> T:
+    """``step()``, or ``SystemExit`` (status 1) with its ``StartupError`` in plain words."""
+    try:
+        return step()
+    except StartupError as exc:
+        raise SystemExit(f"Verity cannot start: {exc}") from None
 
 
 def settings_or_exit(*, check_store: bool = True) -> Settings:

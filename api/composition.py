@@ -1,0 +1,109 @@
+"""Which stored models the settings serve, and the in-process engine built from them.
+
+Both hostings start from ``served_models(settings)``: ``service.py`` declares one BentoML model
+service per entry and wraps each dependency in a ``BentoModelClient``; ``build_inprocess_app``
+opens one ONNX Runtime session per entry in this process (the AWS Lambda handler, and later the
+job worker and the batch runner). A missing model stops start-up with the command that exports it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from fastapi import FastAPI
+
+from api.app import create_app
+from api.engine import Engine, ServedModel, VideoModels
+from api.model_clients import InProcessModelClient
+from auth.accounts import Accounts
+from config import Settings
+from config.startup import StartupError
+from faces.mtcnn import FaceDetector
+from models.store import StoredModel, find_stored, find_video_pair, store_home
+from store.factory import make_store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServedModels:
+    image: dict[str, StoredModel]
+    audio: dict[str, StoredModel]
+    video: dict[str, StoredModel] = field(default_factory=dict)  # {"encoder": ..., "head": ...} or {}
+    face: StoredModel | None = None
+
+
+def _stored_or_fail(model_id: str, precision: str) -> StoredModel:
+    stored = find_stored(model_id, precision)
+    if stored is None:
+        raise StartupError(
+            f"model {model_id!r} ({precision}) is not in the model store at {store_home()}; "
+            "run `make models` first"
+        )
+    return stored
+
+
+def served_models(settings: Settings) -> ServedModels:
+    """The stored export of every model the settings serve, at the served precision."""
+    video: dict[str, StoredModel] = {}
+    if settings.video_model:
+        pair = find_video_pair(settings.video_model, settings.precision)
+        if pair is None:
+            raise StartupError(
+                f"video model {settings.video_model!r} ({settings.precision}: head and the encoder it was "
+                "verified with) is not in the model store; run `make models` first"
+            )
+        video = {"encoder": pair[0], "head": pair[1]}
+    return ServedModels(
+        image={mid: _stored_or_fail(mid, settings.precision) for mid in settings.served_image_models},
+        audio={mid: _stored_or_fail(mid, settings.precision) for mid in settings.served_audio_models},
+        video=video,
+        # The face detector has one export, fp32 (models/export/mtcnn.py says why).
+        face=_stored_or_fail(settings.face_model, "fp32") if settings.face_model else None,
+    )
+
+
+def build_inprocess_engine(settings: Settings, models: ServedModels | None = None) -> Engine:
+    """Every served model as an ONNX Runtime session of this process, opened once."""
+    models = models or served_models(settings)
+
+    def served(stored: StoredModel) -> ServedModel:
+        client = InProcessModelClient(
+            stored.model_id,
+            stored.onnx_path,
+            intra_op_threads=settings.intra_op_threads,
+            inter_op_threads=settings.ort_inter_op_threads,
+        )
+        return ServedModel(stored=stored, client=client)
+
+    video = (
+        VideoModels(encoder=served(models.video["encoder"]), head=served(models.video["head"]))
+        if models.video
+        else None
+    )
+    return Engine(
+        settings,
+        {mid: served(s) for mid, s in models.image.items()},
+        audio_models={mid: served(s) for mid, s in models.audio.items()},
+        video=video,
+        face_detector=face_detector(settings, models.face) if models.face else None,
+        face_stored=models.face,
+    )
+
+
+def face_detector(settings: Settings, stored: StoredModel) -> FaceDetector:
+    return FaceDetector(
+        stored.path,
+        intra_op_threads=settings.intra_op_threads,
+        max_side=settings.face_max_side,
+        min_face_size=settings.face_min_size,
+    )
+
+
+def build_inprocess_app(settings: Settings) -> FastAPI:
+    """The same FastAPI app as the server's, with its engine and accounts in this process."""
+    app = create_app(settings)
+    app.state.accounts = Accounts(make_store(settings), settings)
+    app.state.engine = build_inprocess_engine(settings)
+    return app

@@ -1,0 +1,1 @@
+"""Deployment entry points and specs (AWS Lambda; Cloud Run and Kubernetes specs follow)."""

@@ -1,0 +1,295 @@
+"""The AWS Lambda entry point (``infra.aws_lambda.handler.http``) invoked in-process with the event
+documents API Gateway and Lambda Function URLs send: HTTP API (payload v2), REST API (v1, binary
+media types: bodies and binary answers base64-encoded) and Function URLs (v2 shape, their own
+domain). The engine is the in-process one: real tiny ONNX models of the session's store."""
+
+from __future__ import annotations
+
+import base64
+import importlib
+import json
+import subprocess
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from auth.api_keys import well_formed
+from tests.conftest import TEST_PASSWORD, unique_email
+from tests.e2e.servers import BIN_DIR, PROJECT_ROOT, server_env
+from tests.media_factory import jpeg_bytes
+
+pytestmark = pytest.mark.e2e
+
+MB = 1024 * 1024
+
+
+class Context:
+    """What Lambda passes as ``context`` (Mangum reads nothing from it but keeps it in the scope)."""
+
+    function_name = "verity-api"
+    aws_request_id = "c6af9ac6-7b61-11e6-9a41-93e8deadbeef"
+
+
+def _multipart(field: str, name: str, data: bytes, content_type: str) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{name}"\r\n'
+            f"Content-Type: {content_type}\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def http_api_event(
+    method: str,
+    path: str,
+    *,
+    headers: dict[str, str] | None = None,
+    body: bytes | None = None,
+    query: str = "",
+    domain: str = "r3pmxmplak.execute-api.us-east-1.amazonaws.com",
+) -> dict[str, Any]:
+    """API Gateway HTTP API payload format 2.0 (a Function URL sends the same shape)."""
+    headers = {"host": domain, "user-agent": "curl/8.5.0", **(headers or {})}
+    if body is not None:
+        headers["content-length"] = str(len(body))
+    return {
+        "version": "2.0",
+        "routeKey": "$default",
+        "rawPath": path,
+        "rawQueryString": query,
+        "headers": headers,
+        "requestContext": {
+            "accountId": "123456789012",
+            "apiId": domain.split(".")[0],
+            "domainName": domain,
+            "domainPrefix": domain.split(".")[0],
+            "http": {
+                "method": method,
+                "path": path,
+                "protocol": "HTTP/1.1",
+                "sourceIp": "198.51.100.7",
+                "userAgent": "curl/8.5.0",
+            },
+            "requestId": "JKJaXmPLvHcESHA=",
+            "routeKey": "$default",
+            "stage": "$default",
+            "time": "04/Dec/2026:19:16:57 +0000",
+            "timeEpoch": 1796411817000,
+        },
+        # API Gateway base64-encodes bodies it does not know as text; both must work.
+        "body": base64.b64encode(body).decode() if body is not None else None,
+        "isBase64Encoded": body is not None,
+    }
+
+
+def function_url_event(method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+    return http_api_event(method, path, domain="abcdefg1234567890.lambda-url.us-east-1.on.aws", **kwargs)
+
+
+def rest_api_event(
+    method: str,
+    path: str,
+    *,
+    headers: dict[str, str] | None = None,
+    body: bytes | None = None,
+    query: str = "",
+) -> dict[str, Any]:
+    """API Gateway REST API (payload v1) with a `{proxy+}` resource and binary media types."""
+    headers = {
+        "Host": "1234567890.execute-api.us-east-1.amazonaws.com",
+        "User-Agent": "curl/8.5.0",
+        **(headers or {}),
+    }
+    if body is not None:
+        headers["Content-Length"] = str(len(body))
+    params = dict(p.split("=", 1) for p in query.split("&") if p) or None
+    return {
+        "resource": "/{proxy+}",
+        "path": path,
+        "httpMethod": method,
+        "headers": headers,
+        "multiValueHeaders": {k: [v] for k, v in headers.items()},
+        "queryStringParameters": params,
+        "multiValueQueryStringParameters": {k: [v] for k, v in params.items()} if params else None,
+        "pathParameters": {"proxy": path.lstrip("/")},
+        "stageVariables": None,
+        "requestContext": {
+            "accountId": "123456789012",
+            "apiId": "1234567890",
+            "httpMethod": method,
+            "identity": {"sourceIp": "198.51.100.7", "userAgent": "curl/8.5.0"},
+            "path": f"/prod{path}",
+            "protocol": "HTTP/1.1",
+            "requestId": "c6af9ac6-7b61-11e6-9a41-93e8deadbeef",
+            "resourcePath": "/{proxy+}",
+            "stage": "prod",
+        },
+        "body": base64.b64encode(body).decode() if body is not None else None,
+        "isBase64Encoded": body is not None,
+    }
+
+
+SHAPES: dict[str, Callable[..., dict[str, Any]]] = {
+    "http-api-v2": http_api_event,
+    "rest-api-v1": rest_api_event,
+    "function-url": function_url_event,
+}
+
+
+@pytest.fixture(scope="module")
+def handler(model_store) -> Any:
+    import infra.aws_lambda.handler as module
+
+    return module
+
+
+def invoke(handler: Any, event: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:
+    answer = handler.http(event, Context())
+    headers = {k.lower(): v for k, v in (answer.get("headers") or {}).items()}
+    for key, values in (answer.get("multiValueHeaders") or {}).items():
+        headers[key.lower()] = values[-1]
+    body = answer.get("body") or ""
+    raw = base64.b64decode(body) if answer.get("isBase64Encoded") else body.encode()
+    return answer["statusCode"], headers, raw
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_every_event_shape(handler: Any, shape: str) -> None:
+    event = SHAPES[shape]
+
+    status, _, body = invoke(handler, event("GET", "/health"))
+    assert status == 200 and json.loads(body) == {"status": "ok"}
+
+    status, _, body = invoke(handler, event("GET", "/health/ready"))
+    assert status == 200, body
+    assert json.loads(body)["status"] == "ready"
+
+    credentials = json.dumps({"email": unique_email("lambda"), "password": TEST_PASSWORD}).encode()
+    status, _, body = invoke(
+        handler,
+        event("POST", "/v1/auth/signup", headers={"content-type": "application/json"}, body=credentials),
+    )
+    assert status == 201, body
+    key = json.loads(body)["api_key"]["key"]
+    assert well_formed(key)
+
+    picture, content_type = _multipart("image", "face.jpg", jpeg_bytes(320, 240), "image/jpeg")
+    detect = event(
+        "POST",
+        "/v1/detect/image",
+        headers={"content-type": content_type, "x-api-key": key},
+        body=picture,
+        query="model=vit-dima806",
+    )
+    status, headers, body = invoke(handler, detect)
+    assert status == 200, body
+    result = json.loads(body)
+    assert result["modality"] == "image" and result["verdict"] in {"FAKE", "REAL", "UNCERTAIN"}
+    assert result["model"]["id"] == "vit-dima806" and result["model"]["weights"] == "dev"
+    assert result["media"] == {"format": "jpeg", "width": 320, "height": 240, "mode": "RGB"}
+    assert headers["x-request-id"] and int(headers["ratelimit-remaining"]) >= 0
+
+    anonymous = event("POST", "/v1/detect/image", headers={"content-type": content_type}, body=picture)
+    status, _, body = invoke(handler, anonymous)
+    assert status == 401 and json.loads(body)["error"]["code"] == "unauthenticated"
+
+    status, _, body = invoke(handler, event("GET", "/v1/nothing-here", headers={"x-api-key": key}))
+    assert status == 404 and json.loads(body)["error"]["code"] == "route_not_found"
+
+    too_big = b"\xff\xd8\xff" + b"\0" * (15 * MB)
+    status, _, body = invoke(
+        handler,
+        event(
+            "POST", "/v1/detect/image", headers={"content-type": "image/jpeg", "x-api-key": key}, body=too_big
+        ),
+    )
+    assert status == 413 and json.loads(body)["error"]["code"] == "payload_too_large"
+
+    # A binary answer (the docs' favicon) comes back base64-encoded, as API Gateway expects.
+    answer = handler.http(event("GET", "/docs/assets/favicon.png"), Context())
+    assert answer["statusCode"] == 200 and answer["isBase64Encoded"] is True
+    assert base64.b64decode(answer["body"]).startswith(b"\x89PNG")
+
+
+def test_models_load_once_per_container(handler: Any, monkeypatch) -> None:
+    """Init (the module's import) opens each ONNX session once; invocations open none, and run
+    no lifespan startup (Mangum's would rebuild the app on every invocation)."""
+    import api.model_clients as clients
+
+    opened: list[str] = []
+    real = clients.OnnxModel
+
+    class CountingOnnxModel(real):  # the real session, counted
+        def __init__(self, path: Any, **kwargs: Any) -> None:
+            opened.append(str(path))
+            super().__init__(path, **kwargs)
+
+    monkeypatch.setattr(clients, "OnnxModel", CountingOnnxModel)
+    fresh = importlib.reload(handler)  # a new container: its init
+    served = fresh.app.state.engine.served
+    assert len(opened) == len(served) >= 5  # two image models, audio, the video pair
+    for _ in range(3):
+        status, _, _ = invoke(fresh, http_api_event("GET", "/health/ready"))
+        assert status == 200
+    picture, content_type = _multipart("image", "face.jpg", jpeg_bytes(), "image/jpeg")
+    credentials = json.dumps({"email": unique_email("cold"), "password": TEST_PASSWORD}).encode()
+    _, _, body = invoke(
+        fresh,
+        http_api_event(
+            "POST", "/v1/auth/signup", headers={"content-type": "application/json"}, body=credentials
+        ),
+    )
+    key = json.loads(body)["api_key"]["key"]
+    for _ in range(2):
+        status, _, _ = invoke(
+            fresh,
+            http_api_event(
+                "POST",
+                "/v1/detect/image",
+                headers={"content-type": content_type, "x-api-key": key},
+                body=picture,
+            ),
+        )
+        assert status == 200
+    assert len(opened) == len(served)
+    assert fresh.http.lifespan == "off"
+
+
+def _import_handler(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    probe = (
+        "import sys, infra.aws_lambda.handler; "
+        "print(sorted(m for m in ('torch', 'tensorflow', 'transformers') if m in sys.modules))"
+    )
+    return subprocess.run(
+        [str(BIN_DIR / "python"), "-c", probe],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def test_handler_imports_no_torch_or_tensorflow(model_store, bentoml_home) -> None:
+    done = _import_handler(server_env(bentoml_home))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_production_refuses_a_sqlite_store(model_store, bentoml_home) -> None:
+    env = {
+        **server_env(bentoml_home),
+        "VERITY_ENVIRONMENT": "production",
+        "VERITY_JWT_SECRET": "lambda-" + "0123456789abcdef" * 3,
+        "VERITY_STORE": "sqlite",
+    }
+    done = _import_handler(env)
+    assert done.returncode == 1
+    assert "Verity cannot start: on AWS Lambda" in done.stderr and "VERITY_STORE=dynamodb" in done.stderr
