@@ -33,6 +33,16 @@ from errors import Conflict, StoreUnavailable
 from store.base import Store
 from store.records import ApiKey, Detection, Page, QuotaDecision, User
 
+# The table's layout: what `ensure_table` creates and what infra/aws/template.yaml must declare
+# (tests/unit/test_infra.py holds the two together).
+KEY_SCHEMA = [{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}]
+ATTRIBUTE_DEFINITIONS = [
+    {"AttributeName": "pk", "AttributeType": "S"},
+    {"AttributeName": "sk", "AttributeType": "S"},
+]
+BILLING_MODE = "PAY_PER_REQUEST"
+TTL_ATTRIBUTE = "ttl"
+
 _USER_FIELDS = ("id", "email", "password_hash", "created_at", "role", "daily_limit", "disabled")
 _KEY_FIELDS = (
     "id",
@@ -100,19 +110,14 @@ class DynamoDBStore(Store):
         try:
             client.create_table(
                 TableName=self.table_name,
-                KeySchema=[
-                    {"AttributeName": "pk", "KeyType": "HASH"},
-                    {"AttributeName": "sk", "KeyType": "RANGE"},
-                ],
-                AttributeDefinitions=[
-                    {"AttributeName": "pk", "AttributeType": "S"},
-                    {"AttributeName": "sk", "AttributeType": "S"},
-                ],
-                BillingMode="PAY_PER_REQUEST",
+                KeySchema=KEY_SCHEMA,
+                AttributeDefinitions=ATTRIBUTE_DEFINITIONS,
+                BillingMode=BILLING_MODE,
             )
             client.get_waiter("table_exists").wait(TableName=self.table_name)
             client.update_time_to_live(
-                TableName=self.table_name, TimeToLiveSpecification={"Enabled": True, "AttributeName": "ttl"}
+                TableName=self.table_name,
+                TimeToLiveSpecification={"Enabled": True, "AttributeName": TTL_ATTRIBUTE},
             )
         except ClientError as exc:
             if exc.response["Error"]["Code"] != "ResourceInUseException":

@@ -1,0 +1,129 @@
+"""Deployment files, checked without a cloud account or a Docker engine: the AWS template passes
+cfn-lint (offline) and matches the code (the table the store creates, real settings, no wildcard
+permissions); the Lambda image recipe installs only the runtime group, copies files that exist,
+and names a handler that exists."""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from config import Settings
+from store import dynamodb
+from tests.conftest import PROJECT_ROOT
+
+pytestmark = pytest.mark.unit
+
+TEMPLATE = PROJECT_ROOT / "infra" / "aws" / "template.yaml"
+DOCKERFILE = PROJECT_ROOT / "infra" / "aws_lambda" / "Dockerfile"
+SETTINGS = {f"VERITY_{name.upper()}" for name in Settings.model_fields}
+
+
+def _template() -> dict[str, Any]:
+    from cfnlint.decode import decode
+
+    template, problems = decode(str(TEMPLATE))
+    assert not problems, problems
+    return template
+
+
+def _resources(kind: str) -> list[dict[str, Any]]:
+    return [r for r in _template()["Resources"].values() if r["Type"] == kind]
+
+
+def test_template_passes_cfn_lint() -> None:
+    cfn_lint = Path(sys.executable).parent / "cfn-lint"
+    done = subprocess.run(
+        [str(cfn_lint), str(TEMPLATE)], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_template_table_is_the_one_the_store_creates() -> None:
+    (table,) = _resources("AWS::DynamoDB::Table")
+    props = table["Properties"]
+    assert props["KeySchema"] == dynamodb.KEY_SCHEMA
+    assert props["AttributeDefinitions"] == dynamodb.ATTRIBUTE_DEFINITIONS
+    assert props["BillingMode"] == dynamodb.BILLING_MODE
+    assert props["TimeToLiveSpecification"] == {"AttributeName": dynamodb.TTL_ATTRIBUTE, "Enabled": True}
+    assert table["DeletionPolicy"] == "Retain"  # accounts outlive a stack deletion
+
+
+def test_template_function_environment_is_real_production_settings() -> None:
+    (function,) = _resources("AWS::Serverless::Function")
+    variables = function["Properties"]["Environment"]["Variables"]
+    assert set(variables) <= SETTINGS, sorted(set(variables) - SETTINGS)
+    assert variables["VERITY_ENVIRONMENT"] == "production"
+    assert variables["VERITY_STORE"] == "dynamodb"  # the handler refuses SQLite in production
+    assert variables["VERITY_DYNAMODB_TABLE"] == {"Ref": "Table"}
+    # 6 MB synchronous payloads carry about 4.5 MB of media after base64.
+    for cap in ("VERITY_MAX_IMAGE_BYTES", "VERITY_MAX_AUDIO_BYTES", "VERITY_MAX_VIDEO_BYTES"):
+        assert int(variables[cap]) <= 4_500_000
+    assert function["Properties"]["PackageType"] == "Image"
+
+
+def test_template_permissions_have_no_wildcards() -> None:
+    (function,) = _resources("AWS::Serverless::Function")
+    statements = [s for policy in function["Properties"]["Policies"] for s in policy["Statement"]]
+    assert statements
+    for statement in statements:
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        assert not [a for a in actions if "*" in a], actions
+        assert all(a.startswith("dynamodb:") for a in actions)
+        assert statement["Resource"] == {"Fn::GetAtt": ["Table", "Arn"]}
+
+
+# --- the Lambda image recipe ----------------------------------------------------------------------
+
+
+def _instructions() -> list[tuple[str, str]]:
+    text = re.sub(r"\\\n\s*", " ", DOCKERFILE.read_text(encoding="utf-8"))
+    return [
+        (line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "")
+        for line in (raw.strip() for raw in text.splitlines())
+        if line and not line.startswith("#")
+    ]
+
+
+def test_lambda_image_is_lambdas_python_311_with_the_runtime_group_only() -> None:
+    instructions = _instructions()
+    assert instructions[0] == ("FROM", "public.ecr.aws/lambda/python:3.11")
+    runs = [arg for op, arg in instructions if op == "RUN"]
+    assert len(runs) == 1 and "['dependency-groups']['runtime']" in runs[0] and "pip install" in runs[0]
+    runtime = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["dependency-groups"]["runtime"]
+    assert not [r for r in runtime if re.match(r"(torch|tensorflow|transformers|keras|tf2onnx)\b", r)]
+
+
+def test_lambda_image_copies_what_exists_and_leaves_export_code_out() -> None:
+    copies = [arg.split()[:-1] for op, arg in _instructions() if op == "COPY"]
+    sources = [source for sources in copies for source in sources]
+    for source in sources:
+        if source == "bentos/models/":
+            continue  # made by `make models`, which the recipe's header says to run first
+        assert (PROJECT_ROOT / source).exists(), source
+    assert "bentos/models/" in sources
+    assert "make models" in DOCKERFILE.read_text(encoding="utf-8")
+    ignored = (PROJECT_ROOT / ".dockerignore").read_text(encoding="utf-8").split()
+    assert {"models/export", "tests", "bench", ".venv"} <= set(ignored)
+
+
+def test_lambda_image_names_a_handler_that_exists() -> None:
+    (command,) = [arg for op, arg in _instructions() if op == "CMD"]
+    module, _, attribute = ast.literal_eval(command)[0].rpartition(".")
+    path = PROJECT_ROOT / Path(*module.split(".")).with_suffix(".py")
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    assigned = {
+        t.id
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        for t in node.targets
+        if isinstance(t, ast.Name)
+    }
+    assert attribute in assigned, (path, attribute)
