@@ -434,3 +434,16 @@ def test_no_torch_or_tensorflow_in_server_tree(
     # The check can fail: the model services really do map their shared libraries.
     assert services["ImageDetector"].pid in with_ort
     assert services["ImageDetector_siglip_open_deepfake"].pid in with_ort
+
+
+def test_deployment_probe_paths_answer_on_the_real_server(server_url: str) -> None:
+    """The Cloud Run and Kubernetes specs probe BentoML's own /readyz and /livez: both answer 200
+    on a running `bentoml serve`, without credentials."""
+    from tests.unit.test_infra import probe_paths
+
+    paths = probe_paths()
+    assert paths == {"/readyz", "/livez"}
+    with httpx.Client(base_url=server_url, timeout=30.0) as anonymous:
+        for path in sorted(paths):
+            response = anonymous.get(path)
+            assert response.status_code == 200, (path, response.text)

@@ -127,3 +127,92 @@ def test_lambda_image_names_a_handler_that_exists() -> None:
         if isinstance(t, ast.Name)
     }
     assert attribute in assigned, (path, attribute)
+
+
+# --- Cloud Run and Kubernetes -----------------------------------------------------------------------
+
+CLOUD_RUN = PROJECT_ROOT / "infra" / "cloudrun" / "service.yaml"
+K8S = PROJECT_ROOT / "infra" / "k8s" / "verity.yaml"
+# Knative Serving's Service schema (vendored test data: tests/data/schemas/README.md says whence).
+KNATIVE_SCHEMA = PROJECT_ROOT / "tests" / "data" / "schemas" / "knative-serving-service-v1.json"
+KUBERNETES_VERSION = "1.33"
+AWS_CREDENTIALS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+CLOUD_RUN_BODY_CAP = 32 * 1024 * 1024  # HTTP/1 request bodies
+
+
+def _yaml_documents(path: Path) -> list[dict[str, Any]]:
+    import yaml
+
+    return [doc for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")) if doc]
+
+
+def _containers(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    return doc["spec"]["template"]["spec"]["containers"]
+
+
+def test_cloud_run_service_is_a_valid_knative_service() -> None:
+    import json
+
+    import jsonschema
+
+    schema = json.loads(KNATIVE_SCHEMA.read_text(encoding="utf-8"))
+    (service,) = _yaml_documents(CLOUD_RUN)
+    jsonschema.validate(service, schema)
+    assert (service["apiVersion"], service["kind"]) == ("serving.knative.dev/v1", "Service")
+    # The schema really checks: a misspelt container field is refused.
+    broken = json.loads(json.dumps(service))
+    _containers(broken)[0]["livenesProbe"] = {}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, schema)
+
+
+def test_kubernetes_manifests_are_valid() -> None:
+    import kubernetes_validate
+
+    documents = _yaml_documents(K8S)
+    assert [d["kind"] for d in documents] == ["Deployment", "Service", "HorizontalPodAutoscaler"]
+    for document in documents:
+        kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+    broken = {**documents[0], "spec": {**documents[0]["spec"], "replica": 2}}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, KUBERNETES_VERSION, strict=True)
+    deployment = documents[0]
+    assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+    (container,) = _containers(deployment)
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+@pytest.mark.parametrize("path", [CLOUD_RUN, K8S], ids=["cloud-run", "kubernetes"])
+def test_container_specs_use_real_settings_and_store_independent_probes(path: Path) -> None:
+    (container,) = _containers(_yaml_documents(path)[0])
+    names = {env["name"] for env in container["env"]}
+    assert {n for n in names if n.startswith("VERITY_")} <= SETTINGS, sorted(names - SETTINGS)
+    assert names - SETTINGS <= AWS_CREDENTIALS
+    values = {env["name"]: env.get("value") for env in container["env"]}
+    assert values["VERITY_ENVIRONMENT"] == "production" and values["VERITY_STORE"] == "dynamodb"
+    assert "value" not in next(
+        e for e in container["env"] if e["name"] == "VERITY_JWT_SECRET"
+    )  # a secret ref
+    # BentoML's own probes (tests/e2e/test_served.py asks the running server for each path).
+    assert container["startupProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/livez"  # never a route that needs the store
+
+
+def test_cloud_run_inline_video_fits_its_body_cap() -> None:
+    from api.app import MULTIPART_OVERHEAD
+
+    (container,) = _containers(_yaml_documents(CLOUD_RUN)[0])
+    values = {env["name"]: env.get("value") for env in container["env"]}
+    assert int(values["VERITY_MAX_VIDEO_BYTES"]) + MULTIPART_OVERHEAD < CLOUD_RUN_BODY_CAP
+    assert container["ports"][0]["containerPort"] == 3000
+
+
+def probe_paths() -> set[str]:
+    """Every HTTP probe path the Cloud Run and Kubernetes specs use."""
+    paths = set()
+    for path in (CLOUD_RUN, K8S):
+        for container in _containers(_yaml_documents(path)[0]):
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                if probe in container:
+                    paths.add(container[probe]["httpGet"]["path"])
+    return paths
