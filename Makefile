@@ -94,6 +94,7 @@ bench: setup models
 	$(PY) -m bench.image
 	$(PY) -m bench.audio
 	$(PY) -m bench.video
+	$(PY) -m bench.lambda_cold
 
 # `bentoml build` prints only the tag: say what the bento holds and where it went.
 build: models

@@ -9,13 +9,13 @@ import base64
 import importlib
 import json
 import subprocess
-import uuid
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from auth.api_keys import well_formed
+from infra.aws_lambda.events import FUNCTION_URL_DOMAIN, Context, decode_answer, http_api_event, multipart
 from tests.conftest import TEST_PASSWORD, unique_email
 from tests.e2e.servers import BIN_DIR, PROJECT_ROOT, server_env
 from tests.media_factory import jpeg_bytes
@@ -25,71 +25,8 @@ pytestmark = pytest.mark.e2e
 MB = 1024 * 1024
 
 
-class Context:
-    """What Lambda passes as ``context`` (Mangum reads nothing from it but keeps it in the scope)."""
-
-    function_name = "verity-api"
-    aws_request_id = "c6af9ac6-7b61-11e6-9a41-93e8deadbeef"
-
-
-def _multipart(field: str, name: str, data: bytes, content_type: str) -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    body = (
-        (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{name}"\r\n'
-            f"Content-Type: {content_type}\r\n\r\n"
-        ).encode()
-        + data
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
-    return body, f"multipart/form-data; boundary={boundary}"
-
-
-def http_api_event(
-    method: str,
-    path: str,
-    *,
-    headers: dict[str, str] | None = None,
-    body: bytes | None = None,
-    query: str = "",
-    domain: str = "r3pmxmplak.execute-api.us-east-1.amazonaws.com",
-) -> dict[str, Any]:
-    """API Gateway HTTP API payload format 2.0 (a Function URL sends the same shape)."""
-    headers = {"host": domain, "user-agent": "curl/8.5.0", **(headers or {})}
-    if body is not None:
-        headers["content-length"] = str(len(body))
-    return {
-        "version": "2.0",
-        "routeKey": "$default",
-        "rawPath": path,
-        "rawQueryString": query,
-        "headers": headers,
-        "requestContext": {
-            "accountId": "123456789012",
-            "apiId": domain.split(".")[0],
-            "domainName": domain,
-            "domainPrefix": domain.split(".")[0],
-            "http": {
-                "method": method,
-                "path": path,
-                "protocol": "HTTP/1.1",
-                "sourceIp": "198.51.100.7",
-                "userAgent": "curl/8.5.0",
-            },
-            "requestId": "JKJaXmPLvHcESHA=",
-            "routeKey": "$default",
-            "stage": "$default",
-            "time": "04/Dec/2026:19:16:57 +0000",
-            "timeEpoch": 1796411817000,
-        },
-        # API Gateway base64-encodes bodies it does not know as text; both must work.
-        "body": base64.b64encode(body).decode() if body is not None else None,
-        "isBase64Encoded": body is not None,
-    }
-
-
 def function_url_event(method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-    return http_api_event(method, path, domain="abcdefg1234567890.lambda-url.us-east-1.on.aws", **kwargs)
+    return http_api_event(method, path, domain=FUNCTION_URL_DOMAIN, **kwargs)
 
 
 def rest_api_event(
@@ -150,13 +87,7 @@ def handler(model_store) -> Any:
 
 
 def invoke(handler: Any, event: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:
-    answer = handler.http(event, Context())
-    headers = {k.lower(): v for k, v in (answer.get("headers") or {}).items()}
-    for key, values in (answer.get("multiValueHeaders") or {}).items():
-        headers[key.lower()] = values[-1]
-    body = answer.get("body") or ""
-    raw = base64.b64decode(body) if answer.get("isBase64Encoded") else body.encode()
-    return answer["statusCode"], headers, raw
+    return decode_answer(handler.http(event, Context()))
 
 
 @pytest.mark.parametrize("shape", list(SHAPES))
@@ -179,7 +110,7 @@ def test_every_event_shape(handler: Any, shape: str) -> None:
     key = json.loads(body)["api_key"]["key"]
     assert well_formed(key)
 
-    picture, content_type = _multipart("image", "face.jpg", jpeg_bytes(320, 240), "image/jpeg")
+    picture, content_type = multipart("image", "face.jpg", jpeg_bytes(320, 240), "image/jpeg")
     detect = event(
         "POST",
         "/v1/detect/image",
@@ -237,7 +168,7 @@ def test_models_load_once_per_container(handler: Any, monkeypatch) -> None:
     for _ in range(3):
         status, _, _ = invoke(fresh, http_api_event("GET", "/health/ready"))
         assert status == 200
-    picture, content_type = _multipart("image", "face.jpg", jpeg_bytes(), "image/jpeg")
+    picture, content_type = multipart("image", "face.jpg", jpeg_bytes(), "image/jpeg")
     credentials = json.dumps({"email": unique_email("cold"), "password": TEST_PASSWORD}).encode()
     _, _, body = invoke(
         fresh,
