@@ -20,11 +20,11 @@ import bentoml
 import numpy as np
 
 from api.app import create_app
-from api.composition import face_detector, served_models
-from api.engine import Engine, ServedModel, VideoModels
-from api.model_clients import BentoModelClient
 from auth.accounts import Accounts
 from config.startup import settings_or_exit, startup_or_exit
+from detect.engine import Engine, ServedModel, VideoModels
+from detect.hosting import face_detector, served_models
+from detect.model_clients import BentoModelClient
 from logs import configure_logging
 from models.runtime import OnnxModel
 from models.store import ONNX_FILE, StoredModel

@@ -19,16 +19,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from api import account_routes
-from api.audio_detection import detect_audio
-from api.engine import Engine
-from api.image_detection import detect_image
 from api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
 from api.payload import read_media_payload
-from api.video_detection import detect_video
 from auth.accounts import Accounts
 from auth.middleware import AuthMiddleware
 from auth.principal import Principal
 from config import Settings
+from detect.audio import detect_audio
+from detect.engine import Engine
+from detect.image import detect_image
+from detect.video import detect_video
 from errors import (
     InvalidInput,
     MethodNotAllowed,
@@ -335,4 +335,17 @@ def create_app(settings: Settings) -> FastAPI:
         for route in router.routes
         if isinstance(route, APIRoute) and route.path != "/{path:path}"
     ]
+    return app
+
+
+def create_inprocess_app(settings: Settings) -> FastAPI:
+    """The same app with its engine (every served model's ONNX session in this process) and its
+    accounts attached at once: for entry points without a BentoML server (the AWS Lambda
+    handler)."""
+    from detect.hosting import build_inprocess_engine
+    from store.factory import make_store
+
+    app = create_app(settings)
+    app.state.accounts = Accounts(make_store(settings), settings)
+    app.state.engine = build_inprocess_engine(settings)
     return app

@@ -18,7 +18,7 @@ import logging
 
 from mangum import Mangum
 
-from api.composition import build_inprocess_app
+from api.app import create_inprocess_app
 from config.startup import StartupError, settings_or_exit, startup_or_exit
 from logs import configure_logging
 
@@ -36,5 +36,5 @@ def _check_lambda_settings(environment: str, store: str) -> None:
 settings = settings_or_exit()
 configure_logging(settings)
 startup_or_exit(lambda: _check_lambda_settings(settings.environment, settings.store))
-app = startup_or_exit(lambda: build_inprocess_app(settings))
+app = startup_or_exit(lambda: create_inprocess_app(settings))
 http = Mangum(app, lifespan="off")

@@ -151,7 +151,7 @@ def test_every_event_shape(handler: Any, shape: str) -> None:
 def test_models_load_once_per_container(handler: Any, monkeypatch) -> None:
     """Init (the module's import) opens each ONNX session once; invocations open none, and run
     no lifespan startup (Mangum's would rebuild the app on every invocation)."""
-    import api.model_clients as clients
+    import detect.model_clients as clients
 
     opened: list[str] = []
     real = clients.OnnxModel

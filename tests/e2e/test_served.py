@@ -169,7 +169,7 @@ def test_explanation_never_holds_other_requests(
     """An explanation's occluded copies reach the batcher one per call (the batcher prices calls,
     not rows; 16-row calls stalled later requests for seconds or had them shed): requests that
     arrive meanwhile share the queue with at most one copy at a time, and none is shed."""
-    from api.explain import GRID
+    from detect.explain import GRID
 
     plain = 4
     before = batch_stats(http)

@@ -381,9 +381,9 @@ def test_503_when_starting_and_when_model_service_is_down(service_module, accoun
     from starlette.testclient import TestClient
 
     from api.app import create_app
-    from api.engine import Engine, ServedModel
-    from api.model_clients import BentoModelClient
     from config import get_settings
+    from detect.engine import Engine, ServedModel
+    from detect.model_clients import BentoModelClient
 
     settings = get_settings()
     app = create_app(settings)

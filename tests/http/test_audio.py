@@ -67,8 +67,8 @@ def test_hop_setting_changes_the_windows(api, service_module, monkeypatch):
 
 
 def test_hop_longer_than_the_window_is_refused_at_start():
-    from api.engine import audio_hop_s
     from config.settings import Settings
+    from detect.engine import audio_hop_s
     from models.catalog import get_entry
 
     spec = get_entry("wav2vec2-audio").audio

@@ -18,7 +18,7 @@ from tests.conftest import PROJECT_ROOT
 
 pytestmark = pytest.mark.unit
 
-RUNTIME_DIRS = ("api", "auth", "config", "faces", "media", "models", "store")
+RUNTIME_DIRS = ("api", "auth", "config", "detect", "faces", "infra", "media", "models", "store")
 RUNTIME_FILES = ("errors.py", "service.py", "logs.py")
 # Error classes by name, for the status an exception is raised with.
 ERROR_CLASSES = {

@@ -1,9 +1,10 @@
 """Which stored models the settings serve, and the in-process engine built from them.
 
 Both hostings start from ``served_models(settings)``: ``service.py`` declares one BentoML model
-service per entry and wraps each dependency in a ``BentoModelClient``; ``build_inprocess_app``
-opens one ONNX Runtime session per entry in this process (the AWS Lambda handler, and later the
-job worker and the batch runner). A missing model stops start-up with the command that exports it.
+service per entry and wraps each dependency in a ``BentoModelClient``; ``build_inprocess_engine``
+opens one ONNX Runtime session per entry in this process (``api.app.create_inprocess_app``, for
+the AWS Lambda handler, and later the job worker and the batch runner). A missing model stops
+start-up with the command that exports it.
 """
 
 from __future__ import annotations
@@ -11,17 +12,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from fastapi import FastAPI
-
-from api.app import create_app
-from api.engine import Engine, ServedModel, VideoModels
-from api.model_clients import InProcessModelClient
-from auth.accounts import Accounts
 from config import Settings
 from config.startup import StartupError
+from detect.engine import Engine, ServedModel, VideoModels
+from detect.model_clients import InProcessModelClient
 from faces.mtcnn import FaceDetector
 from models.store import StoredModel, find_stored, find_video_pair, store_home
-from store.factory import make_store
 
 log = logging.getLogger(__name__)
 
@@ -99,11 +95,3 @@ def face_detector(settings: Settings, stored: StoredModel) -> FaceDetector:
         max_side=settings.face_max_side,
         min_face_size=settings.face_min_size,
     )
-
-
-def build_inprocess_app(settings: Settings) -> FastAPI:
-    """The same FastAPI app as the server's, with its engine and accounts in this process."""
-    app = create_app(settings)
-    app.state.accounts = Accounts(make_store(settings), settings)
-    app.state.engine = build_inprocess_engine(settings)
-    return app

@@ -11,8 +11,8 @@ how they travel.
   model: its session already uses every core, so 64 face crops as 64 concurrent runs would only
   thrash them.
 
-The pipelines (api/*_detection.py) call ``predict`` for rows that may share a batch with other
-requests' rows, and ``predict_together`` for an input that must run as one unit (the windows of
+The pipelines (detect/image.py, audio.py, video.py) call ``predict`` for rows that may share a
+batch with other requests' rows, and ``predict_together`` for an input that must run as one unit (the windows of
 one video for the sequence head; an audio clip shorter than one window, whose length no other
 input shares).
 """

@@ -9,8 +9,8 @@ from typing import Any, Protocol
 import anyio
 import numpy as np
 
-from api.model_clients import ModelClient
 from config import Settings
+from detect.model_clients import ModelClient
 from errors import InvalidInput, NotFound, ServiceUnavailable
 from models.catalog import AudioInputSpec, SequenceInputSpec, load_catalog
 from models.store import StoredModel

@@ -34,9 +34,9 @@ from typing import Any, Literal
 import anyio
 import numpy as np
 
-from api.audio_detection import detect_audio
-from api.engine import Engine, ServedModel
-from api.face_analysis import crops_for, face_entry, find_faces
+from detect.audio import detect_audio
+from detect.engine import Engine, ServedModel
+from detect.faces import crops_for, face_entry, find_faces
 from errors import VerityError
 from media.video import DecodedVideo, decode_video
 from models.postprocess import fake_probabilities, verdict_for

@@ -16,7 +16,7 @@ from typing import Any
 import anyio
 import numpy as np
 
-from api.engine import Engine, ServedModel, audio_hop_s
+from detect.engine import Engine, ServedModel, audio_hop_s
 from media.audio import decode_audio, make_windows
 from models.audio_features import normalize_windows
 from models.postprocess import fake_probabilities, verdict_for

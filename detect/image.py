@@ -17,10 +17,10 @@ from typing import Any
 import anyio
 import numpy as np
 
-from api.engine import Engine
-from api.explain import occlusion_heatmap
-from api.face_analysis import crops_for, face_entry, find_faces
 from config import Settings
+from detect.engine import Engine
+from detect.explain import occlusion_heatmap
+from detect.faces import crops_for, face_entry, find_faces
 from media.image import DecodedImage, decode_image
 from models.postprocess import fake_probabilities, verdict_for
 from models.preprocess import preprocess_image

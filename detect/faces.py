@@ -13,7 +13,7 @@ import anyio
 import numpy as np
 from PIL import Image
 
-from api.engine import Engine
+from detect.engine import Engine
 from errors import ServiceUnavailable
 from faces.crops import face_crops
 from faces.mtcnn import Face
