@@ -28,6 +28,7 @@ from config import Settings
 from detect.audio import detect_audio
 from detect.engine import Engine
 from detect.image import detect_image
+from detect.results import DetectionResult, ErrorBody
 from detect.video import detect_video
 from errors import (
     InvalidInput,
@@ -44,6 +45,22 @@ from store.records import Detection
 log = logging.getLogger(__name__)
 
 MULTIPART_OVERHEAD = 64 * 1024
+# What a detect route can answer besides 200, each in the one error shape (the routes return
+# JSONResponse themselves: these declarations are for the OpenAPI document).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": what}
+    for status, what in {
+        400: "the body is not valid JSON",
+        401: "no or bad credentials",
+        403: "account disabled",
+        404: "unknown model",
+        413: "too large: body, file, pixels or duration",
+        415: "not an allowed format",
+        422: "corrupt media or a bad parameter",
+        429: "a quota is reached (Retry-After)",
+        503: "starting, a model or the store is unavailable (Retry-After)",
+    }.items()
+}
 DOCS_ASSETS = "/docs/assets"
 READY_TIMEOUT_S = 5.0
 
@@ -233,7 +250,7 @@ def create_app(settings: Settings) -> FastAPI:
         ]
         return {"models": served + others}
 
-    @app.post("/v1/detect/image", tags=["detect"])
+    @app.post("/v1/detect/image", tags=["detect"], response_model=DetectionResult, responses=ERROR_RESPONSES)
     async def detect_image_route(
         request: Request,
         principal: account_routes.CurrentPrincipal,
@@ -253,7 +270,7 @@ def create_app(settings: Settings) -> FastAPI:
         await record_detection(accounts, principal, result)
         return JSONResponse(result)
 
-    @app.post("/v1/detect/audio", tags=["detect"])
+    @app.post("/v1/detect/audio", tags=["detect"], response_model=DetectionResult, responses=ERROR_RESPONSES)
     async def detect_audio_route(
         request: Request,
         principal: account_routes.CurrentPrincipal,
@@ -269,7 +286,7 @@ def create_app(settings: Settings) -> FastAPI:
         await record_detection(accounts, principal, result)
         return JSONResponse(result)
 
-    @app.post("/v1/detect/video", tags=["detect"])
+    @app.post("/v1/detect/video", tags=["detect"], response_model=DetectionResult, responses=ERROR_RESPONSES)
     async def detect_video_route(
         request: Request,
         principal: account_routes.CurrentPrincipal,

@@ -12,9 +12,9 @@ how they travel.
   thrash them.
 
 The pipelines (detect/image.py, audio.py, video.py) call ``predict`` for rows that may share a
-batch with other requests' rows, and ``predict_together`` for an input that must run as one unit (the windows of
-one video for the sequence head; an audio clip shorter than one window, whose length no other
-input shares).
+batch with other requests' rows, and ``predict_together`` for an input that must run as one unit
+(the windows of one video for the sequence head; an audio clip shorter than one window, whose
+length no other input shares).
 """
 
 from __future__ import annotations

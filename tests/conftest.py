@@ -82,7 +82,13 @@ class Caller:
 
     def request(self, method: str, url: str, **kwargs: Any) -> Any:
         headers = {**self.headers, **(kwargs.pop("headers", None) or {})}
-        return self.client.request(method, url, headers=headers, **kwargs)
+        response = self.client.request(method, url, headers=headers, **kwargs)
+        if url.startswith("/v1/detect/") and response.status_code == 200:
+            # Every detection answer of the HTTP tests holds to the declared result model.
+            from detect.results import DetectionResult
+
+            DetectionResult.model_validate(response.json())
+        return response
 
     def get(self, url: str, **kwargs: Any) -> Any:
         return self.request("GET", url, **kwargs)

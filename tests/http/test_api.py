@@ -300,6 +300,27 @@ def test_websockets_are_authenticated_before_any_route(service_module, accounts,
         assert routed.value.code == 1000
 
 
+def test_openapi_declares_the_result_and_error_shapes(client):
+    spec = client.get("/openapi.json").json()
+    assert {"DetectionResult", "ErrorBody"} <= set(spec["components"]["schemas"])
+    for modality in ("image", "audio", "video"):
+        responses = spec["paths"][f"/v1/detect/{modality}"]["post"]["responses"]
+        assert responses["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/DetectionResult")
+        for status in ("401", "413", "415", "422", "429", "503"):
+            assert responses[status]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+
+
+def test_result_model_refuses_undeclared_fields(api):
+    from pydantic import ValidationError
+
+    from detect.results import DetectionResult
+
+    body = post_image(api, jpeg_bytes()).json()
+    DetectionResult.model_validate(body)
+    with pytest.raises(ValidationError):
+        DetectionResult.model_validate({**body, "undeclared": 1})
+
+
 def test_docs_work_offline(client):
     """/docs and /redoc load their scripts and styles from the service, never from a CDN."""
     for page in ("/docs", "/redoc"):

@@ -1,0 +1,94 @@
+"""The detection result as a typed model: one shape for every modality.
+
+The pipelines build plain dicts (the wire format); these models are the contract: the detect
+routes declare ``DetectionResult`` as their response model, so the OpenAPI document shows it, and
+the tests validate every kind of result against it (unknown top-level fields are refused, so a
+field added to a pipeline must be added here too).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Verdict = Literal["FAKE", "REAL", "UNCERTAIN", "NO_FACE"]
+Probability = Field(ge=0.0, le=1.0)
+
+
+class ModelSummary(BaseModel):
+    """Which export answered, and with what weights (``dev`` = random: not meaningful)."""
+
+    id: str
+    version: str
+    precision: Literal["fp32", "int8"]
+    weights: Literal["pretrained", "dev"]
+    role: str | None = Field(None, description="video: which part of the model pair")
+
+
+class ResultWarning(BaseModel):
+    code: str
+    message: str
+
+
+class Segment(BaseModel):
+    """A stretch of the timeline (audio windows, seconds of video)."""
+
+    start_s: float = Field(ge=0.0)
+    end_s: float = Field(ge=0.0)
+    fake_probability: float = Probability
+    frames: int | None = Field(None, description="video: analysed frames in this stretch")
+
+
+class FaceResult(BaseModel):
+    frame_s: float = Field(ge=0.0, description="time of the frame (0 for a picture)")
+    box: list[float] = Field(min_length=4, max_length=4, description="x, y, width, height in media pixels")
+    score: float = Field(ge=0.0, le=1.0, description="face detector confidence")
+    fake_probability: float | None = Field(None, ge=0.0, le=1.0)
+    landmarks: dict[str, list[float]] = Field(default_factory=dict)
+
+
+class Explanation(BaseModel):
+    method: str
+    description: str
+    grid: list[list[float]]
+    heatmap_png: str = Field(description="base64 PNG, RGBA, the size of the model input")
+    size: list[int]
+
+
+class DetectionResult(BaseModel):
+    """``POST /v1/detect/{image,audio,video}``, and ``GET /v1/history/{id}``."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    id: str = Field(pattern=r"^det_[0-9A-HJKMNP-TV-Z]{26}$", description="also the history id")
+    modality: Literal["image", "audio", "video"]
+    created_at: str
+    verdict: Verdict
+    fake_probability: float | None = Field(ge=0.0, le=1.0, description="null with NO_FACE")
+    threshold: float = Probability
+    model: ModelSummary
+    models: list[ModelSummary] | None = Field(None, description="video: every model that took part")
+    strategy: Literal["temporal", "frames"] | None = None
+    segments: list[Segment]
+    faces: list[FaceResult]
+    aggregation: dict[str, Any] | None = Field(None, description="how the probability was aggregated")
+    explanation: Explanation | None = None
+    media: dict[str, Any]
+    timing_ms: dict[str, float]
+    warnings: list[ResultWarning]
+    audio: dict[str, Any] | None = Field(None, description="video: its audio track's result")
+    fusion: dict[str, Any] | None = Field(None, description="video: the rule that fused video and audio")
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    request_id: str | None
+    details: dict[str, Any] | None = None
+
+
+class ErrorBody(BaseModel):
+    """Every error: ``{"error": {"code", "message", "request_id"}}``."""
+
+    error: ErrorDetail
