@@ -127,8 +127,9 @@ def run_faces_inprocess(clip: bytes, quiet_wait_s: float) -> dict[str, Any]:
     """The served face detector without HTTP: the 1 fps frames of ``clip`` decoded as the server
     decodes them, one ``detect`` call per frame, then all of them in one call."""
     from config import get_settings
-    from faces.mtcnn import FaceDetector
+    from detect.hosting import face_detector
     from media.video import decode_video
+    from models.store import find_stored
 
     settings = get_settings()
     decoded = decode_video(
@@ -145,7 +146,7 @@ def run_faces_inprocess(clip: bytes, quiet_wait_s: float) -> dict[str, Any]:
         isolated=False,
     )
     frames = [f.rgb for f in decoded.frames]
-    detector = FaceDetector.from_store(settings.face_model)
+    detector = face_detector(settings, find_stored(settings.face_model, "fp32"))
     detector.detect(frames[:1])  # first call: session warm-up
     wait_for_quiet(quiet_wait_s, BUSY_LIMIT)
     per_frame, found = [], 0

@@ -24,7 +24,6 @@ import logging
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
@@ -139,21 +138,6 @@ class FaceDetector:
             "face detector ready",
             extra={"model_dir": str(model_dir), "max_side": max_side, "min_face_size": min_face_size},
         )
-
-    @classmethod
-    def from_store(cls, model_id: str = MODEL_ID, **kw: Any) -> FaceDetector:
-        """The stored ``mtcnn`` export, with ``VERITY_FACE_*`` settings unless overridden."""
-        from config import get_settings
-        from models.store import find_stored
-
-        stored = find_stored(model_id, "fp32")
-        if stored is None:
-            raise RuntimeError(f"face model {model_id!r} is not in the model store; run `make models` first")
-        settings = get_settings()
-        kw.setdefault("intra_op_threads", settings.intra_op_threads)
-        kw.setdefault("max_side", settings.face_max_side)
-        kw.setdefault("min_face_size", settings.face_min_size)
-        return cls(stored.path, **kw)
 
     # -- the cascade -------------------------------------------------------------------------
 

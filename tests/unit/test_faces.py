@@ -359,16 +359,14 @@ def test_rejects_frames_that_are_not_rgb_uint8(detector: FaceDetector):
     assert detector.detect([np.zeros((0, 0, 3), np.uint8)]) == [[]]
 
 
-def test_from_store_uses_the_settings(face_model_store, monkeypatch):
-    from config import get_settings
+def test_the_served_detector_uses_the_settings(face_model_store):
+    """The face detector both hostings build (detect.hosting.face_detector) takes its size
+    limits and threads from the settings."""
+    from config import Settings
+    from detect.hosting import face_detector
 
-    monkeypatch.setenv("VERITY_FACE_MAX_SIDE", "320")
-    monkeypatch.setenv("VERITY_FACE_MIN_SIZE", "24")
-    get_settings.cache_clear()
-    try:
-        detector = FaceDetector.from_store(intra_op_threads=1)
-    finally:
-        get_settings.cache_clear()
+    settings = Settings(face_max_side=320, face_min_size=24, ort_intra_op_threads=1)
+    detector = face_detector(settings, face_model_store[0])
     assert (detector.max_side, detector.min_face_size) == (320, 24)
 
 
