@@ -11,6 +11,8 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from pydantic import BaseModel, Field
+
 
 class VerityError(Exception):
     status: int = 400
@@ -112,6 +114,19 @@ class StoreUnavailable(ServiceUnavailable):
     """The account store failed: fail closed, never a free pass."""
 
     code = "store_unavailable"
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="one of the codes in ERROR_CODES")
+    message: str
+    request_id: str | None = Field(description="also in the x-request-id response header")
+    details: dict[str, Any] | None = None
+
+
+class ErrorBody(BaseModel):
+    """Every error: ``{"error": {"code", "message", "request_id"}}`` (the OpenAPI schema)."""
+
+    error: ErrorDetail
 
 
 def error_document(

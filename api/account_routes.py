@@ -5,15 +5,17 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.openapi import ACCOUNT_ERRORS
 from auth.accounts import Accounts
 from auth.principal import Principal
 from auth.quotas import daily_limit_of, next_midnight
 from errors import Forbidden, NotFound, ServiceUnavailable, Unauthorized
 
-router = APIRouter()
+router = APIRouter(responses=ACCOUNT_ERRORS)
 
 
 def accounts_of(request: Request) -> Accounts:
@@ -23,7 +25,17 @@ def accounts_of(request: Request) -> Accounts:
     return accounts
 
 
-def principal_of(request: Request) -> Principal:
+# Declared for the OpenAPI document (two alternative security schemes, and the Authorize button of
+# /docs); the auth middleware has already checked them by the time a route runs.
+API_KEY = APIKeyHeader(name="x-api-key", auto_error=False, description="an API key (vk_live_...)")
+BEARER = HTTPBearer(auto_error=False, description="a JWT from POST /v1/auth/login or a configured issuer")
+
+
+def principal_of(
+    request: Request,
+    _key: Annotated[str | None, Security(API_KEY)] = None,
+    _token: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)] = None,
+) -> Principal:
     principal = request.scope.get("state", {}).get("principal")
     if principal is None:  # the middleware guards every non-public path; this is a backstop
         raise Unauthorized("authentication required", code="unauthenticated")
@@ -54,7 +66,7 @@ class StrictBody(BaseModel):
 
 
 class Credentials(StrictBody):
-    email: str = Field(max_length=254)
+    email: str = Field(max_length=254, json_schema_extra={"format": "email"})
     password: str = Field(max_length=1024)
 
 

@@ -20,6 +20,7 @@ from starlette.routing import Match
 
 from api import account_routes
 from api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
+from api.openapi import DETECT_ERRORS, error_responses, media_request_body
 from api.payload import read_media_payload
 from auth.accounts import Accounts
 from auth.middleware import AuthMiddleware
@@ -28,7 +29,7 @@ from config import Settings
 from detect.audio import detect_audio
 from detect.engine import Engine
 from detect.image import detect_image
-from detect.results import DetectionResult, ErrorBody
+from detect.results import DetectionResult
 from detect.video import detect_video
 from errors import (
     InvalidInput,
@@ -45,22 +46,7 @@ from store.records import Detection
 log = logging.getLogger(__name__)
 
 MULTIPART_OVERHEAD = 64 * 1024
-# What a detect route can answer besides 200, each in the one error shape (the routes return
-# JSONResponse themselves: these declarations are for the OpenAPI document).
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorBody, "description": what}
-    for status, what in {
-        400: "the body is not valid JSON",
-        401: "no or bad credentials",
-        403: "account disabled",
-        404: "unknown model",
-        413: "too large: body, file, pixels or duration",
-        415: "not an allowed format",
-        422: "corrupt media or a bad parameter",
-        429: "a quota is reached (Retry-After)",
-        503: "starting, a model or the store is unavailable (Retry-After)",
-    }.items()
-}
+
 DOCS_ASSETS = "/docs/assets"
 READY_TIMEOUT_S = 5.0
 
@@ -178,7 +164,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def live() -> dict[str, str]:
         return {"status": "alive"}
 
-    @app.get("/health/ready", tags=["health"])
+    @app.get("/health/ready", tags=["health"], responses=error_responses(503))
     async def ready(request: Request) -> JSONResponse:
         """200 once every served model answers and the store can be read; 503 ``not_ready`` before
         (starting) and while either is down. ``/health/live`` stays 200 through both: a store
@@ -250,7 +236,13 @@ def create_app(settings: Settings) -> FastAPI:
         ]
         return {"models": served + others}
 
-    @app.post("/v1/detect/image", tags=["detect"], response_model=DetectionResult, responses=ERROR_RESPONSES)
+    @app.post(
+        "/v1/detect/image",
+        tags=["detect"],
+        response_model=DetectionResult,
+        responses=DETECT_ERRORS,
+        openapi_extra=media_request_body("image", "image/*"),
+    )
     async def detect_image_route(
         request: Request,
         principal: account_routes.CurrentPrincipal,
@@ -270,7 +262,13 @@ def create_app(settings: Settings) -> FastAPI:
         await record_detection(accounts, principal, result)
         return JSONResponse(result)
 
-    @app.post("/v1/detect/audio", tags=["detect"], response_model=DetectionResult, responses=ERROR_RESPONSES)
+    @app.post(
+        "/v1/detect/audio",
+        tags=["detect"],
+        response_model=DetectionResult,
+        responses=DETECT_ERRORS,
+        openapi_extra=media_request_body("audio", "audio/*"),
+    )
     async def detect_audio_route(
         request: Request,
         principal: account_routes.CurrentPrincipal,
@@ -286,7 +284,13 @@ def create_app(settings: Settings) -> FastAPI:
         await record_detection(accounts, principal, result)
         return JSONResponse(result)
 
-    @app.post("/v1/detect/video", tags=["detect"], response_model=DetectionResult, responses=ERROR_RESPONSES)
+    @app.post(
+        "/v1/detect/video",
+        tags=["detect"],
+        response_model=DetectionResult,
+        responses=DETECT_ERRORS,
+        openapi_extra=media_request_body("video", "video/*"),
+    )
     async def detect_video_route(
         request: Request,
         principal: account_routes.CurrentPrincipal,

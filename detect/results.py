@@ -79,16 +79,3 @@ class DetectionResult(BaseModel):
     warnings: list[ResultWarning]
     audio: dict[str, Any] | None = Field(None, description="video: its audio track's result")
     fusion: dict[str, Any] | None = Field(None, description="video: the rule that fused video and audio")
-
-
-class ErrorDetail(BaseModel):
-    code: str
-    message: str
-    request_id: str | None
-    details: dict[str, Any] | None = None
-
-
-class ErrorBody(BaseModel):
-    """Every error: ``{"error": {"code", "message", "request_id"}}``."""
-
-    error: ErrorDetail
