@@ -8,8 +8,11 @@ from __future__ import annotations
 import base64
 import importlib
 import json
+import re
+import shutil
 import subprocess
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -224,3 +227,47 @@ def test_production_refuses_a_sqlite_store(model_store, bentoml_home) -> None:
     done = _import_handler(env)
     assert done.returncode == 1
     assert "Verity cannot start: on AWS Lambda" in done.stderr and "VERITY_STORE=dynamodb" in done.stderr
+
+
+def _tree(root: Path) -> dict[str, float]:
+    return {str(p.relative_to(root)): p.stat().st_mtime for p in root.rglob("*")}
+
+
+def test_the_handler_never_writes_to_its_model_store(model_store, bentoml_home, tmp_path: Path) -> None:
+    """Lambda's file system is read-only but for /tmp: init and invocations read the model store
+    (BENTOML_HOME, baked into the image) and write nothing there; state goes to VERITY_DATA_DIR."""
+    home = tmp_path / "image-bentoml-home"
+    shutil.copytree(bentoml_home / "models", home / "models", symlinks=True)
+    # The folders the Lambda image recipe makes beside the models (BentoML wants them to exist).
+    dockerfile = (PROJECT_ROOT / "infra" / "aws_lambda" / "Dockerfile").read_text(encoding="utf-8")
+    made = re.findall(
+        r"\$\{LAMBDA_TASK_ROOT\}/bentos/(\w+)", dockerfile.split("RUN mkdir -p", 1)[1].splitlines()[0]
+    )
+    assert set(made) == {"bentos", "envs", "tmp"}, made
+    for folder in made:
+        (home / folder).mkdir()
+    before = _tree(home)
+    probe = (
+        "import json, infra.aws_lambda.handler as h; from infra.aws_lambda.events import "
+        "Context, decode_answer, http_api_event; "
+        "print(decode_answer(h.http(http_api_event('GET', '/health/ready'), Context()))[0])"
+    )
+    env = {
+        **server_env(home),
+        "VERITY_DATA_DIR": str(tmp_path / "tmp-verity"),
+        "VERITY_SQLITE_PATH": str(tmp_path / "tmp-verity" / "verity.db"),
+    }
+    env.pop("VERITY_DEV_SECRET_PATH", None)
+    done = subprocess.run(
+        [str(BIN_DIR / "python"), "-c", probe],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "200"
+    assert _tree(home) == before, "the handler wrote into its model store"
+    assert (tmp_path / "tmp-verity" / "verity.db").is_file()
