@@ -1,9 +1,13 @@
-"""BentoML services: thin wiring of the parts in api/, models/ and config/.
+"""BentoML services: thin wiring of the parts in api/, detect/, models/ and config/. Top-down:
 
-* ``ImageDetector`` (one class per served image model): one ONNX Runtime session and one
-  batchable API; adaptive batching merges pixels from concurrent requests.
-* ``Verity``: the public API service. It mounts the FastAPI app from ``api.app`` and depends on
-  the detectors; all request handling (decoding, validation, aggregation) lives there.
+1. ``settings`` and ``SERVED``: the stored export of every model the settings serve.
+2. ``MODEL_SERVICES``: one model service per served model (``model_service``: one ONNX Runtime
+   session, one batchable API; adaptive batching merges rows from concurrent requests):
+   ``ImageDetector`` (+ ``ImageDetector_<id>`` per extra image model), ``AudioDetector``,
+   ``FrameEncoder`` and ``TemporalHead``.
+3. ``Verity``: the public API service. It mounts the FastAPI app from ``api.app`` and depends on
+   every model service; its engine (``detect.hosting.build_engine``) reaches them through
+   ``BentoModelClient``. All request handling (decoding, validation, aggregation) lives there.
 
 Serve with ``make serve`` (``bentoml serve service:Verity``). Models come from the BentoML store
 under ``$BENTOML_HOME`` (``bentos/``), filled by ``make models``. Nothing here imports torch.
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -22,8 +27,7 @@ import numpy as np
 from api.app import create_app
 from auth.accounts import Accounts
 from config.startup import settings_or_exit, startup_or_exit
-from detect.engine import Engine, ServedModel, VideoModels
-from detect.hosting import face_detector, served_models
+from detect.hosting import ServedModels, build_engine, served_models
 from detect.model_clients import BentoModelClient
 from logs import configure_logging
 from models.runtime import OnnxModel
@@ -83,122 +87,81 @@ def model_service(stored: StoredModel, name: str, *, max_batch_size: int, max_la
     )(ModelService)
 
 
-def _service_name(kind: str, model_id: str, default: str | None) -> str:
+@dataclass(frozen=True)
+class ModelServiceSpec:
+    """One model service of the tree: the ``bentoml.depends`` attribute the API service holds it
+    under, the stored model it serves, and the service class."""
+
+    attribute: str
+    stored: StoredModel
+    service: Any
+
+
+def _model_services(served: ServedModels) -> list[ModelServiceSpec]:
+    """The model services, named as ``bentoml serve`` lists them: ``ImageDetector`` (the default
+    image model), ``ImageDetector_<id>`` (each extra one), ``AudioDetector``, ``FrameEncoder`` and
+    ``TemporalHead`` (the video pair). Images and video crops share the image batching settings;
+    audio windows have their own."""
+    image = (settings.batch_max_size, settings.batch_max_latency_ms)
+    audio = (settings.audio_batch_max_size, settings.audio_batch_max_latency_ms)
+    wanted: list[tuple[str, StoredModel, tuple[int, int]]] = [
+        (_name("ImageDetector", mid, settings.image_model), stored, image)
+        for mid, stored in served.image.items()
+    ]
+    wanted += [
+        (_name("AudioDetector", mid, settings.audio_model), s, audio) for mid, s in served.audio.items()
+    ]
+    if served.video:
+        wanted += [
+            ("FrameEncoder", served.video["encoder"], image),
+            ("TemporalHead", served.video["head"], image),
+        ]
+    return [
+        ModelServiceSpec(
+            attribute=name.lower(),
+            stored=stored,
+            service=model_service(stored, name, max_batch_size=size, max_latency_ms=latency),
+        )
+        for name, stored, (size, latency) in wanted
+    ]
+
+
+def _name(kind: str, model_id: str, default: str | None) -> str:
     return kind if model_id == default else f"{kind}_{model_id.replace('-', '_')}"
 
 
-# Every served model's stored export (a missing one stops start-up with the command to run).
+# --- the tree: the stored models the settings serve, one model service each -------------------
 SERVED = startup_or_exit(lambda: served_models(settings))
+MODEL_SERVICES = _model_services(SERVED)
+ImageDetector = MODEL_SERVICES[0].service  # the default image model's service
 STORED_IMAGE_MODELS = SERVED.image
-IMAGE_DETECTORS = {
-    mid: model_service(
-        s,
-        _service_name("ImageDetector", mid, settings.image_model),
-        max_batch_size=settings.batch_max_size,
-        max_latency_ms=settings.batch_max_latency_ms,
-    )
-    for mid, s in STORED_IMAGE_MODELS.items()
-}
-ImageDetector = IMAGE_DETECTORS[settings.image_model]
-STORED_AUDIO_MODELS = SERVED.audio
-AUDIO_DETECTORS = {
-    mid: model_service(
-        s,
-        _service_name("AudioDetector", mid, settings.audio_model),
-        max_batch_size=settings.audio_batch_max_size,
-        max_latency_ms=settings.audio_batch_max_latency_ms,
-    )
-    for mid, s in STORED_AUDIO_MODELS.items()
-}
-
-
-# The face detector (MTCNN's three graphs, one stored model, fp32 only) runs in the API process:
-# it needs whole frames, which would cost more to ship to another process than to scan here.
-STORED_FACE = SERVED.face
-# The temporal video model is two graphs: a per-crop CNN encoder, batched across the
-# frames and requests like images, and a sequence head that takes whole windows of features.
-STORED_VIDEO = SERVED.video
-VIDEO_SERVICES = (
-    {
-        "encoder": model_service(
-            STORED_VIDEO["encoder"],
-            "FrameEncoder",
-            max_batch_size=settings.batch_max_size,
-            max_latency_ms=settings.batch_max_latency_ms,
-        ),
-        "head": model_service(
-            STORED_VIDEO["head"],
-            "TemporalHead",
-            max_batch_size=settings.batch_max_size,
-            max_latency_ms=settings.batch_max_latency_ms,
-        ),
-    }
-    if STORED_VIDEO
-    else {}
-)
 
 
 class _VerityAPI:
-    """The public API service: attaches the detectors to the FastAPI app's engine."""
+    """The public API service: the FastAPI app, with an engine whose model clients call the
+    model services above (``bentoml.depends`` attributes, one per ``MODEL_SERVICES`` entry)."""
 
     def __init__(self) -> None:
         configure_logging(settings)
         app.state.accounts = Accounts(make_store(settings), settings)
-
-        def served(stored: dict[str, StoredModel], prefix: str) -> dict[str, ServedModel]:
-            return {
-                mid: ServedModel(
-                    stored=s, client=BentoModelClient(mid, getattr(self, _dep_attr(prefix, mid)))
-                )
-                for mid, s in stored.items()
-            }
-
-        video = (
-            VideoModels(
-                encoder=ServedModel(
-                    stored=STORED_VIDEO["encoder"],
-                    client=BentoModelClient(STORED_VIDEO["encoder"].model_id, self.video_encoder),
-                ),
-                head=ServedModel(
-                    stored=STORED_VIDEO["head"],
-                    client=BentoModelClient(STORED_VIDEO["head"].model_id, self.video_head),
-                ),
-            )
-            if STORED_VIDEO
-            else None
+        services = {spec.stored.tag: getattr(self, spec.attribute) for spec in MODEL_SERVICES}
+        app.state.engine = build_engine(
+            settings, SERVED, lambda stored: BentoModelClient(stored.model_id, services[stored.tag])
         )
-        app.state.engine = Engine(
-            settings,
-            served(STORED_IMAGE_MODELS, "image"),
-            audio_models=served(STORED_AUDIO_MODELS, "audio"),
-            video=video,
-            face_detector=face_detector(settings, STORED_FACE) if STORED_FACE else None,
-            face_stored=STORED_FACE,
-        )
-
-
-def _dep_attr(kind: str, model_id: str) -> str:
-    return f"{kind}_detector_" + model_id.replace("-", "_")
 
 
 # The API's request timeout outlasts the longest a model call may queue, plus decoding and running.
 _LONGEST_QUEUE_MS = max(settings.batch_max_latency_ms, settings.audio_batch_max_latency_ms)
 _API_TIMEOUT_S = max(300, math.ceil(_LONGEST_QUEUE_MS / 1000) + 120)
 
-# One `bentoml.depends` class attribute per served model; BentoML discovers dependencies from
-# class attributes, so the class is assembled here rather than written out per model.
+# BentoML finds a service's dependencies and models among its class attributes when the class is
+# decorated, and which model services exist depends on the settings: attach them first.
+for _spec in MODEL_SERVICES:
+    setattr(_VerityAPI, _spec.attribute, bentoml.depends(_spec.service))
+if SERVED.face is not None:
+    # The face detector runs in the API process (it needs whole frames, which would cost more to
+    # ship to another process than to scan here); declared, so a built bento carries it.
+    _VerityAPI.face_model = bentoml.models.BentoModel(SERVED.face.tag)  # type: ignore[attr-defined]
 Verity = bentoml.service(name="Verity", workers=1, traffic={"timeout": _API_TIMEOUT_S})(
-    bentoml.asgi_app(app, path="/")(
-        type(
-            "Verity",
-            (_VerityAPI,),
-            {
-                **{_dep_attr("image", mid): bentoml.depends(svc) for mid, svc in IMAGE_DETECTORS.items()},
-                **{_dep_attr("audio", mid): bentoml.depends(svc) for mid, svc in AUDIO_DETECTORS.items()},
-                **{f"video_{role}": bentoml.depends(svc) for role, svc in VIDEO_SERVICES.items()},
-                # Declared, so a built bento carries the face model with the others.
-                **({"face_model": bentoml.models.BentoModel(STORED_FACE.tag)} if STORED_FACE else {}),
-            },
-        )
-    )
+    bentoml.asgi_app(app, path="/")(_VerityAPI)
 )

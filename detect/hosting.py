@@ -10,12 +10,13 @@ start-up with the command that exports it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from config import Settings
 from config.startup import StartupError
 from detect.engine import Engine, ServedModel, VideoModels
-from detect.model_clients import InProcessModelClient
+from detect.model_clients import InProcessModelClient, ModelClient
 from faces.mtcnn import FaceDetector
 from models.store import StoredModel, find_stored, find_video_pair, store_home
 
@@ -60,18 +61,14 @@ def served_models(settings: Settings) -> ServedModels:
     )
 
 
-def build_inprocess_engine(settings: Settings, models: ServedModels | None = None) -> Engine:
-    """Every served model as an ONNX Runtime session of this process, opened once."""
-    models = models or served_models(settings)
+def build_engine(
+    settings: Settings, models: ServedModels, client_for: Callable[[StoredModel], ModelClient]
+) -> Engine:
+    """The one composition of the engine: every served model with the client ``client_for``
+    gives it (how it is hosted), the face detector in this process."""
 
     def served(stored: StoredModel) -> ServedModel:
-        client = InProcessModelClient(
-            stored.model_id,
-            stored.onnx_path,
-            intra_op_threads=settings.intra_op_threads,
-            inter_op_threads=settings.ort_inter_op_threads,
-        )
-        return ServedModel(stored=stored, client=client)
+        return ServedModel(stored=stored, client=client_for(stored))
 
     video = (
         VideoModels(encoder=served(models.video["encoder"]), head=served(models.video["head"]))
@@ -86,6 +83,20 @@ def build_inprocess_engine(settings: Settings, models: ServedModels | None = Non
         face_detector=face_detector(settings, models.face) if models.face else None,
         face_stored=models.face,
     )
+
+
+def build_inprocess_engine(settings: Settings, models: ServedModels | None = None) -> Engine:
+    """Every served model as an ONNX Runtime session of this process, opened once."""
+
+    def in_process(stored: StoredModel) -> ModelClient:
+        return InProcessModelClient(
+            stored.model_id,
+            stored.onnx_path,
+            intra_op_threads=settings.intra_op_threads,
+            inter_op_threads=settings.ort_inter_op_threads,
+        )
+
+    return build_engine(settings, models or served_models(settings), in_process)
 
 
 def face_detector(settings: Settings, stored: StoredModel) -> FaceDetector:
