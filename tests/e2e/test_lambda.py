@@ -196,10 +196,15 @@ def test_models_load_once_per_container(handler: Any, monkeypatch) -> None:
 
 
 def _import_handler(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    probe = (
+    return _fresh_python(
         "import sys, infra.aws_lambda.handler; "
-        "print(sorted(m for m in ('torch', 'tensorflow', 'transformers') if m in sys.modules))"
+        "print(sorted(m for m in ('torch', 'tensorflow', 'transformers') if m in sys.modules))",
+        env,
     )
+
+
+def _fresh_python(probe: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``probe`` in a new interpreter: a new Lambda container's init and invocations."""
     return subprocess.run(
         [str(BIN_DIR / "python"), "-c", probe],
         cwd=PROJECT_ROOT,
@@ -258,15 +263,7 @@ def test_the_handler_never_writes_to_its_model_store(model_store, bentoml_home, 
         "VERITY_SQLITE_PATH": str(tmp_path / "tmp-verity" / "verity.db"),
     }
     env.pop("VERITY_DEV_SECRET_PATH", None)
-    done = subprocess.run(
-        [str(BIN_DIR / "python"), "-c", probe],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    done = _fresh_python(probe, env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == "200"
     assert _tree(home) == before, "the handler wrote into its model store"
