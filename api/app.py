@@ -356,6 +356,7 @@ def create_app(settings: Settings) -> FastAPI:
         for route in router.routes
         if isinstance(route, APIRoute) and route.path != "/{path:path}"
     ]
+    app.state.route_paths = frozenset(route.path for route in app.state.api_routes)
     return app
 
 

@@ -13,6 +13,7 @@ import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from auth.accounts import Accounts
+from auth.principal import Principal
 from auth.quotas import consume, meter_for
 from errors import QuotaExceeded, ServiceUnavailable, Unauthorized, VerityError, send_error
 
@@ -34,15 +35,6 @@ PUBLIC_PATHS = frozenset(
 PUBLIC_PREFIXES = ("/health", "/docs/")
 
 
-def _route_paths(app: ASGIApp) -> frozenset[str]:
-    """The paths of the app's API routes (``app.state.api_routes``, set by ``api.app.create_app``)."""
-    paths = getattr(app.state, "route_paths", None)  # type: ignore[attr-defined]
-    if paths is None:
-        paths = frozenset(route.path for route in app.state.api_routes)  # type: ignore[attr-defined]
-        app.state.route_paths = paths  # type: ignore[attr-defined]
-    return paths
-
-
 def is_public(path: str) -> bool:
     return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
 
@@ -58,18 +50,14 @@ class AuthMiddleware:
         if scope["type"] != "http" or is_public(scope["path"]):  # lifespan, public routes
             await self.app(scope, receive, send)
             return
-        accounts: Accounts | None = getattr(scope["app"].state, "accounts", None)
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         extra_headers: dict[str, str] = {}
         try:
-            if accounts is None:
-                raise ServiceUnavailable("the service is starting", code="starting")
-            principal = await anyio.to_thread.run_sync(self._authenticate, accounts, headers)
+            accounts, principal = await self._principal(scope)
             path = scope["path"].rstrip("/") or "/"
             meter = meter_for(scope["method"], path, accounts.settings)
             # Meter only endpoints this app serves: a POST to a route that does not exist yet
             # (audio, video, jobs arrive in later issues) is a 404, not a spent request.
-            if meter is not None and path in _route_paths(scope["app"]):
+            if meter is not None and path in scope["app"].state.route_paths:
                 outcome = await anyio.to_thread.run_sync(
                     consume, accounts.store, principal.user, meter, accounts.settings, accounts.clock()
                 )
@@ -105,18 +93,22 @@ class AuthMiddleware:
         """A WebSocket is authenticated like a request (x-api-key or Bearer in the handshake);
         one that cannot be is refused before it is accepted (close 1008: the server answers the
         handshake with 403), never let through to a route."""
-        accounts: Accounts | None = getattr(scope["app"].state, "accounts", None)
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         try:
-            if accounts is None:
-                raise ServiceUnavailable("the service is starting", code="starting")
-            principal = await anyio.to_thread.run_sync(self._authenticate, accounts, headers)
+            _, principal = await self._principal(scope)
         except VerityError as exc:
             await receive()  # the websocket.connect event, answered by the refusal
             await send({"type": "websocket.close", "code": 1008, "reason": exc.code})
             return
         scope.setdefault("state", {})["principal"] = principal
         await self.app(scope, receive, send)
+
+    async def _principal(self, scope: Scope) -> tuple[Accounts, Principal]:
+        """Who sends this request or handshake (x-api-key or Bearer), or a ``VerityError``."""
+        accounts: Accounts | None = getattr(scope["app"].state, "accounts", None)
+        if accounts is None:
+            raise ServiceUnavailable("the service is starting", code="starting")
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        return accounts, await anyio.to_thread.run_sync(self._authenticate, accounts, headers)
 
     @staticmethod
     def _authenticate(accounts: Accounts, headers: dict[str, str]):

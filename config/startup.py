@@ -58,17 +58,17 @@ def startup_or_exit(step: Callable[[], T]) -> T:
         raise SystemExit(f"Verity cannot start: {exc}") from None
 
 
-def settings_or_exit(*, check_store: bool = True) -> Settings:
-    """The process's settings, or ``SystemExit`` (status 1) with the reason in plain words."""
+def _settings(check_store: bool) -> Settings:
     try:
         settings = get_settings()
-        if check_store:
-            check_store_credentials(settings)
     except ValidationError as exc:
-        reason = describe_validation_error(exc)
-    except StartupError as exc:
-        reason = str(exc)
-    else:
-        return settings
-    # Python prints a SystemExit's message on stderr, once, whether or not logging is set up yet.
-    raise SystemExit(f"Verity cannot start: {reason}")
+        raise StartupError(describe_validation_error(exc)) from None
+    if check_store:
+        check_store_credentials(settings)
+    return settings
+
+
+def settings_or_exit(*, check_store: bool = True) -> Settings:
+    """The process's settings, or ``SystemExit`` (status 1) with the reason in plain words
+    (Python prints a SystemExit's message on stderr, whether or not logging is set up yet)."""
+    return startup_or_exit(lambda: _settings(check_store))
