@@ -8,8 +8,20 @@ Backends raise ``StoreUnavailable`` for outages, so the API fails closed with a 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Any
 
-from store.records import ApiKey, Detection, Page, QuotaDecision, User
+from store.records import (
+    ApiKey,
+    Claim,
+    Delivery,
+    Detection,
+    Job,
+    JobStatus,
+    Page,
+    QuotaDecision,
+    Upload,
+    User,
+)
 
 
 class Store(ABC):
@@ -98,3 +110,140 @@ class Store(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
+
+
+class UploadStore(ABC):
+    """Upload records, each owned by one user. An upload past ``expires_at`` is gone for its
+    owner (``get_upload`` answers None) even before a sweep removes it."""
+
+    @abstractmethod
+    def add_upload(self, upload: Upload) -> None: ...
+
+    @abstractmethod
+    def get_upload(self, user_id: str, upload_id: str, *, now: float) -> Upload | None: ...
+
+    @abstractmethod
+    def attach_upload(self, user_id: str, upload_id: str, job_id: str) -> bool:
+        """Give the upload to ``job_id``; False when another job has it already (atomic)."""
+
+    @abstractmethod
+    def detach_upload(self, user_id: str, upload_id: str, job_id: str) -> None:
+        """Undo ``attach_upload`` (the job could not be created after all)."""
+
+    @abstractmethod
+    def delete_upload(self, user_id: str, upload_id: str) -> bool: ...
+
+    @abstractmethod
+    def list_uploads(self, user_id: str) -> list[Upload]: ...
+
+    @abstractmethod
+    def expired_uploads(self, now: float, limit: int) -> list[Upload]:
+        """Uploads of any user past their expiry, for the sweeper. DynamoDB expires them with
+        the table's TTL instead (and S3 with the bucket's lifecycle rule): it answers []."""
+
+
+class JobStore(ABC):
+    """Job records. State changes are conditional updates, so that two workers, a duplicate
+    queue delivery and a cancel racing a worker can never both win."""
+
+    @abstractmethod
+    def create_job(self, job: Job) -> tuple[Job, bool]:
+        """Store a new job, or, when ``job.idempotency_key`` was used before by the same user,
+        answer the job it made (``created`` False). A reused key with another
+        ``request_hash`` raises ``Conflict``."""
+
+    @abstractmethod
+    def delete_job(self, user_id: str, job_id: str) -> None:
+        """Remove a job that never ran (and its idempotency key): a failed submission."""
+
+    @abstractmethod
+    def get_job(self, user_id: str, job_id: str) -> Job | None: ...
+
+    @abstractmethod
+    def list_jobs(self, user_id: str, limit: int, cursor: str | None) -> Page:
+        """Newest first; ``cursor`` is the last id of the previous page."""
+
+    @abstractmethod
+    def cancel_job(self, user_id: str, job_id: str, at: str) -> Job | None:
+        """queued/running -> canceled; a finished job is answered unchanged; None when missing."""
+
+    @abstractmethod
+    def claim_job(self, user_id: str, job_id: str, worker: str, now: float, lease_s: float, at: str) -> Claim:
+        """Take a queued job, or a running one whose lease ran out, if it has attempts left:
+        status running, attempts + 1, ``lease_until = now + lease_s``."""
+
+    @abstractmethod
+    def renew_lease(
+        self, user_id: str, job_id: str, worker: str, lease_until: float, progress: float
+    ) -> bool:
+        """Extend the lease of a job this worker still holds; False when it does not (canceled,
+        or taken over after the lease ran out)."""
+
+    @abstractmethod
+    def finish_job(
+        self,
+        user_id: str,
+        job_id: str,
+        worker: str,
+        *,
+        status: JobStatus,
+        at: str,
+        result: dict[str, Any] | None = None,
+        error: dict[str, Any] | None = None,
+    ) -> bool:
+        """Record the outcome of a job this worker holds (running, same worker); False otherwise."""
+
+    @abstractmethod
+    def release_job(self, user_id: str, job_id: str, worker: str, at: str, error: dict[str, Any]) -> bool:
+        """Give a held job back to the queue after a failure that may pass (attempt kept)."""
+
+    @abstractmethod
+    def fail_exhausted(self, user_id: str, job_id: str, now: float, at: str, error: dict[str, Any]) -> bool:
+        """Fail a job with no attempts left that nobody holds (lease run out, or queued)."""
+
+    @abstractmethod
+    def pending_jobs(self, now: float, limit: int) -> list[tuple[str, str]]:
+        """(user_id, job_id) of jobs that may need a worker: queued, or running past their lease.
+        Candidates only: ``claim_job`` decides."""
+
+    @abstractmethod
+    def forget_pending(self, user_id: str, job_id: str) -> None:
+        """Drop a candidate whose job is gone (its user was deleted)."""
+
+
+class WebhookStore(ABC):
+    """Per-account webhook secrets and the deliveries of job events."""
+
+    @abstractmethod
+    def set_secret(self, user_id: str, secret: str, at: str) -> None: ...
+
+    @abstractmethod
+    def get_secret(self, user_id: str) -> str | None: ...
+
+    @abstractmethod
+    def add_delivery(self, delivery: Delivery) -> Delivery:
+        """Store a delivery, or answer the one stored under its id (a job's retry or a duplicate
+        queue message must not make a second message with a new ``webhook-id``)."""
+
+    @abstractmethod
+    def get_delivery(self, user_id: str, delivery_id: str) -> Delivery | None: ...
+
+    @abstractmethod
+    def list_deliveries(self, user_id: str, job_id: str) -> list[Delivery]: ...
+
+    @abstractmethod
+    def record_attempt(
+        self,
+        user_id: str,
+        delivery_id: str,
+        attempt: dict[str, Any],
+        *,
+        status: str,
+        next_attempt_at: float | None,
+    ) -> Delivery | None:
+        """Append an attempt to a pending delivery and set its status; None when it is no
+        longer pending (another worker finished it)."""
+
+    @abstractmethod
+    def due_deliveries(self, now: float, limit: int) -> list[tuple[str, str]]:
+        """(user_id, delivery_id) of pending deliveries due at ``now``."""

@@ -79,7 +79,10 @@ def _refused_by_condition(exc: ClientError) -> bool:
     return any(reason.get("Code") == "ConditionalCheckFailed" for reason in reasons)
 
 
-class DynamoDBStore(Store):
+class DynamoTable:
+    """One DynamoDB table (single-table design) and the calls every store over it makes: outages
+    become ``StoreUnavailable``; a refusing condition is raised as is for the caller to read."""
+
     def __init__(
         self,
         table: str,
@@ -148,6 +151,17 @@ class DynamoDBStore(Store):
                 return items
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
+    def _transact(self, items: list[dict[str, Any]]) -> None:
+        # The resource's client serializes Python values itself (boto3 registers its
+        # TypeSerializer on it for every operation, TransactWriteItems included): pass them as is.
+        client = self._resource.meta.client
+        bodies = [
+            {op: {**body, "TableName": self.table_name}} for entry in items for op, body in entry.items()
+        ]
+        self._call(client.transact_write_items, TransactItems=bodies)
+
+
+class DynamoDBStore(DynamoTable, Store):
     @staticmethod
     def _user(item: dict[str, Any] | None) -> User | None:
         if item is None:
@@ -172,15 +186,6 @@ class DynamoDBStore(Store):
             },
             {"Put": {"Item": {"pk": f"USER#{key.user_id}", "sk": f"KEY#{key.id}", "digest": key.digest}}},
         ]
-
-    def _transact(self, items: list[dict[str, Any]]) -> None:
-        # The resource's client serializes Python values itself (boto3 registers its
-        # TypeSerializer on it for every operation, TransactWriteItems included): pass them as is.
-        client = self._resource.meta.client
-        bodies = [
-            {op: {**body, "TableName": self.table_name}} for entry in items for op, body in entry.items()
-        ]
-        self._call(client.transact_write_items, TransactItems=bodies)
 
     # accounts --------------------------------------------------------------------------------
     def create_user(self, user: User, first_key: ApiKey | None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 Role = Literal["user", "admin"]
@@ -91,3 +92,107 @@ class QuotaDecision:
 class Page:
     items: list[Any]
     next_cursor: str | None
+
+
+# --- uploads, jobs, webhook deliveries ---------------------------------------------------------
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "canceled"})
+
+
+@dataclass
+class Upload:
+    """A signed upload target and, once the client has sent it, the media behind it. The blob key
+    is chosen by the server under the owner's prefix; the user's file name is display only."""
+
+    id: str
+    user_id: str
+    created_at: str
+    expires_at: float  # unix seconds: the upload (record and blob) is swept after this
+    blob_key: str
+    filename: str
+    content_type: str
+    max_bytes: int
+    keep: bool = False  # keep the media after its job (until expires_at) instead of deleting it
+    job_id: str | None = None  # the one job that uses it
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "created_at": self.created_at,
+            "expires_at": _iso_epoch(self.expires_at),
+            "filename": self.filename,
+            "content_type": self.content_type,
+            "max_bytes": self.max_bytes,
+            "keep": self.keep,
+            "job_id": self.job_id,
+        }
+
+
+@dataclass
+class Job:
+    """A detection run on an upload, processed by a worker that holds a lease on it."""
+
+    id: str
+    user_id: str
+    created_at: str
+    updated_at: str
+    status: JobStatus
+    modality: str
+    upload_id: str
+    options: dict[str, Any]
+    max_attempts: int
+    webhook_url: str | None = None
+    attempts: int = 0
+    progress: float = 0.0
+    lease_until: float | None = None  # unix seconds; a running job past it may be claimed again
+    worker: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+@dataclass
+class Delivery:
+    """One webhook message for one job: its id is the ``webhook-id`` on every attempt."""
+
+    id: str
+    user_id: str
+    job_id: str
+    url: str
+    event: str
+    payload: dict[str, Any]
+    created_at: str
+    status: Literal["pending", "delivered", "failed"] = "pending"
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    next_attempt_at: float | None = None  # unix seconds, while pending
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "event": self.event,
+            "url": self.url,
+            "status": self.status,
+            "attempts": self.attempts,
+            "next_attempt_at": _iso_epoch(self.next_attempt_at) if self.next_attempt_at else None,
+        }
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What ``JobStore.claim_job`` found: the claimed job, or why not."""
+
+    job: Job | None
+    reason: Literal["claimed", "missing", "finished", "leased", "exhausted"]
+
+
+def _iso_epoch(seconds: float) -> str:
+    moment = datetime.fromtimestamp(seconds, UTC)
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")

@@ -78,37 +78,20 @@ def _detection(row: sqlite3.Row) -> Detection:
     )
 
 
-class SQLiteStore(Store):
+class SQLiteDatabase:
+    """One SQLite file: a connection per thread, WAL, foreign keys on, transactions that turn
+    driver errors into ``StoreUnavailable``. Each store over the file creates its own tables."""
+
+    schema = ""
+
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         try:
-            self._connection().executescript(_SCHEMA)  # executescript manages its own transaction
-            self._allow_null_probability()
+            self._connection().executescript(self.schema)  # executescript manages its own transaction
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open the SQLite store at {self.path}: {exc}") from exc
-
-    def _allow_null_probability(self) -> None:
-        """Databases made before NO_FACE results (``fake_probability`` null) declared the column
-        NOT NULL; SQLite cannot drop a constraint, so such a table is rebuilt in one transaction,
-        every row copied (nothing a user stored is lost)."""
-
-        def nullable(db: sqlite3.Connection) -> bool:
-            columns = {row["name"]: row for row in db.execute("PRAGMA table_info(detections)")}
-            return not columns["fake_probability"]["notnull"]
-
-        if nullable(self._connection()):
-            return
-        with self._tx(immediate=True) as tx:
-            if nullable(tx):  # another process migrated it meanwhile
-                return
-            tx.execute("ALTER TABLE detections RENAME TO detections_old")
-            tx.execute(_DETECTIONS_TABLE)
-            tx.execute("INSERT INTO detections SELECT * FROM detections_old")
-            tx.execute("DROP TABLE detections_old")
-            tx.execute(_DETECTIONS_INDEX)
-        log.info("migrated %s: detections.fake_probability may now be null", self.path)
 
     def _connection(self) -> sqlite3.Connection:
         # One connection per thread: sqlite3 connections must not be shared across threads.
@@ -148,6 +131,44 @@ class SQLiteStore(Store):
             return self._connection().execute(sql, params).fetchall()
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"store unavailable: {exc}") from exc
+
+    def close(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
+
+
+class SQLiteStore(SQLiteDatabase, Store):
+    schema = _SCHEMA
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        try:
+            self._allow_null_probability()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open the SQLite store at {self.path}: {exc}") from exc
+
+    def _allow_null_probability(self) -> None:
+        """Databases made before NO_FACE results (``fake_probability`` null) declared the column
+        NOT NULL; SQLite cannot drop a constraint, so such a table is rebuilt in one transaction,
+        every row copied (nothing a user stored is lost)."""
+
+        def nullable(db: sqlite3.Connection) -> bool:
+            columns = {row["name"]: row for row in db.execute("PRAGMA table_info(detections)")}
+            return not columns["fake_probability"]["notnull"]
+
+        if nullable(self._connection()):
+            return
+        with self._tx(immediate=True) as tx:
+            if nullable(tx):  # another process migrated it meanwhile
+                return
+            tx.execute("ALTER TABLE detections RENAME TO detections_old")
+            tx.execute(_DETECTIONS_TABLE)
+            tx.execute("INSERT INTO detections SELECT * FROM detections_old")
+            tx.execute("DROP TABLE detections_old")
+            tx.execute(_DETECTIONS_INDEX)
+        log.info("migrated %s: detections.fake_probability may now be null", self.path)
 
     # accounts --------------------------------------------------------------------------------
     def create_user(self, user: User, first_key: ApiKey | None) -> None:
@@ -346,9 +367,3 @@ class SQLiteStore(Store):
             per[row["verdict"]] = row["n"]
             per["total"] += row["n"]
         return out
-
-    def close(self) -> None:
-        db = getattr(self._local, "db", None)
-        if db is not None:
-            db.close()
-            self._local.db = None
