@@ -24,15 +24,13 @@ import anyio
 import bentoml
 import numpy as np
 
-from api.app import create_app
-from auth.accounts import Accounts
+from api.app import attach_backends, create_app
 from config.startup import settings_or_exit, startup_or_exit
 from detect.hosting import ServedModels, build_engine, served_models
 from detect.model_clients import BentoModelClient
 from logs import configure_logging
 from models.runtime import OnnxModel
 from models.store import ONNX_FILE, StoredModel
-from store.factory import make_store
 
 settings = settings_or_exit()
 log = logging.getLogger("service")
@@ -143,7 +141,7 @@ class _VerityAPI:
 
     def __init__(self) -> None:
         configure_logging(settings)
-        app.state.accounts = Accounts(make_store(settings), settings)
+        attach_backends(app, settings)
         services = {spec.stored.tag: getattr(self, spec.attribute) for spec in MODEL_SERVICES}
         app.state.engine = build_engine(
             settings, SERVED, lambda stored: BentoModelClient(stored.model_id, services[stored.tag])

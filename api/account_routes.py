@@ -107,7 +107,10 @@ async def me(principal: CurrentPrincipal, accounts: AccountsDep) -> dict[str, An
 
 
 @router.delete("/v1/auth/me", status_code=204, tags=["auth"])
-async def delete_me(principal: CurrentPrincipal, accounts: AccountsDep) -> Response:
+async def delete_me(request: Request, principal: CurrentPrincipal, accounts: AccountsDep) -> Response:
+    jobs = getattr(request.app.state, "jobs", None)
+    if jobs is not None:  # uploaded media first: the records that point at it go with the account
+        await run(jobs.delete_user_media, principal.user_id)
     await run(accounts.store.delete_user, principal.user_id)
     return Response(status_code=204)
 

@@ -7,7 +7,9 @@ up when it starts; nothing here loads a model or imports torch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Query, Request
@@ -18,13 +20,14 @@ from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from api import account_routes
+from api import account_routes, job_routes
 from api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
 from api.openapi import DETECT_ERRORS, error_responses, media_request_body
 from api.payload import read_media_payload
 from auth.accounts import Accounts
 from auth.middleware import AuthMiddleware
 from auth.principal import Principal
+from blobs.local import LOCAL_UPLOAD_PATH
 from config import Settings
 from detect.audio import detect_audio
 from detect.engine import Engine
@@ -126,10 +129,40 @@ async def record_detection(accounts: Accounts, principal: Principal, result: dic
     await account_routes.run(accounts.store.add_detection, detection)
 
 
+def attach_backends(app: FastAPI, settings: Settings) -> None:
+    """The stores, blobs and queue every entry point shares (the engine is attached apart)."""
+    from jobs.backend import JobsBackend
+    from store.factory import make_store
+
+    app.state.accounts = Accounts(make_store(settings), settings)
+    app.state.jobs = JobsBackend.from_settings(settings, app.state.accounts.store)
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Local job workers (``VERITY_QUEUE=local``) run on this process's event loop; they wait for
+    the engine, which the BentoML service attaches once its model clients exist."""
+    from jobs.local_workers import LocalWorkers
+
+    backend = getattr(app.state, "jobs", None)
+    workers = None
+    if backend is not None and backend.settings.queue == "local" and backend.settings.job_workers > 0:
+        workers = LocalWorkers(
+            backend, lambda: getattr(app.state, "engine", None), count=backend.settings.job_workers
+        )
+        await workers.start()
+    try:
+        yield
+    finally:
+        if workers is not None:
+            await workers.stop()
+
+
 def create_app(settings: Settings) -> FastAPI:
     # FastAPI's own /docs and /redoc load their scripts from a CDN and render blank offline;
     # fastapi-offline serves the same pages with the assets from the package itself.
     app = FastAPIOffline(
+        lifespan=_lifespan,
         static_url=DOCS_ASSETS,
         title="Verity",
         version="1",
@@ -141,7 +174,11 @@ def create_app(settings: Settings) -> FastAPI:
     audio_limit = settings.max_audio_bytes * 4 // 3 + MULTIPART_OVERHEAD
     video_limit = settings.max_video_bytes * 4 // 3 + MULTIPART_OVERHEAD
 
+    upload_limit = settings.max_upload_bytes + MULTIPART_OVERHEAD
+
     def body_limit(path: str) -> int:
+        if path.endswith(LOCAL_UPLOAD_PATH):
+            return upload_limit
         if path.endswith("/v1/detect/image"):
             return image_limit
         if path.endswith("/v1/detect/audio"):
@@ -155,6 +192,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(AuthMiddleware)
     app.add_middleware(RequestIdMiddleware)
     app.include_router(account_routes.router)
+    app.include_router(job_routes.router)
 
     @app.get("/health", tags=["health"])
     async def health() -> dict[str, str]:
@@ -352,7 +390,7 @@ def create_app(settings: Settings) -> FastAPI:
     # router is metered).
     app.state.api_routes = [
         route
-        for router in (app.router, account_routes.router)
+        for router in (app.router, account_routes.router, job_routes.router)
         for route in router.routes
         if isinstance(route, APIRoute) and route.path != "/{path:path}"
     ]
@@ -365,9 +403,8 @@ def create_inprocess_app(settings: Settings) -> FastAPI:
     accounts attached at once: for entry points without a BentoML server (the AWS Lambda
     handler)."""
     from detect.hosting import build_inprocess_engine
-    from store.factory import make_store
 
     app = create_app(settings)
-    app.state.accounts = Accounts(make_store(settings), settings)
+    attach_backends(app, settings)
     app.state.engine = build_inprocess_engine(settings)
     return app

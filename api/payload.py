@@ -49,7 +49,7 @@ async def read_media_payload(request: Request, kind: str) -> bytes:
             raise InvalidInput("JSON body must be an object", code="invalid_input")
         if "upload_id" in body and kind not in body:
             raise InvalidInput(
-                "upload_id needs the uploads API, which this deployment does not enable yet",
+                "uploaded media is analysed by a job: POST /v1/jobs with this upload_id",
                 code="uploads_unavailable",
             )
         value = body.get(kind)

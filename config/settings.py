@@ -115,6 +115,45 @@ class Settings(BaseSettings):
     dynamodb_create_table: bool = Field(False, description="create the table at start (dev/test)")
     aws_region: str = "us-east-1"
 
+    # Uploads (blobs), jobs (queue + workers), webhooks --------------------------------------------------
+    blobs: Literal["local", "s3"] = Field("local", description="where uploaded media is kept")
+    blob_dir: Path | None = Field(None, description="local blob directory; default <data_dir>/blobs")
+    s3_bucket: str | None = Field(None, description="uploads bucket (VERITY_BLOBS=s3)")
+    s3_endpoint_url: str | None = Field(None, description="e.g. moto or MinIO; unset: AWS")
+    upload_prefix: str = Field("uploads/", description="object key prefix of uploads (lifecycle rule)")
+    max_upload_bytes: int = Field(500 * MB, ge=1, description="largest upload accepted")
+    upload_url_ttl_s: int = Field(900, ge=30, le=7 * 86400, description="lifetime of a signed upload form")
+    upload_retention_s: int = Field(
+        86400, ge=60, description="uploads not used by a job (or not asked to be kept) are deleted after this"
+    )
+    public_url: str | None = Field(
+        None, description="the service's public base URL, for local upload targets; unset: the request's"
+    )
+    queue: Literal["local", "sqs"] = Field("local", description="where jobs wait for a worker")
+    sqs_queue_url: str | None = Field(None, description="jobs queue (VERITY_QUEUE=sqs)")
+    sqs_endpoint_url: str | None = Field(None, description="e.g. moto; unset: AWS")
+    sqs_wait_s: int = Field(10, ge=0, le=20, description="long-poll wait of the container worker's receives")
+    job_workers: int = Field(1, ge=0, description="worker threads inside the service (VERITY_QUEUE=local)")
+    job_lease_s: int = Field(
+        300, ge=1, description="a claimed job returns to the queue if its worker is silent this long"
+    )
+    job_max_attempts: int = Field(3, ge=1, description="runs of a job before it fails for good")
+    job_max_video_duration_s: float = Field(3 * 3600.0, gt=0, description="duration cap of media in jobs")
+    job_video_max_frames_cap: int = Field(
+        3600, ge=1, description="most frames sampled from one video in a job (memory does not grow with it)"
+    )
+    decode_s_per_media_s: float = Field(
+        0.5, gt=0, description="decode time limit per second of declared duration in jobs"
+    )
+    webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="hosts webhooks may reach even when they resolve to private or loopback addresses "
+        "(local testing only)",
+    )
+    webhook_timeout_s: float = Field(5.0, gt=0, le=30, description="connect + read limit per delivery")
+    webhook_max_attempts: int = Field(8, ge=1, description="deliveries tried before a webhook is given up")
+    webhook_backoff_s: float = Field(5.0, gt=0, description="first retry delay; doubles, jittered")
+
     # Auth ---------------------------------------------------------------------------------------------
     jwt_algorithm: Literal["HS256", "RS256", "ES256"] = "HS256"
     jwt_secret: SecretStr | None = Field(None, description="HS256 secret, >= 32 bytes")
@@ -164,9 +203,11 @@ class Settings(BaseSettings):
             self.sqlite_path = self.data_dir / "verity.db"
         if self.dev_secret_path is None:
             self.dev_secret_path = self.data_dir / "dev-secret"
+        if self.blob_dir is None:
+            self.blob_dir = self.data_dir / "blobs"
         return self
 
-    @field_validator("image_models", mode="before")
+    @field_validator("image_models", "webhook_allowed_hosts", mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:
         # Accept "a,b" as well as a JSON list so the variable is easy to set by hand.

@@ -32,6 +32,11 @@ os.environ["VERITY_BATCH_MAX_LATENCY_MS"] = "10000"
 os.environ["VERITY_STORE"] = "sqlite"
 os.environ["VERITY_SQLITE_PATH"] = str(_TEST_STATE / "verity.db")
 os.environ["VERITY_DEV_SECRET_PATH"] = str(_TEST_STATE / "dev-secret")
+os.environ["VERITY_BLOB_DIR"] = str(_TEST_STATE / "blobs")
+# Webhook receivers of the tests listen on 127.0.0.1 (allow-listed: loopback is refused otherwise)
+# and their retries come quickly.
+os.environ["VERITY_WEBHOOK_ALLOWED_HOSTS"] = "127.0.0.1"
+os.environ["VERITY_WEBHOOK_BACKOFF_S"] = "0.2"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest  # noqa: E402

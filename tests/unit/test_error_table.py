@@ -18,7 +18,20 @@ from tests.conftest import PROJECT_ROOT
 
 pytestmark = pytest.mark.unit
 
-RUNTIME_DIRS = ("api", "auth", "config", "detect", "faces", "infra", "media", "models", "store")
+RUNTIME_DIRS = (
+    "api",
+    "auth",
+    "blobs",
+    "config",
+    "detect",
+    "faces",
+    "infra",
+    "jobs",
+    "media",
+    "models",
+    "store",
+    "webhooks",
+)
 RUNTIME_FILES = ("errors.py", "service.py", "logs.py")
 # Error classes by name, for the status an exception is raised with.
 ERROR_CLASSES = {

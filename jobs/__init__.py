@@ -1,0 +1,1 @@
+"""Durable jobs on uploaded media: submission, queues, the worker that runs them, webhooks."""

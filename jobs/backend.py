@@ -1,0 +1,77 @@
+"""Everything jobs need besides the models: the record stores, the blobs and the queue, made
+from settings once per process and shared by the API routes and the workers."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from blobs.base import BlobStore
+from blobs.factory import make_blobs
+from config import Settings
+from jobs.queue import Queue, make_queue
+from store.base import Store
+from store.factory import JobStores, make_job_stores
+from store.records import Delivery, Job
+
+log = logging.getLogger(__name__)
+
+
+def iso_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def iso_epoch(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+@dataclass
+class JobsBackend:
+    settings: Settings
+    accounts: Store  # history: a finished job's result lands there like any detection
+    stores: JobStores
+    blobs: BlobStore
+    queue: Queue
+    clock: Any = time.time
+
+    @classmethod
+    def from_settings(cls, settings: Settings, accounts: Store) -> JobsBackend:
+        return cls(settings, accounts, make_job_stores(settings), make_blobs(settings), make_queue(settings))
+
+    def delete_user_media(self, user_id: str) -> None:
+        """Before an account goes: its uploaded media (records go with the account)."""
+        for upload in self.stores.uploads.list_uploads(user_id):
+            self.blobs.delete(upload.blob_key)
+
+
+def job_document(job: Job, deliveries: list[Delivery] | None = None) -> dict[str, Any]:
+    """A job as the API shows it: status, progress, attempts, the result or a typed error, and
+    the webhook's delivery attempts."""
+    document: dict[str, Any] = {
+        "id": job.id,
+        "status": job.status,
+        "modality": job.modality,
+        "upload_id": job.upload_id,
+        "options": job.options,
+        "created_at": job.created_at,
+        "updated_at": job.updated_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+        "attempts": job.attempts,
+        "max_attempts": job.max_attempts,
+        "progress": round(job.progress, 4),
+        "result": job.result,
+        "error": job.error,
+        "webhook": None,
+    }
+    if job.webhook_url:
+        document["webhook"] = {
+            "url": job.webhook_url,
+            "deliveries": [d.public() for d in deliveries or []],
+        }
+    return document
