@@ -1,5 +1,6 @@
-"""AWS Lambda entry point: ``infra.aws_lambda.handler.http`` behind API Gateway (HTTP API payload
-v2, REST API v1 with binary media types) or a Lambda Function URL.
+"""AWS Lambda entry points: ``infra.aws_lambda.handler.http`` behind API Gateway (HTTP API payload
+v2, REST API v1 with binary media types) or a Lambda Function URL, and
+``infra.aws_lambda.handler.sqs`` for the jobs queue (batch size 1, partial batch failures).
 
 The same FastAPI app as ``bentoml serve``, with its engine in this process: every served model is
 an ONNX Runtime session opened once per container, at init (this module's import), not per
@@ -14,7 +15,10 @@ from one container to the next: in production the handler refuses to start unles
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
+from typing import Any
 
 from mangum import Mangum
 
@@ -38,3 +42,29 @@ configure_logging(settings)
 startup_or_exit(lambda: _check_lambda_settings(settings.environment, settings.store))
 app = startup_or_exit(lambda: create_inprocess_app(settings))
 http = Mangum(app, lifespan="off")
+
+
+# One event loop for the container's life: the engine's limiters and the store clients outlive
+# an invocation, as the models do.
+_jobs_loop = asyncio.new_event_loop()
+
+
+def sqs(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Handle SQS job and webhook messages. A message that asks to be retried later is re-sent
+    with a delay and reported handled; one that raised is reported in ``batchItemFailures``, so
+    SQS delivers it again after its visibility timeout (and to the DLQ after maxReceiveCount),
+    while the batch's other messages are not repeated."""
+    from jobs.runner import JobRunner
+
+    runner = JobRunner(app.state.jobs, app.state.engine)
+    failures = []
+    for record in event.get("Records", []):
+        try:
+            body = json.loads(record["body"])
+            outcome = _jobs_loop.run_until_complete(runner.handle(body))
+            if outcome.retry_at is not None:
+                app.state.jobs.queue.send(body, max(0.0, outcome.retry_at - app.state.jobs.clock()))
+        except Exception:
+            log.exception("SQS message %s failed; it will be delivered again", record.get("messageId"))
+            failures.append({"itemIdentifier": record.get("messageId")})
+    return {"batchItemFailures": failures}

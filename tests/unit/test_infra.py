@@ -1,11 +1,13 @@
 """Deployment files, checked without a cloud account or a Docker engine: the AWS template passes
-cfn-lint (offline) and matches the code (the table the store creates, real settings, no wildcard
-permissions); the Lambda image recipe installs only the runtime group, copies files that exist,
-and names a handler that exists."""
+cfn-lint (offline) and matches the code (the table the store creates, real settings, handlers that
+exist, exactly the permissions each function needs and no wildcards, a private uploads bucket, a
+jobs queue that outlasts its worker); the Lambda image recipe installs only the runtime group,
+copies files that exist, and names a handler that exists."""
 
 from __future__ import annotations
 
 import ast
+import importlib.util
 import re
 import subprocess
 import sys
@@ -24,6 +26,38 @@ pytestmark = pytest.mark.unit
 TEMPLATE = PROJECT_ROOT / "infra" / "aws" / "template.yaml"
 DOCKERFILE = PROJECT_ROOT / "infra" / "aws_lambda" / "Dockerfile"
 SETTINGS = {f"VERITY_{name.upper()}" for name in Settings.model_fields}
+FUNCTIONS = ("ApiFunction", "WorkerFunction")
+HANDLERS = {"ApiFunction": "infra.aws_lambda.handler.http", "WorkerFunction": "infra.aws_lambda.handler.sqs"}
+UPLOADS = "UploadsBucket/uploads/*"  # objects under the upload prefix, and nothing else in the bucket
+TABLE_ACTIONS = {
+    "dynamodb:GetItem",
+    "dynamodb:PutItem",
+    "dynamodb:UpdateItem",
+    "dynamodb:DeleteItem",
+    "dynamodb:Query",
+    "dynamodb:Scan",
+    "dynamodb:BatchWriteItem",
+    "dynamodb:TransactWriteItems",
+}
+PERMISSIONS = {  # resource -> actions, per function
+    "ApiFunction": {
+        "Table": TABLE_ACTIONS,
+        # Signed upload forms carry the API role's credentials: S3 checks PutObject against it.
+        UPLOADS: {"s3:PutObject", "s3:GetObject", "s3:DeleteObject"},
+        "JobsQueue": {"sqs:SendMessage"},
+    },
+    "WorkerFunction": {
+        "Table": TABLE_ACTIONS,
+        UPLOADS: {"s3:GetObject", "s3:DeleteObject"},
+        # The first three: what the SQS event source mapping polls with.
+        "JobsQueue": {
+            "sqs:ReceiveMessage",
+            "sqs:DeleteMessage",
+            "sqs:GetQueueAttributes",
+            "sqs:ChangeMessageVisibility",
+        },
+    },
+}
 
 
 def _template() -> dict[str, Any]:
@@ -36,6 +70,92 @@ def _template() -> dict[str, Any]:
 
 def _resources(kind: str) -> list[dict[str, Any]]:
     return [r for r in _template()["Resources"].values() if r["Type"] == kind]
+
+
+def _properties(name: str) -> dict[str, Any]:
+    return _template()["Resources"][name]["Properties"]
+
+
+def _environment(function: str) -> dict[str, Any]:
+    """A function's variables as SAM deploys them: the Globals', then its own over them."""
+    template = _template()
+    shared = template.get("Globals", {}).get("Function", {}).get("Environment", {}).get("Variables", {})
+    own = template["Resources"][function]["Properties"].get("Environment", {}).get("Variables", {})
+    return {**shared, **own}
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _statements(function: str) -> list[dict[str, Any]]:
+    """The inline policy statements of a function's role: SAM's ``Policies``, or those of the
+    ``AWS::IAM::Role`` it names."""
+    resources = _template()["Resources"]
+    properties = resources[function]["Properties"]
+    if "Role" in properties:
+        assert "Policies" not in properties  # SAM would ignore them beside a Role
+        (role, attribute) = properties["Role"]["Fn::GetAtt"]
+        assert attribute == "Arn" and resources[role]["Type"] == "AWS::IAM::Role"
+        documents = [p["PolicyDocument"] for p in resources[role]["Properties"]["Policies"]]
+    else:
+        documents = properties["Policies"]
+    return [statement for document in documents for statement in document["Statement"]]
+
+
+def _resource_name(resource: Any) -> str:
+    """``!GetAtt X.Arn`` -> ``X``; ``!Sub "${X.Arn}/key"`` -> ``X/key``; anything else fails."""
+    if isinstance(resource, dict) and "Fn::GetAtt" in resource:
+        name, attribute = resource["Fn::GetAtt"]
+        assert attribute == "Arn", resource
+        return str(name)
+    if isinstance(resource, dict) and isinstance(resource.get("Fn::Sub"), str):
+        match = re.fullmatch(r"\$\{(\w+)\.Arn\}(/.+)", resource["Fn::Sub"])
+        assert match, resource
+        return match[1] + match[2]
+    raise AssertionError(f"not a resource of this stack: {resource!r}")
+
+
+def _resolved(value: Any) -> Any:
+    """Refs replaced by what a deployment would give them (parameter defaults, made-up names)."""
+    if isinstance(value, dict) and "Ref" in value:
+        name = value["Ref"]
+        parameter = _template()["Parameters"].get(name)
+        if name == "JwtSecret":
+            return "k7Qv2pX9sLmN4rT8wYz1aB3cD5eF6gH0"
+        if parameter is not None:
+            return str(parameter["Default"])
+        return "us-east-1" if name == "AWS::Region" else f"stack-{name.lower()}"
+    assert not isinstance(value, dict | list), value
+    return value
+
+
+def _module_defines(module: str, attribute: str) -> bool:
+    """Whether ``module`` (found the way the runtime imports it) binds ``attribute`` at its top
+    level. The module is not executed: the Lambda handler opens every served model when imported."""
+    spec = importlib.util.find_spec(module)
+    assert spec is not None and spec.origin, module
+    tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+    names = set()
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value:
+            names.add(node.target.id)
+    return attribute in names
+
+
+def _denies_plain_http(document: dict[str, Any], service: str, resources: list[Any]) -> bool:
+    return any(
+        statement["Effect"] == "Deny"
+        and statement["Principal"] == "*"
+        and statement["Action"] == f"{service}:*"
+        and statement["Resource"] == resources
+        and statement["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+        for statement in document["Statement"]
+    )
 
 
 def test_template_passes_cfn_lint() -> None:
@@ -56,28 +176,181 @@ def test_template_table_is_the_one_the_store_creates() -> None:
     assert table["DeletionPolicy"] == "Retain"  # accounts outlive a stack deletion
 
 
-def test_template_function_environment_is_real_production_settings() -> None:
-    (function,) = _resources("AWS::Serverless::Function")
-    variables = function["Properties"]["Environment"]["Variables"]
+def test_template_functions_are_the_api_and_the_worker() -> None:
+    names = {name for name, r in _template()["Resources"].items() if r["Type"] == "AWS::Serverless::Function"}
+    assert names == set(FUNCTIONS)  # a new function needs its permissions and environment below
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_template_function_environment_is_real_production_settings(function: str) -> None:
+    variables = _environment(function)
     assert set(variables) <= SETTINGS, sorted(set(variables) - SETTINGS)
     assert variables["VERITY_ENVIRONMENT"] == "production"
     assert variables["VERITY_STORE"] == "dynamodb"  # the handler refuses SQLite in production
     assert variables["VERITY_DYNAMODB_TABLE"] == {"Ref": "Table"}
+    assert variables["VERITY_BLOBS"] == "s3"
+    assert variables["VERITY_S3_BUCKET"] == {"Ref": "UploadsBucket"}
+    assert variables["VERITY_UPLOAD_PREFIX"] == Settings.model_fields["upload_prefix"].default
+    assert variables["VERITY_QUEUE"] == "sqs"
+    assert variables["VERITY_SQS_QUEUE_URL"] == {"Ref": "JobsQueue"}  # Ref of a queue: its URL
+    assert variables["VERITY_JOB_WORKERS"] == "0"  # no worker threads inside a Lambda container
+    # The values are valid too: Settings accepts them (Refs stand for what a deployment gives).
+    settings = Settings(**{name[len("VERITY_") :].lower(): _resolved(v) for name, v in variables.items()})
+    assert (settings.environment, settings.store, settings.queue, settings.job_workers) == (
+        "production",
+        "dynamodb",
+        "sqs",
+        0,
+    )
+    assert _properties(function)["PackageType"] == "Image"
+
+
+def test_template_api_inline_media_fits_lambdas_payload() -> None:
+    variables = _environment("ApiFunction")
     # 6 MB synchronous payloads carry about 4.5 MB of media after base64.
     for cap in ("VERITY_MAX_IMAGE_BYTES", "VERITY_MAX_AUDIO_BYTES", "VERITY_MAX_VIDEO_BYTES"):
         assert int(variables[cap]) <= 4_500_000
-    assert function["Properties"]["PackageType"] == "Image"
 
 
-def test_template_permissions_have_no_wildcards() -> None:
-    (function,) = _resources("AWS::Serverless::Function")
-    statements = [s for policy in function["Properties"]["Policies"] for s in policy["Statement"]]
-    assert statements
-    for statement in statements:
-        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+def test_template_names_only_real_settings() -> None:
+    template = _template()
+    names = set(template["Globals"]["Function"]["Environment"]["Variables"])
+    for function in FUNCTIONS:
+        names |= set(_environment(function))
+    assert {n for n in names if n.startswith("VERITY_")} <= SETTINGS, sorted(names - SETTINGS)
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_template_functions_name_handlers_that_exist(function: str) -> None:
+    properties = _properties(function)
+    assert properties["ImageUri"] == {"Ref": "ImageUri"}  # one image, two entry points
+    assert properties["ImageConfig"]["Command"] == [HANDLERS[function]]
+    module, _, attribute = HANDLERS[function].rpartition(".")
+    assert _module_defines(module, attribute), (module, attribute)
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_template_permissions_are_exactly_what_each_function_needs(function: str) -> None:
+    granted: dict[str, set[str]] = {}
+    for statement in _statements(function):
+        assert statement["Effect"] == "Allow"
+        assert not {"NotAction", "NotResource", "NotPrincipal"} & set(statement), statement
+        actions = _as_list(statement["Action"])
         assert not [a for a in actions if "*" in a], actions
-        assert all(a.startswith("dynamodb:") for a in actions)
-        assert statement["Resource"] == {"Fn::GetAtt": ["Table", "Arn"]}
+        for resource in _as_list(statement["Resource"]):
+            granted.setdefault(_resource_name(resource), set()).update(actions)
+    assert granted == PERMISSIONS[function]
+    # The one "*" is the object key under the upload prefix: never the whole bucket.
+    assert [name for name in granted if "*" in name] == [UPLOADS]
+    prefix = _environment(function)["VERITY_UPLOAD_PREFIX"]
+    assert f"UploadsBucket/{prefix}*" == UPLOADS
+
+
+def test_template_worker_role_has_no_managed_queue_policy() -> None:
+    # A SAM-generated role would get AWSLambdaSQSQueueExecutionRole for the SQS event: receive and
+    # delete on every queue of the account. The worker's own role has only the logging policy.
+    role = _properties(_properties("WorkerFunction")["Role"]["Fn::GetAtt"][0])
+    assert role["ManagedPolicyArns"] == [
+        {"Fn::Sub": "arn:${AWS::Partition}:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"}
+    ]
+    (trust,) = role["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Principal"] == {"Service": "lambda.amazonaws.com"}
+    assert trust["Action"] == "sts:AssumeRole"
+
+
+def test_uploads_bucket_is_private_and_encrypted() -> None:
+    bucket = _properties("UploadsBucket")
+    assert bucket["PublicAccessBlockConfiguration"] == {
+        "BlockPublicAcls": True,
+        "BlockPublicPolicy": True,
+        "IgnorePublicAcls": True,
+        "RestrictPublicBuckets": True,
+    }
+    (encryption,) = bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert encryption["ServerSideEncryptionByDefault"]["SSEAlgorithm"] in {"AES256", "aws:kms"}
+    assert bucket["OwnershipControls"] == {"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]}
+    (policy,) = [
+        r["Properties"]
+        for r in _resources("AWS::S3::BucketPolicy")
+        if r["Properties"]["Bucket"] == {"Ref": "UploadsBucket"}
+    ]
+    objects = {"Fn::Sub": "${UploadsBucket.Arn}/*"}
+    bucket_arn = {"Fn::GetAtt": ["UploadsBucket", "Arn"]}
+    assert _denies_plain_http(policy["PolicyDocument"], "s3", [bucket_arn, objects])
+
+
+def test_uploads_bucket_expires_the_upload_prefix() -> None:
+    template = _template()
+    rules = _properties("UploadsBucket")["LifecycleConfiguration"]["Rules"]
+    prefix = Settings.model_fields["upload_prefix"].default
+    (expiry,) = [r for r in rules if r["Status"] == "Enabled" and "ExpirationInDays" in r]
+    assert expiry["Prefix"] == prefix  # what VERITY_UPLOAD_PREFIX names, and nothing else
+    assert expiry["ExpirationInDays"] == {"Ref": "UploadRetentionDays"}
+    assert expiry["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"] >= 1
+    days = template["Parameters"]["UploadRetentionDays"]
+    assert days["Default"] == 1 and days["MinValue"] >= 1
+    # A backstop: never before the service's own retention of an unused upload.
+    assert days["Default"] * 86400 >= Settings.model_fields["upload_retention_s"].default
+
+
+def test_uploads_bucket_cors_allows_browser_posts() -> None:
+    (rule,) = _properties("UploadsBucket")["CorsConfiguration"]["CorsRules"]
+    assert rule["AllowedMethods"] == ["POST"]  # the signed form, and nothing else
+    assert rule["AllowedOrigins"] == {"Ref": "AllowedOrigins"}
+    assert _template()["Parameters"]["AllowedOrigins"]["Type"] == "CommaDelimitedList"
+    assert rule["AllowedHeaders"] == ["*"]
+    assert rule["MaxAge"] > 0
+
+
+def test_jobs_queue_outlasts_the_worker_and_redrives_to_its_dead_letter_queue() -> None:
+    queue, dead = _properties("JobsQueue"), _properties("JobsDeadLetterQueue")
+    worker = _properties("WorkerFunction")
+    assert worker["Timeout"] == 900
+    (event,) = worker["Events"].values()
+    window = event["Properties"].get("MaximumBatchingWindowInSeconds", 0)
+    # AWS's advice for an SQS source: 6 x the function's timeout (+ its batching window).
+    assert queue["VisibilityTimeout"] >= 6 * worker["Timeout"] + window
+    # A claimed job is given up on only once its worker has surely stopped.
+    assert int(_environment("WorkerFunction")["VERITY_JOB_LEASE_S"]) > worker["Timeout"]
+    redrive = queue["RedrivePolicy"]
+    assert redrive["deadLetterTargetArn"] == {"Fn::GetAtt": ["JobsDeadLetterQueue", "Arn"]}
+    assert redrive["maxReceiveCount"] >= max(5, Settings.model_fields["job_max_attempts"].default)
+    # A message keeps its age in the dead-letter queue, which keeps it for the most SQS allows.
+    assert dead["MessageRetentionPeriod"] == 14 * 86400 > queue.get("MessageRetentionPeriod", 4 * 86400)
+    assert queue["SqsManagedSseEnabled"] is True and dead["SqsManagedSseEnabled"] is True
+    (policy,) = _resources("AWS::SQS::QueuePolicy")
+    queues = [{"Ref": "JobsQueue"}, {"Ref": "JobsDeadLetterQueue"}]
+    assert policy["Properties"]["Queues"] == queues
+    arns = [{"Fn::GetAtt": [name, "Arn"]} for name in ("JobsQueue", "JobsDeadLetterQueue")]
+    assert _denies_plain_http(policy["Properties"]["PolicyDocument"], "sqs", arns)
+
+
+def test_worker_takes_one_job_at_a_time_from_the_jobs_queue() -> None:
+    template = _template()
+    worker = _properties("WorkerFunction")
+    (event,) = worker["Events"].values()
+    assert event["Type"] == "SQS"
+    assert event["Properties"]["Queue"] == {"Fn::GetAtt": ["JobsQueue", "Arn"]}
+    assert event["Properties"]["BatchSize"] == 1
+    assert event["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    memory = template["Parameters"][worker["MemorySize"]["Ref"]]
+    assert memory["MinValue"] >= 3008 and memory["Default"] >= 3008
+    # An upload may be copied to /tmp whole.
+    largest_upload = Settings.model_fields["max_upload_bytes"].default
+    assert worker["EphemeralStorage"]["Size"] * 1024 * 1024 > largest_upload
+    # Reserved concurrency only when asked for (0 would stop the worker altogether).
+    condition, reserved, unset = worker["ReservedConcurrentExecutions"]["Fn::If"]
+    assert (reserved, unset) == ({"Ref": "WorkerReservedConcurrency"}, {"Ref": "AWS::NoValue"})
+    assert template["Conditions"][condition] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "WorkerReservedConcurrency"}, 0]}]
+    }
+
+
+def test_template_outputs_the_bucket_and_queues() -> None:
+    outputs = _template()["Outputs"]
+    assert outputs["UploadsBucketName"]["Value"] == {"Ref": "UploadsBucket"}
+    assert outputs["JobsQueueUrl"]["Value"] == {"Ref": "JobsQueue"}
+    assert outputs["JobsDeadLetterQueueUrl"]["Value"] == {"Ref": "JobsDeadLetterQueue"}
 
 
 # --- the Lambda image recipe ----------------------------------------------------------------------
@@ -118,17 +391,10 @@ def test_lambda_image_copies_what_exists_and_leaves_export_code_out() -> None:
 
 def test_lambda_image_names_a_handler_that_exists() -> None:
     (command,) = [arg for op, arg in _instructions() if op == "CMD"]
-    module, _, attribute = ast.literal_eval(command)[0].rpartition(".")
-    path = PROJECT_ROOT / Path(*module.split(".")).with_suffix(".py")
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    assigned = {
-        t.id
-        for node in tree.body
-        if isinstance(node, ast.Assign)
-        for t in node.targets
-        if isinstance(t, ast.Name)
-    }
-    assert attribute in assigned, (path, attribute)
+    (handler,) = ast.literal_eval(command)
+    module, _, attribute = handler.rpartition(".")
+    assert _module_defines(module, attribute), (module, attribute)
+    assert handler == HANDLERS["ApiFunction"]  # the image's default is the API's entry point
 
 
 # --- Cloud Run and Kubernetes -----------------------------------------------------------------------
