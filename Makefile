@@ -61,15 +61,16 @@ $(STAMPS)/project-env: Makefile | $(PY)
 	@printf '%s\n' 'import os; os.environ.setdefault("BENTOML_HOME", "$(CURDIR)/bentos"); os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")' > $(PROJECT_PTH)
 	@touch $@
 
-# System packages: ffmpeg/ffprobe decode M4A/AAC audio (media/audio.py). Debian's package, installed
-# with apt-get only when missing (as root, or through sudo); nothing happens when it is on PATH.
+# System packages: ffmpeg/ffprobe decode M4A/AAC audio and probe video (media/), jq reads JSON in
+# the README's upload walk-through. Debian's packages, installed with apt-get only when missing (as
+# root, or through sudo); nothing happens when all three are on PATH.
 system-deps:
-	@if command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null; then exit 0; fi; \
-	command -v apt-get >/dev/null || { echo "ffmpeg not found and no apt-get: install ffmpeg yourself"; exit 1; }; \
+	@if command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null && command -v jq >/dev/null; then exit 0; fi; \
+	command -v apt-get >/dev/null || { echo "ffmpeg or jq not found and no apt-get: install them yourself"; exit 1; }; \
 	sudo=""; [ "$$(id -u)" -eq 0 ] || sudo="sudo"; \
-	echo "installing ffmpeg with apt-get ..."; \
+	echo "installing ffmpeg and jq with apt-get ..."; \
 	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get update; \
-	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ffmpeg
+	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ffmpeg jq
 
 setup-runtime: system-deps $(STAMPS)/runtime $(STAMPS)/export $(STAMPS)/project-env
 setup: system-deps setup-runtime $(STAMPS)/dev

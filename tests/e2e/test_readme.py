@@ -52,9 +52,19 @@ def bash_blocks(markdown: str) -> list[str]:
     return [re.sub(r"\\\n\s*", " ", block) for block in re.findall(r"```bash\n(.*?)```", markdown, re.S)]
 
 
+WALK_THROUGH = "# walk-through: one script"
+
+
+def walk_throughs() -> list[str]:
+    """Blocks the README presents as one script (their lines depend on each other)."""
+    return [b for b in bash_blocks(README.read_text(encoding="utf-8")) if b.startswith(WALK_THROUGH)]
+
+
 def readme_curl_commands() -> list[str]:
     commands = []
     for block in bash_blocks(README.read_text(encoding="utf-8")):
+        if block.startswith(WALK_THROUGH):
+            continue  # run whole, by test_readme_walk_through
         for line in block.splitlines():
             line = line.strip()
             if line.startswith("curl ") and README_ADDRESS in line:
@@ -245,12 +255,41 @@ def test_readme_curl_example(
         assert all(item["id"].startswith("det_") for item in answer["items"])
     elif "/v1/stats" in command:
         assert answer["totals"]["total"] >= 0
+    elif "/v1/webhook-secret" in command:
+        assert status == 201 and answer["secret"].startswith("whsec_")
+    elif "/v1/jobs" in command:
+        assert isinstance(answer["items"], list) and all(j["id"].startswith("job_") for j in answer["items"])
     elif "/v1/keys" in command:
         if "-d " in command:  # a new key, shown once
             assert status == 201 and well_formed(answer["key"])
         else:
             assert answer["keys"] and all("key" not in k and "digest" not in k for k in answer["keys"])
             assert credentials["VERITY_API_KEY"] not in text
+
+
+def test_readme_walk_through(
+    make_serve: ServerProcess, readme_account: ReadmeAccount, tmp_path: Path
+) -> None:
+    """The uploads + jobs walk-through, run as the one bash script it is, against `make serve`
+    (local blobs, the in-process workers): the job ends with the video's result."""
+    (block,) = [b for b in walk_throughs() if "/v1/uploads" in b]
+    (tmp_path / "talk.mp4").write_bytes(readme_clip())
+    script = "set -euo pipefail\n" + block.replace(README_ADDRESS, f"localhost:{make_serve.port}")
+    done = subprocess.run(
+        ["bash", "-c", script],
+        cwd=tmp_path,
+        env={**server_env(make_serve.bentoml_home), **readme_account.env()},
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, f"{done.stderr}\nserver log:\n{make_serve.log_tail(40)}"
+    job = json.loads((tmp_path / "job.json").read_text(encoding="utf-8"))
+    assert job["status"] == "succeeded", job
+    assert job["result"]["modality"] == "video" and job["result"]["media"]["frames_analyzed"] == 3
+    summary = json.loads(done.stdout)
+    assert summary["status"] == "succeeded" and summary["verdict"] == job["result"]["verdict"]
 
 
 @functools.cache
