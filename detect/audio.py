@@ -5,19 +5,27 @@ the mean of its windows' probabilities and decides the verdict against the thres
 uncertain band); ``max`` is reported beside it, and a ``localized_fake`` warning is added when
 some window crosses the threshold while the mean does not: a spliced-in synthetic phrase shows
 up there and in ``segments`` even when most of the clip is genuine.
+
+Files (jobs, ``detect_audio_file``): the same result for a file on disk of any length. The file
+is decoded a block at a time (``media.audio.open_audio_file``), the blocks are cut into exactly
+the inline windows (``WindowCutter``) and the windows are scored in batches of
+``audio_batch_max_size`` as they come, so memory holds a batch and a block, not the clip. A
+video's audio track in a job goes the same way (``score_audio_stream``).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import anyio
 import numpy as np
 
 from detect.engine import Engine, ServedModel, audio_hop_s
-from media.audio import decode_audio, make_windows
+from media.audio import AudioFileStream, WindowCutter, decode_audio, make_windows, open_audio_file
 from models.audio_features import normalize_windows
 from models.postprocess import fake_probabilities, verdict_for
 from store.ids import new_id
@@ -25,6 +33,24 @@ from store.ids import new_id
 
 def _ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1000, 2)
+
+
+class Progress:
+    """A caller's progress callback (fraction 0..1), called only when the value grows: never
+    backwards, never past 1. ``part(start, end)`` maps a step's own 0..1 onto its share."""
+
+    def __init__(self, callback: Callable[[float], None] | None) -> None:
+        self._callback = callback
+        self._last = 0.0
+
+    def __call__(self, fraction: float) -> None:
+        value = min(1.0, max(0.0, fraction))
+        if self._callback is not None and value > self._last:
+            self._last = value
+            self._callback(value)
+
+    def part(self, start: float, end: float) -> Callable[[float], None]:
+        return lambda fraction: self(start + (end - start) * min(1.0, max(0.0, fraction)))
 
 
 async def _run_windows(served: ServedModel, windows: np.ndarray, window_len: int) -> np.ndarray:
@@ -62,9 +88,148 @@ async def detect_audio(engine: Engine, data: bytes, *, model_id: str | None) -> 
     outputs = await _run_windows(served, windows, spec.window_samples)
     inference_ms = _ms(mark)
     probs = fake_probabilities(outputs, stored.metadata["output"], int(stored.metadata["fake_index"]))
+    media = {
+        "format": decoded.format,
+        "duration_s": round(decoded.duration_s, 3),
+        "sample_rate": decoded.sample_rate,
+        "original_sample_rate": decoded.original_rate,
+        "channels": decoded.channels,
+        "windows": len(spans),
+        "window_s": spec.window_s,
+        "hop_s": hop_s,
+    }
+    timing = {"decode": decode_ms, "preprocess": preprocess_ms, "inference": inference_ms}
+    return _result(
+        engine, served, probs, spans, media, [*served.warnings, *decoded.warnings], timing, started
+    )
+
+
+async def detect_audio_file(
+    engine: Engine,
+    path: Path,
+    *,
+    model_id: str | None,
+    progress: Callable[[float], None] | None = None,
+) -> dict[str, Any]:
+    """``detect_audio``'s result for the audio file at ``path``, which is never read whole (see
+    the module docstring). Job limits: ``job_max_video_duration_s``, ``max_upload_bytes``, and a
+    time limit of ``ffmpeg_timeout_s`` or ``decode_s_per_media_s`` per declared second, whichever
+    is longer. ``progress`` gets fractions 0..1, growing, ending at 1.0 on success."""
+    started = time.perf_counter()
+    settings = engine.settings
+    served = engine.audio_model(model_id)
+    spec = served.stored.audio_spec
+    stream = await anyio.to_thread.run_sync(
+        lambda: open_audio_file(
+            Path(path),
+            target_rate=spec.sample_rate,
+            max_bytes=settings.max_upload_bytes,
+            max_duration_s=settings.job_max_video_duration_s,
+            min_duration_s=spec.min_duration_s,
+            timeout_s=settings.ffmpeg_timeout_s,
+            s_per_media_s=settings.decode_s_per_media_s,
+        )
+    )
+    report = Progress(progress)
+    try:
+        result = await score_audio_stream(
+            engine, served, stream, expected_s=stream.info.declared_s, report=report
+        )
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(stream.close)
+    result["timing_ms"]["total"] = _ms(started)
+    report(1.0)
+    return result
+
+
+async def score_audio_stream(
+    engine: Engine,
+    served: ServedModel,
+    stream: AudioFileStream,
+    *,
+    expected_s: float | None,
+    report: Callable[[float], None],
+) -> dict[str, Any]:
+    """The audio result for ``stream``: windows cut as the blocks come and scored a batch at a
+    time. ``report`` gets the share of ``expected_s`` (when known) decoded and scored so far."""
+    started = time.perf_counter()
+    settings = engine.settings
+    spec = served.stored.audio_spec
+    hop_s = audio_hop_s(settings, spec)
+    cutter = WindowCutter(stream.sample_rate, spec.window_s, hop_s)
+    batch = max(1, settings.audio_batch_max_size)
+    pending: list[np.ndarray] = []  # windows waiting for a full batch, one row each
+    probs: list[np.ndarray] = []
+    spans: list[tuple[float, float]] = []
+    timing = {"decode": 0.0, "preprocess": 0.0, "inference": 0.0}
+
+    async def score(rows: list[np.ndarray]) -> None:
+        mark = time.perf_counter()
+        windows = np.stack(rows)
+        if spec.do_normalize:
+            windows = normalize_windows(windows, None)
+        timing["preprocess"] += _ms(mark)
+        mark = time.perf_counter()
+        outputs = await _run_windows(served, windows, spec.window_samples)
+        timing["inference"] += _ms(mark)
+        stored = served.stored
+        probs.append(
+            fake_probabilities(outputs, stored.metadata["output"], int(stored.metadata["fake_index"]))
+        )
+
+    while True:
+        mark = time.perf_counter()
+        block = await anyio.to_thread.run_sync(stream.read_block)
+        timing["decode"] += _ms(mark)
+        if block is None:
+            break
+        windows, cut = cutter.feed(block)
+        pending.extend(windows)
+        spans += cut
+        while len(pending) >= batch:
+            await score(pending[:batch])
+            del pending[:batch]
+        if expected_s:
+            report(stream.decoded_s / expected_s)
+    windows, cut = cutter.finish()
+    spans += cut
+    if pending:
+        await score(pending)
+    if len(windows):
+        # The last windows; a clip shorter than one window is one window of its own length.
+        await score(list(windows))
+    summary = stream.summary
+    assert summary is not None  # read_block returned None
+    info = stream.info
+    media = {
+        "format": info.format,
+        "duration_s": round(summary.duration_s, 3),
+        "sample_rate": stream.sample_rate,
+        "original_sample_rate": info.original_rate,
+        "channels": info.channels,
+        "windows": len(spans),
+        "window_s": spec.window_s,
+        "hop_s": hop_s,
+    }
+    timing = {k: round(v, 2) for k, v in timing.items()}
+    warnings = [*served.warnings, *summary.warnings]
+    return _result(engine, served, np.concatenate(probs), spans, media, warnings, timing, started)
+
+
+def _result(
+    engine: Engine,
+    served: ServedModel,
+    probs: np.ndarray,
+    spans: list[tuple[float, float]],
+    media: dict[str, Any],
+    warnings: list[dict[str, str]],
+    timing: dict[str, float],
+    started: float,
+) -> dict[str, Any]:
+    stored = served.stored
     mean_p, max_p = float(probs.mean()), float(probs.max())
     threshold = stored.threshold
-    warnings = [*served.warnings, *decoded.warnings]
     fake_windows = int((probs >= threshold).sum())
     if max_p >= threshold > mean_p:
         warnings.append(
@@ -77,7 +242,7 @@ async def detect_audio(engine: Engine, data: bytes, *, model_id: str | None) -> 
         "id": new_id("det"),
         "modality": "audio",
         "created_at": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        "verdict": verdict_for(mean_p, threshold, settings.uncertain_band),
+        "verdict": verdict_for(mean_p, threshold, engine.settings.uncertain_band),
         "fake_probability": round(mean_p, 6),
         "threshold": threshold,
         "model": stored.summary(),
@@ -92,21 +257,7 @@ async def detect_audio(engine: Engine, data: bytes, *, model_id: str | None) -> 
             for (a, b), p in zip(spans, probs, strict=True)
         ],
         "faces": [],
-        "media": {
-            "format": decoded.format,
-            "duration_s": round(decoded.duration_s, 3),
-            "sample_rate": decoded.sample_rate,
-            "original_sample_rate": decoded.original_rate,
-            "channels": decoded.channels,
-            "windows": len(spans),
-            "window_s": spec.window_s,
-            "hop_s": hop_s,
-        },
-        "timing_ms": {
-            "decode": decode_ms,
-            "preprocess": preprocess_ms,
-            "inference": inference_ms,
-            "total": _ms(started),
-        },
+        "media": media,
+        "timing_ms": {**timing, "total": _ms(started)},
         "warnings": warnings,
     }

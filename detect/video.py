@@ -22,23 +22,44 @@ the track is scored like ``/v1/detect/audio`` and reported under ``audio``; the 
 FAKE when either modality says FAKE, else UNCERTAIN when either does, else REAL, and the fused
 ``fake_probability`` is the larger of the two. A track too short or unreadable is skipped with a
 warning, never an error.
+
+Files (jobs, ``detect_video_file``): the same result for a video file on disk of any length,
+whose frames never accumulate. The decoder (``media.video.open_video_file``) streams the sampled
+frames in chunks of ``FILE_CHUNK_FRAMES``; each chunk goes through faces and the model (temporal:
+the encoder, keeping only the feature vectors; frames: the image model, keeping only the
+probabilities) and is dropped, while the decoder works on the next one (one chunk is read ahead:
+at most two chunks of pixels are alive). The LSTM head then runs over the whole feature
+sequence as inline, ``HEAD_WINDOWS_PER_CALL`` windows per call. The audio track is streamed from
+the file through ffmpeg's pipe (``media.video.open_audio_track``) and scored like an audio file.
+Sampling: the request's fps, else 1 fps past 60 s, within ``job_video_max_frames_cap`` frames.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, Literal, Protocol
 
 import anyio
 import numpy as np
 
-from detect.audio import detect_audio
+from detect.audio import Progress, detect_audio, score_audio_stream
 from detect.engine import Engine, ServedModel
 from detect.faces import crops_for, face_entry, find_faces
 from errors import VerityError
-from media.video import DecodedVideo, decode_video
+from faces.mtcnn import Face
+from media.video import (
+    DecodedVideo,
+    VideoFileStream,
+    VideoFrame,
+    decode_video,
+    open_audio_track,
+    open_video_file,
+)
 from models.postprocess import fake_probabilities, verdict_for
 from models.temporal import sequence_windows, window_batch
 from store.ids import new_id
@@ -48,6 +69,11 @@ log = logging.getLogger(__name__)
 Strategy = Literal["temporal", "frames"]
 TOP_K = 3
 _SEVERITY = {"FAKE": 2, "UNCERTAIN": 1, "REAL": 0}
+# Files: head windows per call (an hour at 1 fps is ~700 windows of 10 frames; one call would be
+# a (700, 20, features) batch). All windows of one video have one length, so splitting them
+# changes nothing but the batch.
+HEAD_WINDOWS_PER_CALL = 64
+VIDEO_SHARE = 0.9  # of a file's progress, when its audio track is scored too
 
 
 def _ms(start: float) -> float:
@@ -56,6 +82,33 @@ def _ms(start: float) -> float:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class _Clip(Protocol):
+    """What the result says of the media: ``DecodedVideo`` (inline) or ``VideoSummary`` (files)."""
+
+    format: str
+    width: int
+    height: int
+    fps: float
+    duration_s: float
+    rotation: int
+    has_audio: bool
+    sample_interval_s: float
+    frame_scale: float
+
+
+@dataclass
+class _Analysis:
+    """What scoring keeps of the sampled frames: their times, faces and small model outputs,
+    never their pixels; filled a chunk at a time (inline: one chunk of all the frames)."""
+
+    times: list[float] = field(default_factory=list)  # every sampled frame
+    faces: list[list[Face]] = field(default_factory=list)  # per sampled frame
+    per_face: list[list[float]] = field(default_factory=list)  # frames strategy: per sampled frame
+    features: list[np.ndarray] = field(default_factory=list)  # temporal: per chunk, frames with a face
+    faces_ms: float = 0.0
+    inference_ms: float = 0.0
 
 
 async def _score_frames(
@@ -81,27 +134,38 @@ async def _score_frames(
     return served, per_face
 
 
-async def _score_temporal(
-    engine: Engine, frames: list[np.ndarray], faces: list[list[Any]]
-) -> tuple[list[ServedModel], list[float], list[float]]:
-    """``temporal`` strategy over the frames that have a face: the models used, per-frame and
-    per-window probabilities (a frame's: the mean of the windows that contain it)."""
-    video = engine.video_models()
-    encoder, head = video.encoder, video.head
+async def _encode_faces(engine: Engine, frames: list[np.ndarray], faces: list[list[Any]]) -> np.ndarray:
+    """``temporal`` strategy, per frame with a face: the encoder's feature vector of its largest
+    face (the subject whose sequence the LSTM follows)."""
+    encoder = engine.video_models().encoder
     spec = encoder.stored.input_spec
     margin = engine.settings.face_crop_margin
-    # The largest face of each frame is the subject whose sequence the LSTM follows.
     crops = await anyio.to_thread.run_sync(
         lambda: np.concatenate(
             [crops_for(f, found[:1], spec, margin) for f, found in zip(frames, faces, strict=True) if found]
         )
     )
-    features = np.asarray(await encoder.client.predict(crops), dtype=np.float32)
+    return np.asarray(await encoder.client.predict(crops), dtype=np.float32)
+
+
+async def _score_sequence(
+    engine: Engine, features: np.ndarray, windows_per_call: int | None
+) -> tuple[list[ServedModel], list[float], list[float]]:
+    """``temporal`` strategy over the feature sequence of the frames with a face: the models used,
+    per-frame and per-window probabilities (a frame's: the mean of the windows that contain it)."""
+    video = engine.video_models()
+    encoder, head = video.encoder, video.head
     sequence = video.sequence
     windows = sequence_windows(len(features), sequence.seq_len, sequence.stride)
     # All windows of one video have one length (seq_len, or all the frames when fewer), so the
-    # head takes them as one (windows, time, features) batch.
-    raw = np.asarray(await head.client.predict_together(window_batch(features, windows)))
+    # head takes them as (windows, time, features) batches.
+    step = windows_per_call or len(windows)
+    raw = np.concatenate(
+        [
+            np.asarray(await head.client.predict_together(window_batch(features, windows[at : at + step])))
+            for at in range(0, len(windows), step)
+        ]
+    )
     window_probs = fake_probabilities(
         raw, head.stored.metadata["output"], int(head.stored.metadata["fake_index"])
     )
@@ -111,6 +175,30 @@ async def _score_temporal(
             covering[i].append(float(p))
     frame_probs = [float(np.mean(c)) for c in covering]
     return [encoder, head], frame_probs, [float(p) for p in window_probs]
+
+
+async def _analyze_chunk(
+    engine: Engine, analysis: _Analysis, frames: list[VideoFrame], strategy: Strategy, model_id: str | None
+) -> None:
+    """Faces and model outputs of ``frames`` into ``analysis``; the pixels are not kept."""
+    pixels = [f.rgb for f in frames]
+    mark = time.perf_counter()
+    faces = await find_faces(engine, pixels)
+    analysis.faces_ms += _ms(mark)
+    mark = time.perf_counter()
+    analysis.times += [f.t_s for f in frames]
+    analysis.faces += faces
+    with_face = [i for i, found in enumerate(faces) if found]
+    if strategy == "frames":
+        per_face = [[] for _ in frames]
+        if with_face:
+            _, per_face = await _score_frames(engine, pixels, faces, model_id)
+        analysis.per_face += per_face
+    elif with_face:
+        analysis.features.append(
+            await _encode_faces(engine, [pixels[i] for i in with_face], [faces[i] for i in with_face])
+        )
+    analysis.inference_ms += _ms(mark)
 
 
 def _segments(
@@ -156,6 +244,42 @@ async def _audio_track(engine: Engine, decoded: DecodedVideo) -> tuple[dict[str,
         result = await detect_audio(engine, wav, model_id=None)
     except VerityError as exc:  # too short, silent container, ...: the video verdict stands alone
         return None, [{"code": "audio_skipped", "message": f"audio track not scored: {exc}"}]
+    return _audio_part(result)
+
+
+async def _audio_track_file(
+    engine: Engine, path: Path, duration_s: float, report: Callable[[float], None]
+) -> tuple[dict[str, Any] | None, list[dict]]:
+    """Files: the audio track streamed from the file and scored a batch of windows at a time."""
+    settings = engine.settings
+    served = engine.audio_model(None)
+    try:
+        stream = await anyio.to_thread.run_sync(
+            lambda: open_audio_track(
+                path,
+                max_duration_s=settings.job_max_video_duration_s,
+                min_duration_s=served.stored.audio_spec.min_duration_s,
+                timeout_s=settings.video_decode_timeout_s,
+                s_per_media_s=settings.decode_s_per_media_s,
+            )
+        )
+        if stream is None:
+            return None, []
+        try:
+            result = await score_audio_stream(engine, served, stream, expected_s=duration_s, report=report)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(stream.close)
+    except VerityError as exc:  # as inline: the video verdict stands alone
+        if exc.code == "corrupt_audio":
+            return None, [{"code": "audio_unreadable", "message": "the audio track could not be decoded"}]
+        if exc.code == "decode_timeout":
+            return None, [{"code": "audio_skipped", "message": "the audio track took too long to decode"}]
+        return None, [{"code": "audio_skipped", "message": f"audio track not scored: {exc}"}]
+    return _audio_part(result)
+
+
+def _audio_part(result: dict[str, Any]) -> tuple[dict[str, Any], list[dict]]:
     keep = ("verdict", "fake_probability", "threshold", "model", "aggregation", "segments", "media")
     return {k: result[k] for k in keep}, [w for w in result["warnings"] if w["code"] != "dev_weights"]
 
@@ -163,6 +287,146 @@ async def _audio_track(engine: Engine, decoded: DecodedVideo) -> tuple[dict[str,
 def _fuse(video_verdict: str, video_p: float, audio: dict[str, Any]) -> tuple[str, float]:
     verdict = max((video_verdict, audio["verdict"]), key=lambda v: _SEVERITY[v])
     return verdict, max(video_p, float(audio["fake_probability"]))
+
+
+@dataclass
+class _Outcome:
+    """The video's verdict from an ``_Analysis``: what the result reports besides the media."""
+
+    models: list[ServedModel]
+    verdict: str
+    video_p: float | None
+    threshold: float
+    segments: list[dict[str, Any]]
+    aggregation: dict[str, Any]
+    face_entries: list[dict[str, Any]]
+    frames_with_face: int
+    warnings: list[dict[str, Any]]
+
+
+async def _conclude(
+    engine: Engine,
+    analysis: _Analysis,
+    clip: _Clip,
+    *,
+    strategy: Strategy,
+    model_id: str | None,
+    windows_per_call: int | None,
+) -> _Outcome:
+    times, faces = analysis.times, analysis.faces
+    with_face = [i for i, found in enumerate(faces) if found]
+    scale = clip.frame_scale  # boxes are found on (possibly downscaled) frames
+    warnings: list[dict[str, Any]] = []
+    face_entries: list[dict[str, Any]] = []
+    models: list[ServedModel]
+    if not with_face:
+        models = [engine.image_model(model_id)] if strategy == "frames" else engine.video_models().served
+        warnings.append({"code": "no_face", "message": f"no face found in {len(times)} sampled frames"})
+        return _Outcome(
+            models=models,
+            verdict="NO_FACE",
+            video_p=None,
+            threshold=models[-1].stored.threshold,
+            segments=[],
+            aggregation={"method": "mean", "over": "faces", "count": 0},
+            face_entries=[],
+            frames_with_face=0,
+            warnings=warnings,
+        )
+    if strategy == "frames":
+        models = [engine.image_model(model_id)]
+        per_face = analysis.per_face
+        frame_probs = [max(per_face[i]) for i in with_face]
+        for i in with_face:
+            face_entries += [
+                face_entry(times[i], f, p, scale) for f, p in zip(faces[i], per_face[i], strict=True)
+            ]
+        scored = frame_probs
+    else:
+        features = np.concatenate(analysis.features)
+        models, frame_probs, window_probs = await _score_sequence(engine, features, windows_per_call)
+        for i, p in zip(with_face, frame_probs, strict=True):
+            face_entries.append(face_entry(times[i], faces[i][0], p, scale))
+            face_entries += [face_entry(times[i], f, None, scale) for f in faces[i][1:]]
+        scored = window_probs
+    threshold = models[-1].stored.threshold
+    video_p = float(np.mean(scored))
+    step = max(1.0, clip.sample_interval_s)
+    if len(with_face) < len(times):
+        warnings.append(
+            {
+                "code": "frames_without_face",
+                "message": f"{len(times) - len(with_face)} of {len(times)} sampled frames had no face",
+            }
+        )
+    return _Outcome(
+        models=models,
+        verdict=verdict_for(video_p, threshold, engine.settings.uncertain_band),
+        video_p=video_p,
+        threshold=threshold,
+        segments=_segments([times[i] for i in with_face], frame_probs, clip.duration_s, step),
+        aggregation=_aggregation(scored, threshold, strategy),
+        face_entries=face_entries,
+        frames_with_face=len(with_face),
+        warnings=warnings,
+    )
+
+
+def _result(
+    clip: _Clip,
+    outcome: _Outcome,
+    *,
+    strategy: Strategy,
+    frames_analyzed: int,
+    warnings: list[dict[str, Any]],
+    timing: dict[str, float],
+) -> dict[str, Any]:
+    for served in outcome.models:
+        warnings.extend(w for w in served.warnings if w not in warnings)
+    models = outcome.models
+    return {
+        "id": new_id("det"),
+        "modality": "video",
+        "created_at": _now(),
+        "verdict": outcome.verdict,
+        "fake_probability": None if outcome.video_p is None else round(outcome.video_p, 6),
+        "threshold": outcome.threshold,
+        "strategy": strategy,
+        "model": models[-1].stored.summary(),
+        "models": [
+            m.stored.summary() | {"role": role} for m, role in zip(models, _roles(strategy), strict=False)
+        ],
+        "aggregation": outcome.aggregation,
+        "segments": outcome.segments,
+        "faces": outcome.face_entries,
+        "media": {
+            "format": clip.format,
+            "width": clip.width,
+            "height": clip.height,
+            "duration_s": round(clip.duration_s, 3),
+            "fps": round(clip.fps, 3) if clip.fps else None,
+            "rotation": clip.rotation,
+            "frames_analyzed": frames_analyzed,
+            "frames_with_face": outcome.frames_with_face,
+            "sample_interval_s": round(clip.sample_interval_s, 3),
+            "has_audio": clip.has_audio,
+        },
+        "timing_ms": timing,
+        "warnings": warnings,
+    }
+
+
+def _add_audio(result: dict[str, Any], outcome: _Outcome, audio: dict[str, Any]) -> None:
+    result["audio"] = audio
+    rule = "FAKE if video or audio is FAKE, else UNCERTAIN if either is, else REAL; probability: the max"
+    result["fusion"] = {
+        "rule": rule,
+        "video_verdict": outcome.verdict,
+        "video_fake_probability": result["fake_probability"],
+    }
+    if outcome.video_p is not None:
+        fused_verdict, fused_p = _fuse(outcome.verdict, outcome.video_p, audio)
+        result["verdict"], result["fake_probability"] = fused_verdict, round(fused_p, 6)
 
 
 async def detect_video(
@@ -194,106 +458,168 @@ async def detect_video(
         )
     )
     timing: dict[str, float] = {"decode": _ms(started)}
-    frames = [f.rgb for f in decoded.frames]
-    times = [f.t_s for f in decoded.frames]
+    analysis = _Analysis()
+    await _analyze_chunk(engine, analysis, decoded.frames, strategy, model_id)
+    timing["faces"] = round(analysis.faces_ms, 2)
     mark = time.perf_counter()
-    faces = await find_faces(engine, frames)
-    timing["faces"] = _ms(mark)
-    warnings: list[dict[str, Any]] = list(decoded.warnings)
-    with_face = [i for i, found in enumerate(faces) if found]
-    scale = decoded.frame_scale  # boxes are found on (possibly downscaled) frames
-    mark = time.perf_counter()
-    face_entries: list[dict[str, Any]] = []
-    models: list[ServedModel]
-    if not with_face:
-        models = [engine.image_model(model_id)] if strategy == "frames" else engine.video_models().served
-        video_p: float | None = None
-        verdict = "NO_FACE"
-        segments: list[dict[str, Any]] = []
-        aggregation: dict[str, Any] = {"method": "mean", "over": "faces", "count": 0}
-        threshold = models[-1].stored.threshold
-        warnings.append({"code": "no_face", "message": f"no face found in {len(frames)} sampled frames"})
-    else:
-        if strategy == "frames":
-            served, per_face = await _score_frames(engine, frames, faces, model_id)
-            models = [served]
-            frame_probs = [max(per_face[i]) for i in with_face]
-            for i in with_face:
-                face_entries += [
-                    face_entry(times[i], f, p, scale) for f, p in zip(faces[i], per_face[i], strict=True)
-                ]
-            scored = frame_probs
-        else:
-            models, frame_probs, window_probs = await _score_temporal(
-                engine, [frames[i] for i in with_face], [faces[i] for i in with_face]
-            )
-            for i, p in zip(with_face, frame_probs, strict=True):
-                face_entries.append(face_entry(times[i], faces[i][0], p, scale))
-                face_entries += [face_entry(times[i], f, None, scale) for f in faces[i][1:]]
-            scored = window_probs
-        threshold = models[-1].stored.threshold
-        video_p = float(np.mean(scored))
-        verdict = verdict_for(video_p, threshold, settings.uncertain_band)
-        step = max(1.0, decoded.sample_interval_s)
-        segments = _segments([times[i] for i in with_face], frame_probs, decoded.duration_s, step)
-        aggregation = _aggregation(scored, threshold, strategy)
-        if len(with_face) < len(frames):
-            warnings.append(
-                {
-                    "code": "frames_without_face",
-                    "message": f"{len(frames) - len(with_face)} of {len(frames)} sampled frames had no face",
-                }
-            )
-    timing["inference"] = _ms(mark)
-    for served in models:
-        warnings.extend(w for w in served.warnings if w not in warnings)
+    outcome = await _conclude(
+        engine, analysis, decoded, strategy=strategy, model_id=model_id, windows_per_call=None
+    )
+    timing["inference"] = round(analysis.inference_ms + _ms(mark), 2)
+    warnings: list[dict[str, Any]] = [*decoded.warnings, *outcome.warnings]
     mark = time.perf_counter()
     audio, audio_warnings = await _audio_track(engine, decoded)
-    warnings += audio_warnings
-    result: dict[str, Any] = {
-        "id": new_id("det"),
-        "modality": "video",
-        "created_at": _now(),
-        "verdict": verdict,
-        "fake_probability": None if video_p is None else round(video_p, 6),
-        "threshold": threshold,
-        "strategy": strategy,
-        "model": models[-1].stored.summary(),
-        "models": [
-            m.stored.summary() | {"role": role} for m, role in zip(models, _roles(strategy), strict=False)
-        ],
-        "aggregation": aggregation,
-        "segments": segments,
-        "faces": face_entries,
-        "media": {
-            "format": decoded.format,
-            "width": decoded.width,
-            "height": decoded.height,
-            "duration_s": round(decoded.duration_s, 3),
-            "fps": round(decoded.fps, 3) if decoded.fps else None,
-            "rotation": decoded.rotation,
-            "frames_analyzed": len(frames),
-            "frames_with_face": len(with_face),
-            "sample_interval_s": round(decoded.sample_interval_s, 3),
-            "has_audio": decoded.has_audio,
-        },
-        "timing_ms": timing,
-        "warnings": warnings,
-    }
+    frames_analyzed = len(decoded.frames)
+    result = _result(
+        decoded, outcome, strategy=strategy, frames_analyzed=frames_analyzed, warnings=warnings, timing=timing
+    )
+    result["warnings"] += audio_warnings
     if audio is not None:
         timing["audio"] = _ms(mark)
-        result["audio"] = audio
-        rule = "FAKE if video or audio is FAKE, else UNCERTAIN if either is, else REAL; probability: the max"
-        result["fusion"] = {
-            "rule": rule,
-            "video_verdict": verdict,
-            "video_fake_probability": result["fake_probability"],
-        }
-        if video_p is not None:
-            fused_verdict, fused_p = _fuse(verdict, video_p, audio)
-            result["verdict"], result["fake_probability"] = fused_verdict, round(fused_p, 6)
+        _add_audio(result, outcome, audio)
     timing["total"] = _ms(started)
     return result
+
+
+async def detect_video_file(
+    engine: Engine,
+    path: Path,
+    *,
+    fps: float | None,
+    max_frames: int | None,
+    strategy: Strategy,
+    model_id: str | None,
+    progress: Callable[[float], None] | None = None,
+) -> dict[str, Any]:
+    """``detect_video``'s result for the video file at ``path``, with frames streamed and scored
+    a chunk at a time (module docstring, "Files"). Job limits: ``job_max_video_duration_s``,
+    ``job_video_max_frames_cap``, ``max_upload_bytes``; decode time ``video_decode_timeout_s`` or
+    ``decode_s_per_media_s`` per declared second, whichever is longer. ``progress`` gets
+    fractions 0..1, growing, ending at 1.0 on success."""
+    started = time.perf_counter()
+    settings = engine.settings
+    path = Path(path)
+    # The models first: a job should not decode an hour of video to learn its model is not served.
+    if strategy == "frames":
+        engine.image_model(model_id)
+    else:
+        engine.video_models()
+    report = Progress(progress)
+    stream = await anyio.to_thread.run_sync(
+        lambda: open_video_file(
+            path,
+            max_bytes=settings.max_upload_bytes,
+            max_pixels=settings.max_video_pixels,
+            max_duration_s=settings.job_max_video_duration_s,
+            fps=fps,
+            max_frames=max_frames,
+            timeout_s=settings.video_decode_timeout_s,
+            s_per_media_s=settings.decode_s_per_media_s,
+            max_frames_cap=settings.job_video_max_frames_cap,
+            max_side=settings.video_frame_max_side,
+            isolated=settings.video_decode_isolated,
+        )
+    )
+    with_audio = stream.has_audio and bool(engine.audio_models)
+    video_share = VIDEO_SHARE if with_audio else 1.0
+    try:
+        analysis, waited_ms = await _analyze_stream(
+            engine, stream, strategy, model_id, report.part(0.0, 0.95 * video_share)
+        )
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(stream.close)
+    clip = stream.summary
+    assert clip is not None  # the stream ended without an error
+    timing: dict[str, float] = {"decode": waited_ms, "faces": round(analysis.faces_ms, 2)}
+    mark = time.perf_counter()
+    outcome = await _conclude(
+        engine, analysis, clip, strategy=strategy, model_id=model_id, windows_per_call=HEAD_WINDOWS_PER_CALL
+    )
+    timing["inference"] = round(analysis.inference_ms + _ms(mark), 2)
+    report(video_share)
+    warnings: list[dict[str, Any]] = [*clip.warnings, *outcome.warnings]
+    mark = time.perf_counter()
+    audio, audio_warnings = (
+        await _audio_track_file(engine, path, clip.duration_s, report.part(video_share, 1.0))
+        if with_audio
+        else (None, [])
+    )
+    result = _result(
+        clip,
+        outcome,
+        strategy=strategy,
+        frames_analyzed=clip.frames_analyzed,
+        warnings=warnings,
+        timing=timing,
+    )
+    result["warnings"] += audio_warnings
+    if audio is not None:
+        timing["audio"] = _ms(mark)
+        _add_audio(result, outcome, audio)
+    timing["total"] = _ms(started)
+    report(1.0)
+    return result
+
+
+async def _analyze_stream(
+    engine: Engine,
+    stream: VideoFileStream,
+    strategy: Strategy,
+    model_id: str | None,
+    report: Callable[[float], None],
+) -> tuple[_Analysis, float]:
+    """Every chunk of ``stream`` through ``_analyze_chunk``, while a worker thread decodes the
+    next one (a zero-size channel: the reader waits with one chunk until the scorer takes it).
+    Returns the analysis and the time the scorer waited for frames. A failure on either side
+    aborts the decoder and is raised as itself (never an exception group)."""
+    analysis = _Analysis()
+    send, receive = anyio.create_memory_object_stream[list[VideoFrame] | Exception](0)
+    expected = stream.declared_s
+    waited = 0.0
+    failure: Exception | None = None
+
+    async def read() -> None:
+        async with send:
+            while True:
+                try:
+                    chunk = await anyio.to_thread.run_sync(stream.read_chunk)
+                except Exception as exc:  # noqa: BLE001 - handed to the scorer, which raises it
+                    if not stream.aborted:
+                        await send.send(exc)
+                    return
+                if chunk is None:
+                    return
+                await send.send(chunk)
+                del chunk  # the scorer's now
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(read)
+        try:
+            async with receive:
+                while True:
+                    mark = time.perf_counter()
+                    try:
+                        item = await receive.receive()
+                    except anyio.EndOfStream:
+                        break
+                    waited += time.perf_counter() - mark
+                    if isinstance(item, Exception):
+                        raise item
+                    last_t = item[-1].t_s
+                    await _analyze_chunk(engine, analysis, item, strategy, model_id)
+                    del item  # the pixels go now: only the analysis stays
+                    if expected:
+                        report(last_t / expected)
+        except BaseException as exc:
+            stream.abort()  # a reader blocked on the decoder returns at once
+            if not isinstance(exc, Exception):
+                raise
+            failure = exc
+            group.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
+    return analysis, round(waited * 1000, 2)
 
 
 def _roles(strategy: Strategy) -> list[str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from errors import BadMedia, TooLarge, UnsupportedMedia
 
 # (offset, signature, format). Order matters only for formats sharing a prefix.
@@ -111,3 +113,19 @@ def admit(data: bytes, *, max_bytes: int, allowed: frozenset[str], noun: str, se
     if kind not in allowed:
         raise UnsupportedMedia(f"not a supported {noun} (detected: {kind or 'unknown'}); send {send}")
     return kind
+
+
+SNIFF_BYTES = 4096  # what admit_file reads of a file to tell its type
+
+
+def admit_file(path: Path, *, max_bytes: int | None, allowed: frozenset[str], noun: str, send: str) -> str:
+    """``admit`` for a file on disk, from its size and its first ``SNIFF_BYTES`` only: empty
+    (422), over ``max_bytes`` (413, when given), not a type in ``allowed`` (415)."""
+    size = path.stat().st_size
+    if size == 0:
+        raise BadMedia("the file is empty", code="empty_file")
+    if max_bytes is not None and size > max_bytes:
+        raise TooLarge(f"{noun} is {size} bytes; the limit is {max_bytes}", code="file_too_large")
+    with path.open("rb") as handle:
+        head = handle.read(SNIFF_BYTES)
+    return admit(head, max_bytes=len(head), allowed=allowed, noun=noun, send=send)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import subprocess
 import time
 from pathlib import Path
@@ -50,3 +51,62 @@ def run_tool(
         reason = lines[-1][:300] if lines else f"{Path(command[0]).name} exited with {result.returncode}"
         raise BadMedia(f"the {kind} file could not be decoded: {reason}", code=code)
     return result
+
+
+class DecodeClock:
+    """The time limit of one file's decode, counting only the decoder's own time.
+
+    A job's file is decoded while what came out of it is scored, and the pipe between the two
+    holds the decoder back while the models work. That wait is not decoding, so between ``pause``
+    and ``resume`` the deadline moves with the clock. ``allow`` raises the limit to what the media
+    seen so far earns (``per_media_s`` seconds per second of media): a file whose duration was not
+    declared still gets the time its length needs. ``margin_s`` makes the deadline that much
+    earlier (a child process gives up before its parent kills it); ``elapsed_s`` starts the clock
+    that far in (the parent's time already spent). One reader thread; ``cancel`` from any thread.
+    """
+
+    def __init__(
+        self, limit_s: float, *, per_media_s: float = 0.0, elapsed_s: float = 0.0, margin_s: float = 0.0
+    ) -> None:
+        self.limit_s = limit_s
+        self.per_media_s = per_media_s
+        self.margin_s = margin_s
+        self.cancelled = False
+        self._origin = time.monotonic() - elapsed_s
+        self._paused_at: float | None = None
+
+    @classmethod
+    def until(cls, deadline: float) -> DecodeClock:
+        """A clock that ends at ``deadline`` (``time.monotonic()``) whatever happens."""
+        return cls(deadline - time.monotonic())
+
+    @property
+    def deadline(self) -> float:
+        paused = 0.0 if self._paused_at is None else time.monotonic() - self._paused_at
+        return self._origin + paused + self.limit_s - self.margin_s
+
+    def elapsed(self) -> float:
+        """Decoding time spent so far (pauses excluded)."""
+        return self.limit_s - self.margin_s - self.remaining()
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def expired(self) -> bool:
+        return self.cancelled or time.monotonic() > self.deadline
+
+    def allow(self, media_s: float) -> None:
+        if self.per_media_s and math.isfinite(media_s):
+            self.limit_s = max(self.limit_s, media_s * self.per_media_s)
+
+    def pause(self) -> None:
+        if self._paused_at is None:
+            self._paused_at = time.monotonic()
+
+    def resume(self) -> None:
+        if self._paused_at is not None:
+            self._origin += time.monotonic() - self._paused_at
+            self._paused_at = None
+
+    def cancel(self) -> None:
+        self.cancelled = True
