@@ -32,15 +32,13 @@ from detect.engine import Engine
 from errors import BadMedia, TooLarge, VerityError
 from jobs.backend import JobsBackend, iso_now, job_document
 from jobs.queue import message
-from media.sniff import AUDIO_FORMATS, IMAGE_FORMATS, VIDEO_FORMATS, sniff
+from media.sniff import AUDIO_FORMATS, IMAGE_FORMATS, SNIFF_BYTES, VIDEO_FORMATS, sniff
 from store.ids import new_id
 from store.records import Delivery, Detection, Job
 from webhooks.delivery import deliver, is_retryable, retry_delay_s
 from webhooks.signing import sign_headers
 
 log = logging.getLogger(__name__)
-
-SNIFF_BYTES = 4096
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ import pytest
 
 from tests.conftest import TEST_PASSWORD, unique_email
 from tests.e2e.servers import BIN_DIR, PROJECT_ROOT, server_env
+from tests.e2e.workers import kill_group, long_clip, wait_for_job, worker_process
 from tests.media_factory import jpeg_bytes
 from tests.store.conftest import _FAKE_AWS_ENV, REGION, MotoServer
 
@@ -119,27 +119,9 @@ def worker_env(aws: dict[str, str], bentoml_home: Path) -> dict[str, str]:
     return {**server_env(bentoml_home), **{k: v for k, v in aws.items() if not k.startswith("_")}}
 
 
-@contextmanager
-def worker(aws: dict[str, str], bentoml_home: Path, log_path: Path) -> Iterator[subprocess.Popen]:
-    """``python -m jobs.worker`` as its own process, stopped (by its PID) when the block ends."""
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            [str(BIN_DIR / "python"), "-m", "jobs.worker"],
-            cwd=PROJECT_ROOT,
-            env=worker_env(aws, bentoml_home),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+def worker(aws: dict[str, str], bentoml_home: Path, log_path: Path):
+    """``python -m jobs.worker`` on the moto-backed settings, stopped (by its PID) when done."""
+    return worker_process(worker_env(aws, bentoml_home), log_path)
 
 
 def s3_upload(api: Any, data: bytes, content_type: str = "image/jpeg") -> dict[str, Any]:
@@ -259,3 +241,25 @@ def test_lambda_sqs_handler_reports_partial_failures(
     assert answer == {"batchItemFailures": [{"itemIdentifier": "not-json"}]}
     finished = aws_api.get(f"/v1/jobs/{job['id']}").json()
     assert finished["status"] == "succeeded" and finished["attempts"] == 1, finished
+
+
+def test_a_worker_killed_mid_job_loses_nothing(
+    aws_api: Any, aws: dict[str, str], bentoml_home: Path, tmp_path
+) -> None:
+    """SIGKILL in the middle of a job: the message comes back once its visibility runs out, the
+    next worker claims the job once its lease has run out, and the job completes exactly once."""
+    form = s3_upload(aws_api, long_clip(), "video/mp4")
+    job = aws_api.post(
+        "/v1/jobs", json={"upload_id": form["upload_id"], "modality": "video", "options": {"fps": 2}}
+    )
+    job = job.json()
+    with worker(aws, bentoml_home, tmp_path / "first.log") as first:
+        running = wait_for_job(aws_api.get, job["id"], ("running", "succeeded", "failed"))
+        assert running["status"] == "running", running
+        kill_group(first)
+    with worker(aws, bentoml_home, tmp_path / "second.log"):
+        done = wait_for_job(aws_api.get, job["id"], ("succeeded", "failed"))
+    assert done["status"] == "succeeded", (done, (tmp_path / "second.log").read_text()[-3000:])
+    assert done["attempts"] == 2 and done["result"]["media"]["frames_analyzed"] == 120
+    history = aws_api.get("/v1/history?limit=100").json()["items"]
+    assert [item["id"] for item in history].count(done["result"]["id"]) == 1

@@ -1,0 +1,76 @@
+"""Job worker processes for e2e tests: ``python -m jobs.worker`` in its own session (so that it
+and its decoder children can be killed together, by the process group this test started), and a
+clip long enough that a worker can be killed in the middle of it."""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from tests.e2e.servers import BIN_DIR, PROJECT_ROOT
+from tests.video_factory import lavfi_video
+
+JOB_TIMEOUT_S = 120
+
+
+@functools.cache
+def long_clip() -> bytes:
+    """60 s of 640x360 at 30 fps (1800 frames): a few seconds of work for a worker at fps=2."""
+    return lavfi_video(60, width=640, height=360, fps=30)
+
+
+@contextmanager
+def worker_process(env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen]:
+    """Started in a session of its own; stopped (SIGTERM, then SIGKILL) with its whole group."""
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [str(BIN_DIR / "python"), "-m", "jobs.worker"],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        yield process
+    finally:
+        stop_group(process, signal.SIGTERM)
+
+
+def stop_group(process: subprocess.Popen, sig: int) -> None:
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, sig)  # its own session: the group id is its pid
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    except ProcessLookupError:
+        pass
+
+
+def kill_group(process: subprocess.Popen) -> None:
+    """SIGKILL: no handler runs, no lease is given back, the decoder child dies with it."""
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+
+
+def wait_for_job(
+    get: Callable[[str], Any], job_id: str, statuses: tuple[str, ...], timeout_s: float = JOB_TIMEOUT_S
+) -> dict:
+    deadline = time.monotonic() + timeout_s
+    job: dict = {}
+    while time.monotonic() < deadline:
+        job = get(f"/v1/jobs/{job_id}").json()
+        if job["status"] in statuses:
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} is still {job.get('status')} after {timeout_s} s")
