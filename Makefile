@@ -96,6 +96,7 @@ bench: setup models
 	$(PY) -m bench.audio
 	$(PY) -m bench.video
 	$(PY) -m bench.lambda_cold
+	$(PY) -m bench.jobs
 
 # `bentoml build` prints only the tag: say what the bento holds and where it went.
 build: models

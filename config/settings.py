@@ -138,6 +138,9 @@ class Settings(BaseSettings):
         300, ge=1, description="a claimed job returns to the queue if its worker is silent this long"
     )
     job_max_attempts: int = Field(3, ge=1, description="runs of a job before it fails for good")
+    job_scan_s: float = Field(
+        2.0, gt=0, description="local workers ask the store for waiting jobs and due webhooks this often"
+    )
     job_max_video_duration_s: float = Field(3 * 3600.0, gt=0, description="duration cap of media in jobs")
     job_video_max_frames_cap: int = Field(
         3600, ge=1, description="most frames sampled from one video in a job (memory does not grow with it)"

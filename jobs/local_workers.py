@@ -24,7 +24,6 @@ from jobs.runner import JobRunner
 
 log = logging.getLogger(__name__)
 
-SCAN_EVERY_S = 2.0
 SWEEP_EVERY_S = 300.0
 SCAN_BATCH = 50
 
@@ -36,12 +35,11 @@ class LocalWorkers:
         engine_of: Callable[[], Engine | None],
         *,
         count: int,
-        scan_every_s: float = SCAN_EVERY_S,
     ) -> None:
         self.backend = backend
         self.engine_of = engine_of
         self.count = count
-        self.scan_every_s = scan_every_s
+        self.scan_every_s = backend.settings.job_scan_s
         self._tasks: list[asyncio.Task[None]] = []
         self._busy: set[tuple[str, str]] = set()  # (kind, id) queued or running here
         self._queue: asyncio.Queue[dict[str, Any]] | None = None

@@ -109,8 +109,12 @@ MAX_REQUEST_FPS = 60.0  # denser than this samples (nearly) every frame of most 
 MAX_STREAM_FPS = 1000.0  # decoded frames per second of duration past this are an attack, not video
 AUDIO_RATE = 16_000  # extract_audio's output rate: the audio model's
 # Files (jobs): frames per chunk handed to the caller, and a byte cap per chunk for large frames
-# (16 frames of 720p are 44 MB; of 1920x1080, 100 MB, hence the cap).
-FILE_CHUNK_FRAMES = 16
+# (8 frames of 720p are 22 MB; of 1920x1080, 50 MB). A chunk is also one batch of the encoder, and
+# ONNX Runtime's arena keeps the largest batch's activations for the life of the session (~25 MB
+# per full-size EfficientNet crop): at 16 a 10-minute clip's worker peaked 419 MB above a 10 s
+# clip's (10 frames at 1 fps: one smaller batch), at 8 both clips fill the same batches
+# (bench/jobs.py); batching more crops gains nothing per crop on 2 CPU cores.
+FILE_CHUNK_FRAMES = 8
 FILE_CHUNK_BYTES = 64 * 1024 * 1024
 FILE_LONG_CLIP_FPS = 1.0  # files without a requested fps: past 60 s, 1 fps up to the frame budget
 _VIDEO_SEND = "MP4, MOV, AVI, WebM or MKV"
