@@ -296,6 +296,10 @@ class _FormState:
         upload = await run(lambda: backend.stores.uploads.get_upload(user_id, upload_id, now=backend.clock()))
         if upload is None:
             raise Forbidden("this upload no longer exists", code="upload_expired")
+        if upload.job_id is not None:
+            # Its job reads the media it was given; another file under the same key would
+            # change a job's input after it was submitted.
+            raise Conflict(f"upload {upload_id} belongs to a job already", code="upload_in_use")
         await run(self.blobs.commit, self.partial, self.policy.key)
         self.partial = None
         log.info("upload %s received: %d bytes", upload_id, self.written)

@@ -10,6 +10,7 @@ ffmpeg is a declared system dependency (``make system-deps``), so tests fail lou
 
 from __future__ import annotations
 
+import functools
 import shutil
 import struct
 import subprocess
@@ -255,3 +256,10 @@ def patch_mp4_duration(data: bytes, seconds: float) -> bytes:
         struct.pack_into(">I", out, pos + 4 + 20, min(0xFFFFFFFF, round(seconds * movie_timescale)))
         start = pos + 4
     return bytes(out)
+
+
+@functools.cache
+def long_clip() -> bytes:
+    """60 s of 640x360 at 30 fps (1800 frames): seconds of work for a job worker at fps=2, long
+    enough to kill a worker or cancel a job in the middle of it."""
+    return lavfi_video(60, width=640, height=360, fps=30)

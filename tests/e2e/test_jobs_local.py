@@ -14,9 +14,10 @@ import pytest
 
 from tests.conftest import TEST_PASSWORD, unique_email
 from tests.e2e.servers import server_env
-from tests.e2e.workers import kill_group, long_clip, wait_for_job, worker_process
+from tests.e2e.workers import kill_group, wait_for_job, worker_process
 from tests.media_factory import jpeg_bytes
 from tests.receiver import Receiver
+from tests.video_factory import long_clip
 
 pytestmark = pytest.mark.e2e
 

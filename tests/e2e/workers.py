@@ -1,10 +1,8 @@
-"""Job worker processes for e2e tests: ``python -m jobs.worker`` in its own session (so that it
-and its decoder children can be killed together, by the process group this test started), and a
-clip long enough that a worker can be killed in the middle of it."""
+"""Job worker processes for e2e tests: ``python -m jobs.worker`` in its own session, so that it
+and its decoder children can be killed together, by the process group this test started."""
 
 from __future__ import annotations
 
-import functools
 import os
 import signal
 import subprocess
@@ -15,15 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from tests.e2e.servers import BIN_DIR, PROJECT_ROOT
-from tests.video_factory import lavfi_video
 
 JOB_TIMEOUT_S = 120
-
-
-@functools.cache
-def long_clip() -> bytes:
-    """60 s of 640x360 at 30 fps (1800 frames): a few seconds of work for a worker at fps=2."""
-    return lavfi_video(60, width=640, height=360, fps=30)
 
 
 @contextmanager

@@ -296,3 +296,85 @@ def test_deleting_the_account_removes_its_uploads(client, signup, state_dir):
     assert path.exists()
     assert caller.delete("/v1/auth/me").status_code == 204
     assert not path.exists()
+
+
+def test_a_form_cannot_replace_the_media_of_a_submitted_job(api, client):
+    data = jpeg_bytes(seed=16)
+    form = new_upload(api, data)
+    assert send_form(client, form, data).status_code == 204
+    assert api.post("/v1/jobs", json={"upload_id": form["upload_id"], "modality": "image"}).status_code == 202
+    assert_error(send_form(client, form, jpeg_bytes(seed=17)[: len(data)]), 409, "upload_in_use")
+
+
+def zip_bomb() -> bytes:
+    """A zip whose one member inflates 1000x (what a ".mp4" from an attacker may really be)."""
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("movie.mp4", b"\0" * 20_000_000)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("zip bomb", "modality_mismatch"), ("truncated mp4", "corrupt_video"), ("header only", None)],
+)
+def test_hostile_videos_fail_their_job(api, client, name, expected):
+    from tests.video_factory import lavfi_video
+
+    clip = lavfi_video(2.0)
+    data = {"zip bomb": zip_bomb(), "truncated mp4": clip[: len(clip) // 3], "header only": clip[:64]}[name]
+    upload_id = uploaded(api, client, data, content_type="video/mp4")
+    job = api.post("/v1/jobs", json={"upload_id": upload_id, "modality": "video"}).json()
+    failed = wait_for(api, job["id"])
+    assert failed["status"] == "failed" and failed["attempts"] == 1, failed
+    assert failed["error"]["status"] in (413, 415, 422), failed["error"]
+    if expected:
+        assert failed["error"]["code"] in (expected, "no_frames", "decode_failed", "corrupt_video"), failed[
+            "error"
+        ]
+
+
+def test_jobs_count_against_the_jobs_per_minute_limit(api):
+    codes = [api.post("/v1/jobs", json={"upload_id": "upl_nope", "modality": "image"}) for _ in range(11)]
+    assert [c.status_code for c in codes[:10]] == [404] * 10
+    limited = assert_error(codes[10], 429, "rate_limited")
+    assert "jobs" in limited["message"] and codes[10].headers["retry-after"]
+    assert api.get("/v1/usage").json()["requests_today"] == 10
+
+
+def test_list_jobs_pages_newest_first(api, client):
+    made = [
+        api.post(
+            "/v1/jobs", json={"upload_id": uploaded(api, client, jpeg_bytes(seed=s)), "modality": "image"}
+        ).json()
+        for s in (40, 41, 42)
+    ]
+    first = api.get("/v1/jobs?limit=2").json()
+    rest = api.get(f"/v1/jobs?limit=2&cursor={first['next_cursor']}").json()
+    assert [j["id"] for j in first["items"] + rest["items"]] == [j["id"] for j in reversed(made)]
+    assert rest["next_cursor"] is None
+
+
+def test_cancel_a_running_job(api, client, state_dir):
+    from tests.video_factory import long_clip
+
+    form = new_upload(api, long_clip(), "video/mp4")
+    assert send_form(client, form, long_clip(), "video/mp4").status_code == 204
+    job = api.post(
+        "/v1/jobs", json={"upload_id": form["upload_id"], "modality": "video", "options": {"fps": 2}}
+    ).json()
+    wait_for(api, job["id"], ("running", "succeeded", "failed"))
+    canceled = api.delete(f"/v1/jobs/{job['id']}")
+    assert canceled.status_code == 200 and canceled.json()["status"] == "canceled", canceled.text
+    assert not (state_dir / "blobs" / form["fields"]["key"]).exists()
+    # The service's one worker takes the next job only once it is done with the canceled one.
+    later = api.post(
+        "/v1/jobs", json={"upload_id": uploaded(api, client, jpeg_bytes(seed=43)), "modality": "image"}
+    )
+    assert wait_for(api, later.json()["id"])["status"] == "succeeded"
+    after = api.get(f"/v1/jobs/{job['id']}").json()
+    assert after["status"] == "canceled" and after["result"] is None
+    assert all(item["modality"] != "video" for item in api.get("/v1/history").json()["items"])
