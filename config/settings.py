@@ -199,6 +199,14 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _backends_named(self) -> Settings:
+        if self.blobs == "s3" and not self.s3_bucket:
+            raise ValueError("VERITY_BLOBS=s3 needs VERITY_S3_BUCKET (the uploads bucket)")
+        if self.queue == "sqs" and not self.sqs_queue_url:
+            raise ValueError("VERITY_QUEUE=sqs needs VERITY_SQS_QUEUE_URL (the jobs queue)")
+        return self
+
+    @model_validator(mode="after")
     def _state_under_data_dir(self) -> Settings:
         # Relative defaults would follow the working directory, and `bentoml serve <bento>` runs
         # in the bento's own src/ folder: state would land inside the bento store.

@@ -33,21 +33,31 @@ def describe_validation_error(exc: ValidationError) -> str:
 
 
 def check_store_credentials(settings: Settings) -> None:
-    """DynamoDB needs AWS credentials even for a local endpoint (moto, DynamoDB Local), which accept
-    any values. Without them every store call fails, and a server would keep restarting its worker;
+    """DynamoDB, S3 and SQS need AWS credentials even for a local endpoint (moto, DynamoDB Local),
+    which accepts any values. Without them every store call fails, and a server would keep restarting its worker;
     say so once, before anything starts."""
-    if settings.store != "dynamodb":
+    uses = [
+        (name, endpoint)
+        for name, used, endpoint in (
+            ("VERITY_STORE=dynamodb", settings.store == "dynamodb", settings.dynamodb_endpoint_url),
+            ("VERITY_BLOBS=s3", settings.blobs == "s3", settings.s3_endpoint_url),
+            ("VERITY_QUEUE=sqs", settings.queue == "sqs", settings.sqs_endpoint_url),
+        )
+        if used
+    ]
+    if not uses:
         return
     import boto3
 
     if boto3.session.Session().get_credentials() is None:
+        name, endpoint = uses[0]
         where = (
-            f"the local endpoint {settings.dynamodb_endpoint_url} accepts any values, e.g. "
+            f"the local endpoint {endpoint} accepts any values, e.g. "
             "AWS_ACCESS_KEY_ID=local AWS_SECRET_ACCESS_KEY=local"
-            if settings.dynamodb_endpoint_url
+            if endpoint
             else "set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or run with an IAM role"
         )
-        raise StartupError(f"VERITY_STORE=dynamodb needs AWS credentials and none were found: {where}")
+        raise StartupError(f"{name} needs AWS credentials and none were found: {where}")
 
 
 def startup_or_exit(step: Callable[[], T]) -> T:

@@ -81,9 +81,9 @@ def with_env(base: dict[str, str], changes: dict[str, str | None]) -> dict[str, 
 class ServerProcess:
     """One started command (``bentoml serve`` or ``make serve``) and the process tree under it.
 
-    Each server keeps its accounts in a SQLite file (and its development JWT secret) of its own,
-    next to its log: never the in-process tests' store, never ``var/``. ``env`` adds settings; a
-    value of None removes that variable."""
+    Each server keeps its accounts in a SQLite file (and its development JWT secret, and its
+    uploads) of its own, next to its log: never the in-process tests' store, never ``var/``.
+    ``env`` adds settings; a value of None removes that variable."""
 
     def __init__(
         self,
@@ -106,6 +106,7 @@ class ServerProcess:
         environment = server_env(bentoml_home)
         environment["VERITY_SQLITE_PATH"] = str(self.sqlite_path)
         environment["VERITY_DEV_SECRET_PATH"] = str(log_path.parent / "dev-secret")
+        environment["VERITY_BLOB_DIR"] = str(log_path.parent / "blobs")
         environment = with_env(environment, env or {})
         log.info("starting %s (log: %s)", " ".join(argv), log_path)
         self.proc = subprocess.Popen(

@@ -49,19 +49,7 @@ def aws(model_store, bentoml_home: Path) -> Iterator[dict[str, str]]:
         endpoint = server.endpoint
         suffix = uuid.uuid4().hex[:8]
         bucket, table = f"verity-uploads-{suffix}", f"verity-{suffix}"
-        boto3.client("s3", region_name=REGION, endpoint_url=endpoint).create_bucket(Bucket=bucket)
-        sqs = boto3.client("sqs", region_name=REGION, endpoint_url=endpoint)
-        dlq = sqs.create_queue(QueueName=f"verity-jobs-dlq-{suffix}")["QueueUrl"]
-        dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"][
-            "QueueArn"
-        ]
-        queue = sqs.create_queue(
-            QueueName=f"verity-jobs-{suffix}",
-            Attributes={
-                "VisibilityTimeout": str(LEASE_S),
-                "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "5"}),
-            },
-        )["QueueUrl"]
+        queue = f"{endpoint}/123456789012/verity-jobs-{suffix}"
         env = {
             **_FAKE_AWS_ENV,
             "VERITY_STORE": "dynamodb",
@@ -79,9 +67,28 @@ def aws(model_store, bentoml_home: Path) -> Iterator[dict[str, str]]:
             "VERITY_JOB_WORKERS": "0",
             "VERITY_RATE_LIMIT_JOBS_PER_MIN": "1000",
         }
-        yield {**env, "_endpoint": endpoint, "_dlq": dlq}
+        # The bucket and the queue + DLQ, made the way the README's AWS mode makes them.
+        made = provision_with(env)
+        env["VERITY_SQS_QUEUE_URL"] = made["queue_url"]
+        yield {**env, "_endpoint": endpoint, "_dlq": made["dead_letter_queue_url"]}
     finally:
         server.stop()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def provision_with(env: dict[str, str]) -> dict[str, str]:
+    from config import Settings
+    from infra.local_aws import provision
+
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        return provision(Settings())
+    finally:
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)
@@ -264,3 +271,19 @@ def test_a_worker_killed_mid_job_loses_nothing(
     assert done["attempts"] == 2 and done["result"]["media"]["frames_analyzed"] == 120
     history = aws_api.get("/v1/history?limit=100").json()["items"]
     assert [item["id"] for item in history].count(done["result"]["id"]) == 1
+
+
+def test_local_aws_resources_match_the_template(aws: dict[str, str]) -> None:
+    """``python -m infra.local_aws`` makes what the template declares: a dead-letter queue after
+    five receives, visibility as long as a lease; running it again changes nothing."""
+    sqs = boto3.client("sqs", region_name=REGION, endpoint_url=aws["_endpoint"])
+    attributes = sqs.get_queue_attributes(QueueUrl=aws["VERITY_SQS_QUEUE_URL"], AttributeNames=["All"])[
+        "Attributes"
+    ]
+    redrive = json.loads(attributes["RedrivePolicy"])
+    assert int(redrive["maxReceiveCount"]) == 5 and redrive["deadLetterTargetArn"].endswith("-dlq")
+    assert attributes["VisibilityTimeout"] == str(LEASE_S)
+    assert (
+        provision_with({k: v for k, v in aws.items() if not k.startswith("_")})["queue_url"]
+        == aws["VERITY_SQS_QUEUE_URL"]
+    )
