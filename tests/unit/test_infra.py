@@ -458,6 +458,8 @@ def test_container_specs_use_real_settings_and_store_independent_probes(path: Pa
     assert names - SETTINGS <= AWS_CREDENTIALS
     values = {env["name"]: env.get("value") for env in container["env"]}
     assert values["VERITY_ENVIRONMENT"] == "production" and values["VERITY_STORE"] == "dynamodb"
+    # Instances share nothing on disk: uploads must be in S3 for any instance's worker to read.
+    assert values["VERITY_BLOBS"] == "s3" and values["VERITY_S3_BUCKET"]
     assert "value" not in next(
         e for e in container["env"] if e["name"] == "VERITY_JWT_SECRET"
     )  # a secret ref
