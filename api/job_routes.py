@@ -487,6 +487,7 @@ async def cancel_job(job_id: str, request: Request, principal: CurrentPrincipal)
     if job is None:
         raise NotFound(f"no job {job_id} of yours", code="job_not_found")
     if job.status == "canceled":
+        await run(backend.notify, job)
         upload = await run(
             lambda: backend.stores.uploads.get_upload(principal.user_id, job.upload_id, now=backend.clock())
         )

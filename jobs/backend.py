@@ -12,7 +12,7 @@ from typing import Any
 from blobs.base import BlobStore
 from blobs.factory import make_blobs
 from config import Settings
-from jobs.queue import Queue, make_queue
+from jobs.queue import Queue, make_queue, message
 from store.base import Store
 from store.factory import JobStores, make_job_stores
 from store.records import Delivery, Job
@@ -42,6 +42,27 @@ class JobsBackend:
     @classmethod
     def from_settings(cls, settings: Settings, accounts: Store) -> JobsBackend:
         return cls(settings, accounts, make_job_stores(settings), make_blobs(settings), make_queue(settings))
+
+    def notify(self, job: Job) -> Delivery | None:
+        """The webhook of a finished (or canceled) job: stored once per job event, so a worker's
+        retry or a duplicate message finds the same delivery (same ``webhook-id``), then queued."""
+        if not job.webhook_url:
+            return None
+        event = f"job.{job.status}"
+        delivery = self.stores.webhooks.add_delivery(
+            Delivery(
+                id=f"msg_{job.id.removeprefix('job_')}",
+                user_id=job.user_id,
+                job_id=job.id,
+                url=job.webhook_url,
+                event=event,
+                payload={"type": event, "timestamp": job.finished_at or iso_now(), "data": job_document(job)},
+                created_at=iso_now(),
+                next_attempt_at=self.clock(),
+            )
+        )
+        self.queue.send(message("webhook", job.user_id, delivery.id))
+        return delivery
 
     def delete_user_media(self, user_id: str) -> None:
         """Before an account goes: its uploaded media (records go with the account)."""

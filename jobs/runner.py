@@ -30,11 +30,10 @@ import anyio
 
 from detect.engine import Engine
 from errors import BadMedia, TooLarge, VerityError
-from jobs.backend import JobsBackend, iso_now, job_document
-from jobs.queue import message
+from jobs.backend import JobsBackend, iso_now
 from media.sniff import AUDIO_FORMATS, IMAGE_FORMATS, SNIFF_BYTES, VIDEO_FORMATS, sniff
 from store.ids import new_id
-from store.records import Delivery, Detection, Job
+from store.records import Detection, Job
 from webhooks.delivery import deliver, is_retryable, retry_delay_s
 from webhooks.signing import sign_headers
 
@@ -50,6 +49,7 @@ class Outcome:
 
 
 DONE = Outcome()
+JOB_RETRY_BASE_S = 10.0  # a run stopped by an outage is retried after ~10 s, ~20 s, ... (jittered)
 
 
 def worker_name() -> str:
@@ -131,7 +131,7 @@ class JobRunner:
                     jobs.release_job, user_id, job_id, self.worker, iso_now(), error
                 )
                 if released:
-                    delay = retry_delay_s(job.attempts, self.settings.webhook_backoff_s)
+                    delay = retry_delay_s(job.attempts, JOB_RETRY_BASE_S)
                     return Outcome(self.backend.clock() + delay)
                 return DONE
         finally:
@@ -172,6 +172,8 @@ class JobRunner:
             finally:
                 await anyio.to_thread.run_sync(copy.__exit__, None, None, None)
         except VerityError as exc:
+            if exc.status >= 500:
+                raise  # a model service or the store is down: another run may succeed
             log.info("job %s failed: %s (%s)", job.id, exc.message, exc.code)
             return "failed", None, {"code": exc.code, "message": exc.message, "status": exc.status}
         return "succeeded", result, None
@@ -268,29 +270,7 @@ class JobRunner:
         if job is None:
             return
         await self._release_media(job)
-        if job.webhook_url:
-            delivery = await anyio.to_thread.run_sync(self._webhook_for, job)
-            self.backend.queue.send(message("webhook", user_id, delivery.id))
-
-    def _webhook_for(self, job: Job) -> Delivery:
-        event = f"job.{job.status}"
-        payload = {
-            "type": event,
-            "timestamp": job.finished_at or iso_now(),
-            "data": job_document(job),
-        }
-        return self.backend.stores.webhooks.add_delivery(
-            Delivery(
-                id=f"msg_{job.id.removeprefix('job_')}",  # one id per job event: retries keep it
-                user_id=job.user_id,
-                job_id=job.id,
-                url=job.webhook_url or "",
-                event=event,
-                payload=payload,
-                created_at=iso_now(),
-                next_attempt_at=self.backend.clock(),
-            )
-        )
+        await anyio.to_thread.run_sync(self.backend.notify, job)
 
     # -- webhooks ------------------------------------------------------------------------------------
     async def deliver_webhook(self, user_id: str, delivery_id: str) -> Outcome:

@@ -361,20 +361,27 @@ def test_list_jobs_pages_newest_first(api, client):
 def test_cancel_a_running_job(api, client, state_dir):
     from tests.video_factory import long_clip
 
+    secret = api.post("/v1/webhook-secret").json()["secret"]
     form = new_upload(api, long_clip(), "video/mp4")
     assert send_form(client, form, long_clip(), "video/mp4").status_code == 204
-    job = api.post(
-        "/v1/jobs", json={"upload_id": form["upload_id"], "modality": "video", "options": {"fps": 2}}
-    ).json()
-    wait_for(api, job["id"], ("running", "succeeded", "failed"))
-    canceled = api.delete(f"/v1/jobs/{job['id']}")
-    assert canceled.status_code == 200 and canceled.json()["status"] == "canceled", canceled.text
-    assert not (state_dir / "blobs" / form["fields"]["key"]).exists()
-    # The service's one worker takes the next job only once it is done with the canceled one.
-    later = api.post(
-        "/v1/jobs", json={"upload_id": uploaded(api, client, jpeg_bytes(seed=43)), "modality": "image"}
-    )
-    assert wait_for(api, later.json()["id"])["status"] == "succeeded"
+    with Receiver() as receiver:
+        body = {
+            "upload_id": form["upload_id"],
+            "modality": "video",
+            "options": {"fps": 2},
+            "webhook_url": receiver.url,
+        }
+        job = api.post("/v1/jobs", json=body).json()
+        wait_for(api, job["id"], ("running", "succeeded", "failed"))
+        canceled = api.delete(f"/v1/jobs/{job['id']}")
+        assert canceled.status_code == 200 and canceled.json()["status"] == "canceled", canceled.text
+        assert not (state_dir / "blobs" / form["fields"]["key"]).exists()
+        # The service's one worker takes the next job only once it is done with the canceled one.
+        next_upload = uploaded(api, client, jpeg_bytes(seed=43))
+        later = api.post("/v1/jobs", json={"upload_id": next_upload, "modality": "image"})
+        assert wait_for(api, later.json()["id"])["status"] == "succeeded"
     after = api.get(f"/v1/jobs/{job['id']}").json()
     assert after["status"] == "canceled" and after["result"] is None
     assert all(item["modality"] != "video" for item in api.get("/v1/history").json()["items"])
+    events = [Webhook(secret).verify(r.body, r.headers) for r in receiver.received]
+    assert [e["type"] for e in events] == ["job.canceled"] and events[0]["data"]["id"] == job["id"]
