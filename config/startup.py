@@ -34,8 +34,8 @@ def describe_validation_error(exc: ValidationError) -> str:
 
 def check_store_credentials(settings: Settings) -> None:
     """DynamoDB, S3 and SQS need AWS credentials even for a local endpoint (moto, DynamoDB Local),
-    which accepts any values. Without them every store call fails, and a server would keep restarting its worker;
-    say so once, before anything starts."""
+    which accepts any values. Without them every store call fails, and a server would keep
+    restarting its worker; say so once, before anything starts."""
     uses = [
         (name, endpoint)
         for name, used, endpoint in (
