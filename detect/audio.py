@@ -25,7 +25,8 @@ import anyio
 import numpy as np
 
 from detect.engine import Engine, ServedModel, audio_hop_s
-from media.audio import AudioFileStream, WindowCutter, decode_audio, make_windows, open_audio_file
+from media.audio import WindowCutter, decode_audio, make_windows
+from media.audio_files import AudioFileStream, open_audio_file
 from models.audio_features import normalize_windows
 from models.postprocess import fake_probabilities, verdict_for
 from store.ids import new_id

@@ -10,40 +10,35 @@ Every check that can be made from the header (sample rate, channels, declared du
 to decode) is made before any sample is decoded, and decoding never reads past the caps, so a
 header that lies cannot make the worker decode (or hold) more than ``max_duration_s`` of audio.
 
-Files on disk (jobs: uploads of hundreds of MB, hours long) go through ``open_audio_file``: never
-read whole, decoded a block at a time (libsndfile from the path, or ffmpeg from the path into a
-pipe) while the caller scores what came before; ``WindowCutter`` cuts the blocks into exactly
-``make_windows``' windows. Memory is a few blocks whatever the length; the time limit grows with
-the declared duration and counts only decoding, not the scoring the decoder waits for
-(``DecodeClock``).
+Files on disk (jobs: uploads of hundreds of MB, hours long) go through
+``media.audio_files.open_audio_file``: never read whole, decoded a block at a time (libsndfile
+from the path, or ffmpeg from the path into a pipe) while the caller scores what came before;
+``WindowCutter`` cuts the blocks into exactly ``make_windows``' windows. Memory is a few blocks
+whatever the length; the time limit grows with the declared duration and counts only decoding,
+not the scoring the decoder waits for (``DecodeClock``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import logging
 import math
-import os
-import select
 import shutil
 import struct
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import soundfile as sf
 import soxr
 
 from errors import BadMedia, TooLarge, UnsupportedMedia, VerityError
-from media.sniff import AUDIO_FORMATS, admit, admit_file
-from media.tools import DecodeClock, decode_timeout, run_tool
+from media.sniff import AUDIO_FORMATS, admit
+from media.tools import run_tool
 from media.windows import window_starts
 
 log = logging.getLogger(__name__)
@@ -61,8 +56,8 @@ CLIP_LEVEL = 0.9999  # |x| at or above this is full scale (16-bit: 32765/32768 a
 CLIPPED_FRACTION = 0.001  # share of samples on flat full-scale tops that earns a warning
 TEMP_PREFIX = "verity-audio-"
 
-_SOUNDFILE_FORMATS = frozenset({"wav", "flac", "ogg", "mp3"})
-_FFMPEG_DEMUXERS = {"m4a": "mov", "mp4": "mov", "mov": "mov", "aac": "aac"}
+SOUNDFILE_FORMATS = frozenset({"wav", "flac", "ogg", "mp3"})
+FFMPEG_DEMUXERS = {"m4a": "mov", "mp4": "mov", "mov": "mov", "aac": "aac"}
 _READ_BLOCK_SAMPLES = 1 << 20  # samples (all channels) per libsndfile read: bounds peak memory
 _UNKNOWN_FRAMES = 1 << 62  # libsndfile's SF_COUNT_MAX and friends mean "length unknown"
 
@@ -110,7 +105,7 @@ def decode_audio(
     )
     started = time.perf_counter()
     try:
-        if kind in _SOUNDFILE_FORMATS:
+        if kind in SOUNDFILE_FORMATS:
             raw = _decode_soundfile(data, kind, target_rate=target_rate, max_duration_s=max_duration_s)
         else:
             raw = _decode_ffmpeg(
@@ -148,9 +143,9 @@ def _finish(raw: _Raw, kind: str, *, target_rate: int, min_duration_s: float) ->
     if not np.isfinite(raw.samples).all():
         # Float WAVs can carry NaN/inf; the model would turn them into NaN scores.
         raise BadMedia(f"the {kind} file contains NaN or infinite samples", code="invalid_samples")
-    _check_long_enough(raw.frames / raw.original_rate, min_duration_s)
+    check_long_enough(raw.frames / raw.original_rate, min_duration_s)
     rms = float(np.sqrt(np.mean(np.square(raw.samples, dtype=np.float64))))
-    warnings = _quality_warnings(
+    warnings = quality_warnings(
         rms,
         clipped=raw.clipped,
         total=raw.total,
@@ -170,7 +165,7 @@ def _finish(raw: _Raw, kind: str, *, target_rate: int, min_duration_s: float) ->
     )
 
 
-def _check_long_enough(decoded_s: float, min_duration_s: float) -> None:
+def check_long_enough(decoded_s: float, min_duration_s: float) -> None:
     if decoded_s < min_duration_s:
         raise BadMedia(
             f"the audio is {decoded_s:.3f} s long; at least {min_duration_s:g} s is needed",
@@ -179,7 +174,7 @@ def _check_long_enough(decoded_s: float, min_duration_s: float) -> None:
         )
 
 
-def _quality_warnings(
+def quality_warnings(
     rms: float, *, clipped: int, total: int, frames: int, claimed: int | None, rate: int
 ) -> list[dict[str, str]]:
     """Silence, clipping and truncation: warnings on a valid result (``rms`` of the mono samples,
@@ -216,7 +211,7 @@ def _quality_warnings(
 # --- header checks shared by both paths ----------------------------------------------------------
 
 
-def _check_stream(kind: str, rate: int, channels: int) -> None:
+def check_stream(kind: str, rate: int, channels: int) -> None:
     if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
         raise BadMedia(
             f"the {kind} file declares a sample rate of {rate} Hz; "
@@ -234,7 +229,7 @@ def _sample_budget(max_duration_s: float) -> int:
     return math.ceil(max_duration_s * SAMPLE_BUDGET_PER_S)
 
 
-def _check_claimed(kind: str, frames: int, rate: int, channels: int, max_duration_s: float) -> None:
+def check_claimed(kind: str, frames: int, rate: int, channels: int, max_duration_s: float) -> None:
     """413 from the header alone: more seconds than the cap, or more samples than the budget."""
     claimed_s = frames / rate
     if claimed_s > max_duration_s:
@@ -255,7 +250,7 @@ def _too_many_samples(kind: str, channels: int, rate: int, max_duration_s: float
     )
 
 
-def _too_long_while_decoding(kind: str, max_duration_s: float) -> TooLarge:
+def too_long_while_decoding(kind: str, max_duration_s: float) -> TooLarge:
     return TooLarge(
         f"the {kind} audio is longer than the limit of {max_duration_s:g} s",
         code="audio_too_long",
@@ -293,7 +288,7 @@ def _wav_declared_frames(data: bytes) -> int | None:
 # --- libsndfile path -----------------------------------------------------------------------------
 
 
-def _count_clipped(block: np.ndarray) -> int:
+def count_clipped(block: np.ndarray) -> int:
     """Samples on flat full-scale tops: at full scale and equal to the sample before.
 
     A loud but clean waveform passes its peaks with changing values; a clipped one sits on the
@@ -304,7 +299,7 @@ def _count_clipped(block: np.ndarray) -> int:
 
 
 @dataclass
-class _Tally:
+class Tally:
     """What a decoder saw on the way: the inputs of the length checks and warnings."""
 
     frames: int = 0  # decoded, at the original rate
@@ -312,25 +307,25 @@ class _Tally:
     total: int = 0  # samples looked at for clipping
 
 
-def _soundfile_header(
+def soundfile_header(
     sound: sf.SoundFile, kind: str, head: bytes, max_duration_s: float
 ) -> tuple[int, int, int | None]:
     """(rate, channels, claimed frames or None) of an open file, refused (413/422) from the header
     alone when it is out of bounds. ``head`` is the file's start (a WAV's chunks)."""
     rate, channels, frames = int(sound.samplerate), int(sound.channels), int(sound.frames)
-    _check_stream(kind, rate, channels)
+    check_stream(kind, rate, channels)
     claimed = frames if 0 < frames < _UNKNOWN_FRAMES else None
     if kind == "wav":
         declared = _wav_declared_frames(head)
         if declared is not None and declared > (claimed or 0):
             claimed = declared
     if claimed is not None:
-        _check_claimed(kind, claimed, rate, channels, max_duration_s)
+        check_claimed(kind, claimed, rate, channels, max_duration_s)
     return rate, channels, claimed
 
 
-def _soundfile_blocks(
-    sound: sf.SoundFile, kind: str, *, target_rate: int, max_duration_s: float, tally: _Tally
+def soundfile_blocks(
+    sound: sf.SoundFile, kind: str, *, target_rate: int, max_duration_s: float, tally: Tally
 ) -> Iterator[np.ndarray]:
     """Mono float32 blocks at ``target_rate``, read a block at a time and resampled by streaming
     soxr, so the file at its original rate never sits in memory whole. Stops one frame past the
@@ -352,13 +347,13 @@ def _soundfile_blocks(
             break
         tally.frames += len(block)
         tally.total += block.size
-        tally.clipped += _count_clipped(block)
+        tally.clipped += count_clipped(block)
         if not np.isfinite(block).all():
             raise BadMedia(f"the {kind} file contains NaN or infinite samples", code="invalid_samples")
         mono = block @ mixdown if channels > 1 else block[:, 0]
         yield mono if resampler is None else resampler.resample_chunk(mono)
     if tally.frames > max_frames:
-        raise _too_long_while_decoding(kind, max_duration_s)
+        raise too_long_while_decoding(kind, max_duration_s)
     if tally.frames > limit:
         raise _too_many_samples(kind, channels, rate, max_duration_s)
     if resampler is not None:
@@ -370,14 +365,14 @@ def _decode_soundfile(data: bytes, kind: str, *, target_rate: int, max_duration_
         sound = sf.SoundFile(io.BytesIO(data))
     except Exception as exc:
         raise BadMedia(
-            f"the {kind} file could not be read as audio: {_why(exc)}", code="corrupt_audio"
+            f"the {kind} file could not be read as audio: {decode_failure_reason(exc)}", code="corrupt_audio"
         ) from exc
     with sound:
-        rate, channels, claimed = _soundfile_header(sound, kind, data, max_duration_s)
-        tally = _Tally()
+        rate, channels, claimed = soundfile_header(sound, kind, data, max_duration_s)
+        tally = Tally()
         try:
             blocks = list(
-                _soundfile_blocks(
+                soundfile_blocks(
                     sound, kind, target_rate=target_rate, max_duration_s=max_duration_s, tally=tally
                 )
             )
@@ -386,7 +381,7 @@ def _decode_soundfile(data: bytes, kind: str, *, target_rate: int, max_duration_
         except Exception as exc:
             # libsndfile and its codecs raise on hostile bytes mid-stream; all mean a broken file.
             raise BadMedia(
-                f"the {kind} file could not be decoded: {_why(exc)}", code="corrupt_audio"
+                f"the {kind} file could not be decoded: {decode_failure_reason(exc)}", code="corrupt_audio"
             ) from exc
     samples = np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.float32)
     return _Raw(
@@ -400,7 +395,7 @@ def _decode_soundfile(data: bytes, kind: str, *, target_rate: int, max_duration_
     )
 
 
-def _why(exc: Exception) -> str:
+def decode_failure_reason(exc: Exception) -> str:
     # LibsndfileError's text names the in-memory buffer object; keep only the reason.
     message = str(exc)
     return message.split(": ", 1)[1] if message.startswith("Error opening <") else message
@@ -419,14 +414,14 @@ def _decode_ffmpeg(
     guessed from the content, and ``-protocol_whitelist`` stops a crafted file from making ffmpeg
     open URLs (HLS/concat-style references); ``-t`` caps the decoded duration.
     """
-    ffmpeg, ffprobe = _ffmpeg_tools(kind)
-    demuxer = _FFMPEG_DEMUXERS[kind]
+    ffmpeg, ffprobe = ffmpeg_tools(kind)
+    demuxer = FFMPEG_DEMUXERS[kind]
     deadline = time.monotonic() + timeout_s
     with tempfile.TemporaryDirectory(prefix=TEMP_PREFIX) as workdir:
         source = Path(workdir) / f"input.{kind}"
         source.write_bytes(data)
         probe = run_tool(
-            _ffprobe_command(ffprobe, demuxer, source),
+            ffprobe_command(ffprobe, demuxer, source),
             kind=kind,
             deadline=deadline,
             timeout_s=timeout_s,
@@ -434,12 +429,12 @@ def _decode_ffmpeg(
             code="corrupt_audio",
             needed_by=f"{kind} audio",
         ).stdout
-        rate, channels, claimed_s = _parse_probe(probe, kind)
-        _check_stream(kind, rate, channels)
+        rate, channels, claimed_s = parse_probe(probe, kind)
+        check_stream(kind, rate, channels)
         if claimed_s is not None:
-            _check_claimed(kind, round(claimed_s * rate), rate, channels, max_duration_s)
+            check_claimed(kind, round(claimed_s * rate), rate, channels, max_duration_s)
         pcm = run_tool(
-            _ffmpeg_pcm_command(
+            ffmpeg_pcm_command(
                 ffmpeg, demuxer, source, target_rate=target_rate, max_duration_s=max_duration_s
             ),
             kind=kind,
@@ -452,19 +447,19 @@ def _decode_ffmpeg(
     samples = np.frombuffer(pcm, dtype="<f4").astype(np.float32)
     frames = round(len(samples) * rate / target_rate)
     if len(samples) > math.ceil(max_duration_s * target_rate):
-        raise _too_long_while_decoding(kind, max_duration_s)
+        raise too_long_while_decoding(kind, max_duration_s)
     return _Raw(
         samples=samples,
         original_rate=rate,
         channels=channels,
         frames=frames,
         claimed_frames=round(claimed_s * rate) if claimed_s is not None else None,
-        clipped=_count_clipped(samples),
+        clipped=count_clipped(samples),
         total=len(samples),
     )
 
 
-def _ffmpeg_tools(kind: str) -> tuple[str, str]:
+def ffmpeg_tools(kind: str) -> tuple[str, str]:
     ffmpeg, ffprobe = shutil.which("ffmpeg"), shutil.which("ffprobe")
     if ffmpeg is None or ffprobe is None:
         log.error("ffmpeg/ffprobe not found on PATH: %s audio cannot be decoded (make system-deps)", kind)
@@ -476,7 +471,7 @@ def _ffmpeg_tools(kind: str) -> tuple[str, str]:
     return ffmpeg, ffprobe
 
 
-def _ffprobe_command(ffprobe: str, demuxer: str, source: Path) -> list[str]:
+def ffprobe_command(ffprobe: str, demuxer: str, source: Path) -> list[str]:
     """The first audio stream's rate, channels and declared duration, file protocol only."""
     return [
         ffprobe,
@@ -496,7 +491,7 @@ def _ffprobe_command(ffprobe: str, demuxer: str, source: Path) -> list[str]:
     ]
 
 
-def _ffmpeg_pcm_command(
+def ffmpeg_pcm_command(
     ffmpeg: str, demuxer: str, source: Path, *, target_rate: int, max_duration_s: float
 ) -> list[str]:
     """The first audio stream as float32 mono at ``target_rate`` on stdout, cut one second past
@@ -534,7 +529,7 @@ def _ffmpeg_pcm_command(
     ]
 
 
-def _parse_probe(output: bytes, kind: str) -> tuple[int, int, float | None]:
+def parse_probe(output: bytes, kind: str) -> tuple[int, int, float | None]:
     """(sample rate, channels, declared seconds or None) of the first audio stream."""
     try:
         probe = json.loads(output or b"{}")
@@ -654,404 +649,3 @@ class WindowCutter:
         view = np.lib.stride_tricks.sliding_window_view(self._buffer, self.window_len)
         windows = np.ascontiguousarray(view[[s - self._offset for s in starts]])
         return windows, [(s / self.rate, (s + self.window_len) / self.rate) for s in starts]
-
-
-# --- files on disk (jobs): decoded in blocks as they are read ---------------------------------------
-#
-# A job's upload is a file of up to hundreds of MB and hours long, so it is never read whole:
-# the type comes from its first bytes, libsndfile reads it a block at a time (WAV, FLAC, OGG,
-# MP3) or ffmpeg decodes it straight from the path into a pipe (M4A/MP4/ADTS), and the caller
-# takes mono blocks at the model's rate while the decoder waits on the pipe. Memory is a few
-# blocks whatever the length. The checks and warnings are decode_audio's, on running counts.
-
-_WAV_HEAD_BYTES = 1 << 16  # where a WAV's chunks before "data" are looked for (declared length)
-_PIPE_BLOCK_SAMPLES = 1 << 16  # mono samples per block read from ffmpeg (4 s at 16 kHz)
-
-
-@dataclass(frozen=True)
-class AudioFileInfo:
-    """What the header said, before any sample was decoded."""
-
-    format: str
-    original_rate: int
-    channels: int
-    claimed_frames: int | None  # at the original rate, when the header declares a length
-
-    @property
-    def declared_s(self) -> float | None:
-        return None if self.claimed_frames is None else self.claimed_frames / self.original_rate
-
-
-@dataclass(frozen=True)
-class AudioSummary:
-    """What ``decode_audio`` would have said of the whole file, once it has been read."""
-
-    duration_s: float  # of the samples handed out, at the target rate
-    warnings: list[dict[str, str]]
-
-
-class AudioFileStream:
-    """Mono float32 blocks at ``sample_rate``: what ``decode_audio`` returns for the file, a block
-    at a time, with the same errors (raised by ``read_block`` as soon as they show) and warnings
-    (in ``summary`` once ``read_block`` has returned None). ``read_block`` blocks: call it from a
-    worker thread. ``close`` (or the ``with`` block) stops the decoder, kills and reaps any child
-    process and removes the temporary directory; call it whatever happened."""
-
-    def __init__(
-        self,
-        kind: str,
-        info: AudioFileInfo,
-        blocks: Iterator[np.ndarray],
-        *,
-        sample_rate: int,
-        min_duration_s: float,
-        clock: DecodeClock,
-        tally: _Tally,
-        cleanup: contextlib.ExitStack,
-    ) -> None:
-        self.kind = kind
-        self.info = info
-        self.sample_rate = sample_rate
-        self.min_duration_s = min_duration_s
-        self.clock = clock
-        self.summary: AudioSummary | None = None
-        self.samples = 0  # handed out so far
-        self._blocks = blocks
-        self._tally = tally
-        self._sumsq = 0.0
-        self._cleanup = cleanup
-        clock.pause()  # until the first read: the caller's time is not the decoder's
-
-    @property
-    def decoded_s(self) -> float:
-        return self.samples / self.sample_rate
-
-    def read_block(self) -> np.ndarray | None:
-        """The next block (possibly empty), or None at the end (``summary`` is then set)."""
-        if self.summary is not None:
-            return None
-        self.clock.resume()
-        try:
-            if self.clock.expired():
-                raise decode_timeout(self.kind, self.clock.limit_s)
-            block = next(self._blocks, None)
-        except VerityError:
-            raise
-        except Exception as exc:
-            # libsndfile and its codecs raise on hostile bytes mid-stream; all mean a broken file.
-            raise BadMedia(
-                f"the {self.kind} file could not be decoded: {_why(exc)}", code="corrupt_audio"
-            ) from exc
-        finally:
-            self.clock.pause()
-        if block is None:
-            self.summary = self._summarize()
-            return None
-        if not np.isfinite(block).all():
-            raise BadMedia(f"the {self.kind} file contains NaN or infinite samples", code="invalid_samples")
-        self.samples += len(block)
-        self._sumsq += float(np.square(block, dtype=np.float64).sum())
-        self.clock.allow(self.decoded_s)
-        return block
-
-    def _summarize(self) -> AudioSummary:
-        tally, info = self._tally, self.info
-        if tally.frames == 0 or self.samples == 0:
-            raise BadMedia(f"the {self.kind} file contains no audio samples", code="no_audio")
-        _check_long_enough(tally.frames / info.original_rate, self.min_duration_s)
-        warnings = _quality_warnings(
-            math.sqrt(self._sumsq / self.samples),
-            clipped=tally.clipped,
-            total=tally.total,
-            frames=tally.frames,
-            claimed=info.claimed_frames,
-            rate=info.original_rate,
-        )
-        return AudioSummary(duration_s=self.samples / self.sample_rate, warnings=warnings)
-
-    def close(self) -> None:
-        close = getattr(self._blocks, "close", None)
-        if close is not None:
-            close()
-        self._cleanup.close()
-
-    def __enter__(self) -> AudioFileStream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def open_audio_file(
-    path: Path,
-    *,
-    target_rate: int,
-    max_bytes: int | None,
-    max_duration_s: float,
-    min_duration_s: float,
-    timeout_s: float,
-    s_per_media_s: float,
-) -> AudioFileStream:
-    """A stream of the audio file at ``path`` (any of ``AUDIO_FORMATS``, told by its first bytes),
-    decoded to float32 mono at ``target_rate`` a block at a time. The errors are ``decode_audio``'s
-    (415, 413, 422, never anything else), raised here when the header tells or by ``read_block``
-    while decoding. The time limit is ``timeout_s`` or ``s_per_media_s`` per declared (then
-    decoded) second, whichever is longer, and counts only the time spent in ``read_block``."""
-    path = Path(path).resolve()  # absolute: ffmpeg never takes the name for a protocol
-    kind = admit_file(
-        path, max_bytes=max_bytes, allowed=AUDIO_FORMATS, noun="audio file", send="WAV, FLAC, OGG, MP3 or M4A"
-    )
-    clock = DecodeClock(timeout_s, per_media_s=s_per_media_s)
-    try:
-        if kind in _SOUNDFILE_FORMATS:
-            return _open_soundfile_file(
-                path,
-                kind,
-                target_rate=target_rate,
-                max_duration_s=max_duration_s,
-                min_duration_s=min_duration_s,
-                clock=clock,
-            )
-        return _open_ffmpeg_file(
-            path,
-            kind,
-            target_rate=target_rate,
-            max_duration_s=max_duration_s,
-            min_duration_s=min_duration_s,
-            clock=clock,
-        )
-    except VerityError as exc:
-        log.info(
-            "audio file rejected: %s",
-            exc.message,
-            extra={"format": kind, "bytes": path.stat().st_size, "status": exc.status, "code": exc.code},
-        )
-        raise
-
-
-def _open_soundfile_file(
-    path: Path,
-    kind: str,
-    *,
-    target_rate: int,
-    max_duration_s: float,
-    min_duration_s: float,
-    clock: DecodeClock,
-) -> AudioFileStream:
-    try:
-        sound = sf.SoundFile(str(path))
-    except Exception as exc:
-        reason = _why(exc).replace(str(path), "input")
-        raise BadMedia(f"the {kind} file could not be read as audio: {reason}", code="corrupt_audio") from exc
-    cleanup = contextlib.ExitStack()
-    cleanup.callback(sound.close)
-    try:
-        head = b""
-        if kind == "wav":
-            with path.open("rb") as handle:
-                head = handle.read(_WAV_HEAD_BYTES)
-        rate, channels, claimed = _soundfile_header(sound, kind, head, max_duration_s)
-    except BaseException:
-        cleanup.close()
-        raise
-    info = AudioFileInfo(format=kind, original_rate=rate, channels=channels, claimed_frames=claimed)
-    if info.declared_s is not None:
-        clock.allow(info.declared_s)
-    tally = _Tally()
-    blocks = _soundfile_blocks(
-        sound, kind, target_rate=target_rate, max_duration_s=max_duration_s, tally=tally
-    )
-    return AudioFileStream(
-        kind,
-        info,
-        blocks,
-        sample_rate=target_rate,
-        min_duration_s=min_duration_s,
-        clock=clock,
-        tally=tally,
-        cleanup=cleanup,
-    )
-
-
-def _open_ffmpeg_file(
-    path: Path,
-    kind: str,
-    *,
-    target_rate: int,
-    max_duration_s: float,
-    min_duration_s: float,
-    clock: DecodeClock,
-) -> AudioFileStream:
-    ffmpeg, ffprobe = _ffmpeg_tools(kind)
-    demuxer = _FFMPEG_DEMUXERS[kind]
-    probe = run_tool(
-        _ffprobe_command(ffprobe, demuxer, path),
-        kind=kind,
-        deadline=clock.deadline,
-        timeout_s=clock.limit_s,
-        source=path,
-        code="corrupt_audio",
-        needed_by=f"{kind} audio",
-    ).stdout
-    rate, channels, claimed_s = _parse_probe(probe, kind)
-    _check_stream(kind, rate, channels)
-    claimed = round(claimed_s * rate) if claimed_s is not None else None
-    if claimed is not None:
-        _check_claimed(kind, claimed, rate, channels, max_duration_s)
-    info = AudioFileInfo(format=kind, original_rate=rate, channels=channels, claimed_frames=claimed)
-    if info.declared_s is not None:
-        clock.allow(info.declared_s)
-    return pcm_stream(
-        _ffmpeg_pcm_command(ffmpeg, demuxer, path, target_rate=target_rate, max_duration_s=max_duration_s),
-        kind=kind,
-        info=info,
-        source=path,
-        sample_format="f32le",
-        target_rate=target_rate,
-        max_duration_s=max_duration_s,
-        min_duration_s=min_duration_s,
-        clock=clock,
-    )
-
-
-def pcm_stream(
-    command: list[str],
-    *,
-    kind: str,
-    info: AudioFileInfo,
-    source: Path,
-    sample_format: Literal["f32le", "s16le"],
-    target_rate: int,
-    max_duration_s: float | None,
-    min_duration_s: float,
-    clock: DecodeClock,
-) -> AudioFileStream:
-    """An ``AudioFileStream`` over ``command``: an ffmpeg writing mono ``sample_format`` PCM at
-    ``target_rate`` to its stdout (``source`` is its input, hidden in messages). Its stderr goes
-    to a file in a private temporary directory; ``close`` kills and reaps the process and removes
-    the directory. More than ``max_duration_s`` of samples is a 413 as soon as it shows."""
-    cleanup = contextlib.ExitStack()
-    try:
-        workdir = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix=TEMP_PREFIX)))
-        log_path = workdir / "ffmpeg.log"
-        with log_path.open("wb") as log_file:
-            process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log_file
-            )
-        # Registered after the directory: runs first, so the process is gone before its log is.
-        cleanup.callback(_stop, process)
-    except OSError as exc:
-        cleanup.close()
-        log.error("could not run %s: %s", command[0], exc)
-        raise UnsupportedMedia(
-            f"{kind} audio needs {Path(command[0]).name}, which could not be run on this server",
-            code="decoder_unavailable",
-        ) from exc
-    except BaseException:
-        cleanup.close()
-        raise
-    tally = _Tally()
-    blocks = _pcm_blocks(
-        process,
-        kind=kind,
-        source=source,
-        log_path=log_path,
-        clock=clock,
-        sample_format=sample_format,
-        rates=(info.original_rate, target_rate),
-        max_samples=None if max_duration_s is None else math.ceil(max_duration_s * target_rate),
-        max_duration_s=max_duration_s or 0.0,
-        tally=tally,
-    )
-    return AudioFileStream(
-        kind,
-        info,
-        blocks,
-        sample_rate=target_rate,
-        min_duration_s=min_duration_s,
-        clock=clock,
-        tally=tally,
-        cleanup=cleanup,
-    )
-
-
-def _pcm_blocks(
-    process: subprocess.Popen[bytes],
-    *,
-    kind: str,
-    source: Path,
-    log_path: Path,
-    clock: DecodeClock,
-    sample_format: str,
-    rates: tuple[int, int],
-    max_samples: int | None,
-    max_duration_s: float,
-    tally: _Tally,
-) -> Iterator[np.ndarray]:
-    """Blocks of ``_PIPE_BLOCK_SAMPLES`` from the process's stdout until it ends; then its exit
-    status decides (non-zero: 422 with its last stderr line). Clipping is counted across block
-    boundaries, so the counts are those of the whole clip."""
-    width = 4 if sample_format == "f32le" else 2
-    original_rate, target_rate = rates
-    assert process.stdout is not None
-    fd = process.stdout.fileno()
-    previous = np.zeros(0, dtype=np.float32)
-    while True:
-        data = _read_pipe(fd, _PIPE_BLOCK_SAMPLES * width, clock, kind)
-        usable = len(data) - len(data) % width
-        if usable:
-            block = _pcm_to_float(data[:usable], sample_format)
-            tally.total += len(block)
-            if max_samples is not None and tally.total > max_samples:
-                raise _too_long_while_decoding(kind, max_duration_s)
-            tally.frames = round(tally.total * original_rate / target_rate)
-            tally.clipped += _count_clipped(np.concatenate([previous, block]))
-            previous = block[-1:]
-            yield block
-        if len(data) < _PIPE_BLOCK_SAMPLES * width:
-            break
-    try:
-        code = process.wait(timeout=max(0.0, clock.remaining()))
-    except subprocess.TimeoutExpired as exc:
-        raise decode_timeout(kind, clock.limit_s) from exc
-    if code != 0:
-        lines = log_path.read_text("utf-8", "replace").replace(str(source), "input").strip().splitlines()
-        reason = lines[-1][:300] if lines else f"{Path(str(process.args[0])).name} exited with {code}"
-        raise BadMedia(f"the {kind} file could not be decoded: {reason}", code="corrupt_audio")
-
-
-def _pcm_to_float(data: bytes, sample_format: str) -> np.ndarray:
-    if sample_format == "f32le":
-        return np.frombuffer(data, dtype="<f4").astype(np.float32)
-    # 16-bit PCM as libsndfile reads it (x / 32768): a WAV of the same samples decodes the same.
-    return np.frombuffer(data, dtype="<i2").astype(np.float32) / np.float32(32768)
-
-
-def _read_pipe(fd: int, size: int, clock: DecodeClock, kind: str) -> bytes:
-    """``size`` bytes from ``fd``, fewer only at its end; 422 ``decode_timeout`` past the clock."""
-    chunks: list[bytes] = []
-    got = 0
-    poller = select.poll()  # poll(), not select(): descriptors can be numbered past FD_SETSIZE
-    poller.register(fd, select.POLLIN)
-    while got < size:
-        remaining = clock.remaining()
-        if remaining <= 0 or clock.cancelled:
-            log.warning("ffmpeg timed out after %g s", clock.limit_s, extra={"format": kind})
-            raise decode_timeout(kind, clock.limit_s)
-        if not poller.poll(math.ceil(remaining * 1000)):
-            continue
-        data = os.read(fd, size - got)
-        if not data:
-            break
-        chunks.append(data)
-        got += len(data)
-    return b"".join(chunks)
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    """Kill (a no-op after a clean exit) and reap: no decoder outlives its stream."""
-    if process.poll() is None:
-        process.kill()
-    process.wait()
-    if process.stdout is not None:
-        process.stdout.close()

@@ -1,5 +1,5 @@
 """Files on disk of any length (jobs): ``detect_video_file`` / ``detect_audio_file`` and the
-streaming decoders under them (media/video.py ``open_video_file``, media/audio.py
+streaming decoders under them (media/video_files.py ``open_video_file``, media/audio_files.py
 ``open_audio_file``). The file path answers as the inline path does on the same clip, never
 holds more than two chunks of frames, samples past the inline frame cap, refuses hostile files
 with 4xx errors and leaves no temporary file or child process behind."""
@@ -25,17 +25,20 @@ import psutil
 import pytest
 
 import media.video
+import media.video_decode
+import media.video_files
 from errors import BadMedia, TooLarge, VerityError
-from media.audio import WindowCutter, make_windows, open_audio_file
+from media.audio import WindowCutter, make_windows
+from media.audio_files import open_audio_file
 from media.video import (
     SamplingPlan,
     VideoFileStream,
     VideoFrame,
-    _StreamSampler,
     decode_video,
     open_video_file,
     plan_sampling,
 )
+from media.video_sampling import StreamSampler
 from tests.audio_factory import encode as encode_audio
 from tests.audio_factory import encode_ffmpeg as encode_audio_ffmpeg
 from tests.audio_factory import speech_like
@@ -158,7 +161,7 @@ def assert_same_result(inline: dict[str, Any], filed: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("strategy", ["temporal", "frames"])
 def test_video_file_gives_the_inline_result(strategy, portal, engine, tmp_path, private_tmp, monkeypatch):
-    monkeypatch.setattr(media.video, "FILE_CHUNK_FRAMES", 4)  # 15 frames: 4 chunks, the last short
+    monkeypatch.setattr(media.video_files, "FILE_CHUNK_FRAMES", 4)  # 15 frames: 4 chunks, the last short
     path = on_disk(tmp_path, face_clip(), "clip.mp4")
     inline = run_video(portal, engine, face_clip(), fps=5, strategy=strategy)
     filed = run_video(portal, engine, path, fps=5, strategy=strategy)
@@ -170,7 +173,7 @@ def test_video_file_gives_the_inline_result(strategy, portal, engine, tmp_path, 
 def test_in_process_decoding_streams_files_too(portal, engine, tmp_path, private_tmp, monkeypatch):
     """VERITY_VIDEO_DECODE_ISOLATED=false: the capture lives in the worker, read a chunk at a time
     from the worker threads; the answer is the same."""
-    monkeypatch.setattr(media.video, "FILE_CHUNK_FRAMES", 4)
+    monkeypatch.setattr(media.video_files, "FILE_CHUNK_FRAMES", 4)
     monkeypatch.setattr(engine.settings, "video_decode_isolated", False)
     path = on_disk(tmp_path, face_clip(), "clip.mp4")
     assert_same_result(run_video(portal, engine, face_clip(), fps=5), run_video(portal, engine, path, fps=5))
@@ -234,7 +237,7 @@ def test_window_cutter_gives_make_windows_windows():
 def test_frames_alive_stay_within_two_chunks(portal, engine, tmp_path, monkeypatch):
     """15 sampled frames, 3 per chunk: at no point are more than two chunks of frames alive (the
     one being scored and the one read ahead), and no chunk is larger than asked."""
-    monkeypatch.setattr(media.video, "FILE_CHUNK_FRAMES", 3)
+    monkeypatch.setattr(media.video_files, "FILE_CHUNK_FRAMES", 3)
     handed: list[weakref.ref[np.ndarray]] = []  # every frame's pixels, weakly
     most, sizes = [0], []
     lock = threading.Lock()
@@ -262,7 +265,7 @@ def test_frames_alive_stay_within_two_chunks(portal, engine, tmp_path, monkeypat
 def test_stream_sampler_never_exceeds_its_budget_nor_goes_back():
     """Three hours at 30 fps with nothing declared, a 2 fps plan and 3600 frames: the interval
     doubles as the budget halves, every kept frame stays, and the whole stream is covered."""
-    sampler = _StreamSampler(SamplingPlan(0.5, 3600, "adaptive"), None)
+    sampler = StreamSampler(SamplingPlan(0.5, 3600, "adaptive"), None)
     tiny = np.zeros((1, 1, 3), dtype=np.uint8)
     kept = []
     for index in range(0, 3 * 3600 * 30, 3):  # every third frame is enough to hit every target
@@ -275,7 +278,7 @@ def test_stream_sampler_never_exceeds_its_budget_nor_goes_back():
     assert kept[-1] > 3 * 3600 - 2 * sampler.interval  # covers (nearly) to the end
     assert sampler.doubled >= 10
     # Within a declared duration the plan's interval holds: no doubling.
-    declared = _StreamSampler(SamplingPlan(1.0, 120, "requested"), 120.0)
+    declared = StreamSampler(SamplingPlan(1.0, 120, "requested"), 120.0)
     for index in range(120 * 30):
         if declared.wants(index / 30):
             declared.keep(VideoFrame(index, index / 30, tiny))
@@ -354,7 +357,7 @@ def test_scoring_time_does_not_count_against_the_decode_limit(portal, engine, tm
         return await real(engine_, frames)
 
     monkeypatch.setattr(detect.video, "find_faces", slow)
-    monkeypatch.setattr(media.video, "FILE_CHUNK_FRAMES", 1)
+    monkeypatch.setattr(media.video_files, "FILE_CHUNK_FRAMES", 1)
     monkeypatch.setattr(engine.settings, "video_decode_timeout_s", 1.5)
     monkeypatch.setattr(engine.settings, "decode_s_per_media_s", 0.01)
     body = run_video(portal, engine, on_disk(tmp_path, face_clip(), "clip.mp4"), fps=2)
@@ -408,7 +411,7 @@ def test_a_decoder_that_crashes_mid_stream_fails_the_job_not_the_worker(
     crash = textwrap.dedent(
         """
         import os, sys
-        import media.video as v
+        import media.video_decode as v
         real = v._write_message
         sent = []
         def dying(out, header, payloads):
@@ -420,7 +423,7 @@ def test_a_decoder_that_crashes_mid_stream_fails_the_job_not_the_worker(
         v._child_main()
         """
     )
-    monkeypatch.setattr(media.video, "_child_command", lambda: [sys.executable, "-c", crash])
+    monkeypatch.setattr(media.video_decode, "_child_command", lambda: [sys.executable, "-c", crash])
     path = on_disk(tmp_path, face_clip(), "clip.mp4")
     with pytest.raises(BadMedia) as err:
         run_video(portal, engine, path, fps=2)
@@ -432,7 +435,7 @@ def test_a_decoder_that_crashes_mid_stream_fails_the_job_not_the_worker(
 
 def test_a_hanging_decoder_is_killed_at_the_deadline(portal, engine, tmp_path, private_tmp, monkeypatch):
     monkeypatch.setattr(
-        media.video, "_child_command", lambda: [sys.executable, "-c", "import time; time.sleep(60)"]
+        media.video_decode, "_child_command", lambda: [sys.executable, "-c", "import time; time.sleep(60)"]
     )
     monkeypatch.setattr(engine.settings, "video_decode_timeout_s", 1.5)
     start = time.perf_counter()

@@ -17,6 +17,7 @@ import psutil
 import pytest
 
 import media.video
+import media.video_decode
 from errors import BadMedia, InvalidInput, TooLarge, UnsupportedMedia, VerityError
 from media.audio import decode_audio
 from media.sniff import AUDIO_FORMATS, IMAGE_FORMATS, VIDEO_FORMATS, sniff
@@ -25,11 +26,11 @@ from media.video import (
     DecodedVideo,
     SamplingPlan,
     VideoFrame,
-    _Sampler,
     decode_video,
     extract_audio,
     plan_sampling,
 )
+from media.video_sampling import Sampler
 from tests.audio_factory import dominant_frequency, sine
 from tests.audio_factory import encode as encode_audio
 from tests.audio_factory import encode_ffmpeg as encode_audio_ffmpeg
@@ -202,7 +203,7 @@ def test_plan_sampling_refuses_bad_options(fps, max_frames):
 def test_sampler_thins_evenly_when_the_length_is_unknown():
     """100 s at 30 fps through a 2 fps plan with a budget of 16: the kept frames end up evenly
     spaced over the whole stream, never more than 16 at a time."""
-    sampler = _Sampler(SamplingPlan(0.5, 16, "adaptive"))
+    sampler = Sampler(SamplingPlan(0.5, 16, "adaptive"))
     tiny = np.zeros((1, 1, 3), dtype=np.uint8)
     most = 0
     for index in range(3000):
@@ -336,9 +337,9 @@ def test_every_container_decodes_in_the_child(name, private_tmp):
 def test_the_child_opens_only_the_sniffed_demuxer(clip_4s, monkeypatch):
     """The avformat options the child passes to OpenCV are enforced: with only AVI's demuxer
     allowed, an MP4 does not open (and with the real options, only local files ever do)."""
-    assert media.video._capture_options("mp4") == "protocol_whitelist;file|format_whitelist;mov"
+    assert media.video_decode._capture_options("mp4") == "protocol_whitelist;file|format_whitelist;mov"
     monkeypatch.setattr(
-        media.video, "_capture_options", lambda kind: "protocol_whitelist;file|format_whitelist;avi"
+        media.video_decode, "_capture_options", lambda kind: "protocol_whitelist;file|format_whitelist;avi"
     )
     with pytest.raises(BadMedia) as err:
         decode(clip_4s, isolated=True)
@@ -607,7 +608,7 @@ def test_in_process_decode_past_the_time_limit_is_cut(clip_4s, private_tmp, monk
 def test_a_hanging_decoder_child_is_killed_at_the_deadline(clip_4s, private_tmp, monkeypatch):
     """One call that never returns (simulated: a child that sleeps) cannot outlive the limit."""
     monkeypatch.setattr(
-        media.video, "_child_command", lambda: [sys.executable, "-c", "import time; time.sleep(60)"]
+        media.video_decode, "_child_command", lambda: [sys.executable, "-c", "import time; time.sleep(60)"]
     )
     start = time.perf_counter()
     with pytest.raises(BadMedia) as err:
@@ -620,7 +621,7 @@ def test_a_hanging_decoder_child_is_killed_at_the_deadline(clip_4s, private_tmp,
 
 def test_a_crashing_decoder_child_fails_only_its_request(clip_4s, private_tmp, monkeypatch):
     monkeypatch.setattr(
-        media.video, "_child_command", lambda: [sys.executable, "-c", "import os; os.abort()"]
+        media.video_decode, "_child_command", lambda: [sys.executable, "-c", "import os; os.abort()"]
     )
     with pytest.raises(BadMedia) as err:
         decode(clip_4s, isolated=True)
