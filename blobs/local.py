@@ -3,7 +3,7 @@ same form-POST shape S3 uses.
 
 The form's ``policy`` is base64 JSON (expiry, exact key, exact content type, size range) and
 ``x-verity-signature`` its HMAC-SHA256 under a server key, so only forms this service made are
-accepted, and only for what they say. The receiving route (``api/upload_routes.py``) checks all of
+accepted, and only for what they say. The receiving route (``api/upload_form.py``) checks all of
 it before the first byte of the file is written, streams the file to a temporary file beside its
 destination with the size cap enforced while it streams, and moves it into place only when it is
 complete: nothing half-written or unverified is ever kept.
@@ -29,7 +29,7 @@ from pathlib import Path
 
 from blobs.base import BlobStore, UploadForm
 from config import Settings
-from errors import BadRequest, Forbidden
+from errors import Forbidden
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,3 @@ class LocalBlobs(BlobStore):
         if removed:
             log.info("swept %d expired blob(s) from %s", removed, self.root)
         return removed
-
-
-def form_error(message: str) -> BadRequest:
-    return BadRequest(message, code="invalid_upload_form")
