@@ -10,8 +10,10 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import anyio
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -23,17 +25,18 @@ from starlette.routing import Match
 from api import account_routes, job_routes
 from api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
 from api.openapi import DETECT_ERRORS, error_responses, media_request_body
-from api.payload import read_media_payload
+from api.payload import UploadReference, read_media_payload
+from api.uploaded import detect_uploaded, read_image_file
 from auth.accounts import Accounts
 from auth.middleware import AuthMiddleware
 from auth.principal import Principal
 from blobs.local import LOCAL_UPLOAD_PATH
 from config import Settings
-from detect.audio import detect_audio
+from detect.audio import detect_audio, detect_audio_file
 from detect.engine import Engine
 from detect.image import detect_image
 from detect.results import DetectionResult
-from detect.video import detect_video
+from detect.video import detect_video, detect_video_file
 from errors import (
     InvalidInput,
     MethodNotAllowed,
@@ -296,7 +299,15 @@ def create_app(settings: Settings) -> FastAPI:
         engine = engine_of(request)
         engine.image_model(model)  # unknown model: fail before reading a large body
         data = await read_media_payload(request, "image")
-        result = await detect_image(engine, data, model_id=model, explain=explain, faces=faces)
+        if isinstance(data, UploadReference):
+
+            async def on_file(path: Path) -> dict[str, Any]:
+                image = await anyio.to_thread.run_sync(read_image_file, path, settings.max_image_bytes)
+                return await detect_image(engine, image, model_id=model, explain=explain, faces=faces)
+
+            result = await detect_uploaded(request, principal, data.upload_id, on_file)
+        else:
+            result = await detect_image(engine, data, model_id=model, explain=explain, faces=faces)
         await record_detection(accounts, principal, result)
         return JSONResponse(result)
 
@@ -318,7 +329,16 @@ def create_app(settings: Settings) -> FastAPI:
         engine = engine_of(request)
         engine.audio_model(model)
         data = await read_media_payload(request, "audio")
-        result = await detect_audio(engine, data, model_id=model)
+        if isinstance(data, UploadReference):
+
+            async def on_file(path: Path) -> dict[str, Any]:
+                return await detect_audio_file(
+                    engine, path, model_id=model, max_duration_s=settings.max_audio_duration_s
+                )
+
+            result = await detect_uploaded(request, principal, data.upload_id, on_file)
+        else:
+            result = await detect_audio(engine, data, model_id=model)
         await record_detection(accounts, principal, result)
         return JSONResponse(result)
 
@@ -353,9 +373,24 @@ def create_app(settings: Settings) -> FastAPI:
                 f"max_frames is at most {engine.settings.video_max_frames_cap}", code="invalid_max_frames"
             )
         data = await read_media_payload(request, "video")
-        result = await detect_video(
-            engine, data, fps=fps, max_frames=max_frames, strategy=strategy, model_id=model
-        )
+        if isinstance(data, UploadReference):
+
+            async def on_file(path: Path) -> dict[str, Any]:
+                return await detect_video_file(
+                    engine,
+                    path,
+                    fps=fps,
+                    max_frames=max_frames,
+                    strategy=strategy,
+                    model_id=model,
+                    max_duration_s=settings.max_video_duration_s,
+                )
+
+            result = await detect_uploaded(request, principal, data.upload_id, on_file)
+        else:
+            result = await detect_video(
+                engine, data, fps=fps, max_frames=max_frames, strategy=strategy, model_id=model
+            )
         await record_detection(accounts, principal, result)
         return JSONResponse(result)
 

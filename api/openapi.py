@@ -56,9 +56,14 @@ def media_request_body(field: str, media_types: str) -> dict[str, Any]:
                             field: {
                                 "type": "string",
                                 "description": f"data:{field}/...;base64,... or plain base64",
-                            }
+                            },
+                            "upload_id": {
+                                "type": "string",
+                                "maxLength": 64,
+                                "description": "instead of the media: a file sent with POST /v1/uploads",
+                            },
                         },
-                        "required": [field],
+                        "anyOf": [{"required": [field]}, {"required": ["upload_id"]}],
                     }
                 },
                 media_types: {"schema": {"type": "string", "format": "binary"}},

@@ -5,11 +5,19 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from dataclasses import dataclass
 
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
 from errors import BadRequest, InvalidInput, UnsupportedMedia
+
+
+@dataclass(frozen=True)
+class UploadReference:
+    """``{"upload_id": ...}`` instead of the media: a file sent earlier with ``POST /v1/uploads``."""
+
+    upload_id: str
 
 
 def _decode_data_url(value: str) -> bytes:
@@ -24,9 +32,10 @@ def _decode_data_url(value: str) -> bytes:
         raise InvalidInput(f"media is not valid base64: {exc}", code="invalid_base64") from exc
 
 
-async def read_media_payload(request: Request, kind: str) -> bytes:
+async def read_media_payload(request: Request, kind: str) -> bytes | UploadReference:
     """The media bytes from multipart (field ``kind`` or ``file``), JSON (``{kind: data URL}``)
-    or a raw ``kind/*`` body; ``kind`` is "image", "audio" or "video"."""
+    or a raw ``kind/*`` body, or a reference to an upload (JSON ``{"upload_id": ...}``); ``kind``
+    is "image", "audio" or "video"."""
     fields = (kind, "file")
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
@@ -48,10 +57,10 @@ async def read_media_payload(request: Request, kind: str) -> bytes:
         if not isinstance(body, dict):
             raise InvalidInput("JSON body must be an object", code="invalid_input")
         if "upload_id" in body and kind not in body:
-            raise InvalidInput(
-                "uploaded media is analysed by a job: POST /v1/jobs with this upload_id",
-                code="uploads_unavailable",
-            )
+            upload_id = body["upload_id"]
+            if not isinstance(upload_id, str) or not 0 < len(upload_id) <= 64:
+                raise InvalidInput("upload_id must be the id POST /v1/uploads gave", code="invalid_upload_id")
+            return UploadReference(upload_id)
         value = body.get(kind)
         if not isinstance(value, str) or not value:
             raise InvalidInput(

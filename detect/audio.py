@@ -111,9 +111,11 @@ async def detect_audio_file(
     *,
     model_id: str | None,
     progress: Callable[[float], None] | None = None,
+    max_duration_s: float | None = None,
 ) -> dict[str, Any]:
     """``detect_audio``'s result for the audio file at ``path``, which is never read whole (see
-    the module docstring). Job limits: ``job_max_video_duration_s``, ``max_upload_bytes``, and a
+    the module docstring). Job limits: ``job_max_video_duration_s`` (or ``max_duration_s``, lower
+    for a request that waits for its answer), ``max_upload_bytes``, and a
     time limit of ``ffmpeg_timeout_s`` or ``decode_s_per_media_s`` per declared second, whichever
     is longer. ``progress`` gets fractions 0..1, growing, ending at 1.0 on success."""
     started = time.perf_counter()
@@ -125,7 +127,7 @@ async def detect_audio_file(
             Path(path),
             target_rate=spec.sample_rate,
             max_bytes=settings.max_upload_bytes,
-            max_duration_s=settings.job_max_video_duration_s,
+            max_duration_s=max_duration_s or settings.job_max_video_duration_s,
             min_duration_s=spec.min_duration_s,
             timeout_s=settings.ffmpeg_timeout_s,
             s_per_media_s=settings.decode_s_per_media_s,

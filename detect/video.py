@@ -248,7 +248,7 @@ async def _audio_track(engine: Engine, decoded: DecodedVideo) -> tuple[dict[str,
 
 
 async def _audio_track_file(
-    engine: Engine, path: Path, duration_s: float, report: Callable[[float], None]
+    engine: Engine, path: Path, duration_s: float, report: Callable[[float], None], max_duration_s: float
 ) -> tuple[dict[str, Any] | None, list[dict]]:
     """Files: the audio track streamed from the file and scored a batch of windows at a time."""
     settings = engine.settings
@@ -257,7 +257,7 @@ async def _audio_track_file(
         stream = await anyio.to_thread.run_sync(
             lambda: open_audio_track(
                 path,
-                max_duration_s=settings.job_max_video_duration_s,
+                max_duration_s=max_duration_s,
                 min_duration_s=served.stored.audio_spec.min_duration_s,
                 timeout_s=settings.video_decode_timeout_s,
                 s_per_media_s=settings.decode_s_per_media_s,
@@ -490,9 +490,11 @@ async def detect_video_file(
     strategy: Strategy,
     model_id: str | None,
     progress: Callable[[float], None] | None = None,
+    max_duration_s: float | None = None,
 ) -> dict[str, Any]:
     """``detect_video``'s result for the video file at ``path``, with frames streamed and scored
-    a chunk at a time (module docstring, "Files"). Job limits: ``job_max_video_duration_s``,
+    a chunk at a time (module docstring, "Files"). Job limits: ``job_max_video_duration_s`` (or
+    ``max_duration_s``, lower for a request that waits for its answer),
     ``job_video_max_frames_cap``, ``max_upload_bytes``; decode time ``video_decode_timeout_s`` or
     ``decode_s_per_media_s`` per declared second, whichever is longer. ``progress`` gets
     fractions 0..1, growing, ending at 1.0 on success."""
@@ -510,7 +512,7 @@ async def detect_video_file(
             path,
             max_bytes=settings.max_upload_bytes,
             max_pixels=settings.max_video_pixels,
-            max_duration_s=settings.job_max_video_duration_s,
+            max_duration_s=max_duration_s or settings.job_max_video_duration_s,
             fps=fps,
             max_frames=max_frames,
             timeout_s=settings.video_decode_timeout_s,
@@ -541,7 +543,13 @@ async def detect_video_file(
     warnings: list[dict[str, Any]] = [*clip.warnings, *outcome.warnings]
     mark = time.perf_counter()
     audio, audio_warnings = (
-        await _audio_track_file(engine, path, clip.duration_s, report.part(video_share, 1.0))
+        await _audio_track_file(
+            engine,
+            path,
+            clip.duration_s,
+            report.part(video_share, 1.0),
+            max_duration_s or settings.job_max_video_duration_s,
+        )
         if with_audio
         else (None, [])
     )

@@ -380,7 +380,7 @@ def test_422_bad_media_and_inputs(api):
     )
     assert_error(api.post("/v1/detect/image", json={"nothing": 1}), 422, "missing_image")
     assert_error(api.post("/v1/detect/image", json=[1, 2]), 422, "invalid_input")
-    assert_error(api.post("/v1/detect/image", json={"upload_id": "up_1"}), 422, "uploads_unavailable")
+    assert_error(api.post("/v1/detect/image", json={"upload_id": "up_1"}), 404, "upload_not_found")
     assert_error(post_image(api, jpeg_bytes(), params="?model=vit-deepfake-v2"), 422, "model_not_served")
     assert_error(post_image(api, jpeg_bytes(), params="?explain=maybe"), 422, "invalid_input")
 

@@ -385,3 +385,61 @@ def test_cancel_a_running_job(api, client, state_dir):
     assert all(item["modality"] != "video" for item in api.get("/v1/history").json()["items"])
     events = [Webhook(secret).verify(r.body, r.headers) for r in receiver.received]
     assert [e["type"] for e in events] == ["job.canceled"] and events[0]["data"]["id"] == job["id"]
+
+
+# --- detection routes on an upload (the request waits) ----------------------------------------------
+
+
+def test_detect_image_on_an_upload(api, client, state_dir):
+    data = jpeg_bytes(seed=50)
+    form = new_upload(api, data)
+    assert send_form(client, form, data).status_code == 204
+    answer = api.post("/v1/detect/image", json={"upload_id": form["upload_id"]})
+    assert answer.status_code == 200, answer.text
+    inline = api.post("/v1/detect/image", files={"image": ("a.jpg", data, "image/jpeg")}).json()
+    assert answer.json()["fake_probability"] == inline["fake_probability"]  # the same pipeline
+    assert not (state_dir / "blobs" / form["fields"]["key"]).exists()  # used once, then deleted
+    again = api.post("/v1/detect/image", json={"upload_id": form["upload_id"]})
+    assert_error(again, 404, "upload_not_found")
+
+
+def test_detect_video_and_audio_on_uploads(api, client):
+    from tests.audio_factory import encode as encode_wav
+    from tests.audio_factory import speech_like
+    from tests.face_factory import moving_face_frames
+    from tests.video_factory import write_opencv
+
+    clip = write_opencv(moving_face_frames(30), 10)
+    upload_id = uploaded(api, client, clip, content_type="video/mp4")
+    video = api.post("/v1/detect/video?fps=1", json={"upload_id": upload_id})
+    assert video.status_code == 200, video.text
+    inline = api.post("/v1/detect/video?fps=1", files={"video": ("c.mp4", clip, "video/mp4")}).json()
+    assert video.json()["media"]["frames_analyzed"] == inline["media"]["frames_analyzed"] == 3
+    assert video.json()["fake_probability"] == pytest.approx(inline["fake_probability"], abs=1e-5)
+
+    wav = encode_wav(speech_like(3.0), 16_000, "wav")
+    audio = api.post(
+        "/v1/detect/audio", json={"upload_id": uploaded(api, client, wav, content_type="audio/wav")}
+    )
+    assert audio.status_code == 200, audio.text
+    assert audio.json()["modality"] == "audio" and audio.json()["segments"]
+
+
+def test_detect_on_an_upload_keeps_its_checks(api, client, signup):
+    from tests.conftest import Caller
+
+    image_upload = uploaded(api, client, jpeg_bytes(seed=51), keep=True)
+    wrong = api.post("/v1/detect/video", json={"upload_id": image_upload})
+    assert_error(wrong, 415)  # by its bytes: not a video
+    kept = api.post("/v1/detect/image", json={"upload_id": image_upload})
+    assert kept.status_code == 200  # a kept upload is released for its next use
+    stranger = Caller(client, signup().headers)
+    assert_error(stranger.post("/v1/detect/image", json={"upload_id": image_upload}), 404, "upload_not_found")
+    never_sent = new_upload(api, jpeg_bytes(seed=52))
+    assert_error(
+        api.post("/v1/detect/image", json={"upload_id": never_sent["upload_id"]}), 409, "upload_incomplete"
+    )
+    assert_error(api.post("/v1/detect/image", json={"upload_id": 7}), 422, "invalid_upload_id")
+    busy = uploaded(api, client, jpeg_bytes(seed=53))
+    assert api.post("/v1/jobs", json={"upload_id": busy, "modality": "image"}).status_code == 202
+    assert api.post("/v1/detect/image", json={"upload_id": busy}).status_code in (404, 409)  # its job's
