@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import secrets
@@ -23,7 +24,13 @@ _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]{2,}$")
 MAX_KEY_NAME = 64
 MAX_GRACE_S = 7 * 86400
 # Verifying against a real hash when the email is unknown keeps login timing uniform.
-_DUMMY_HASH = passwords.hash_password("not-a-real-password", rounds=4)
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """What an unknown email's password is checked against: a hash of the real cost, so that the
+    answer takes as long as for a real account (a cheaper one would tell which emails exist)."""
+    return passwords.hash_password("not-a-real-password")
 
 
 def _iso(moment: datetime) -> str:
@@ -119,8 +126,11 @@ class Accounts:
         except InvalidInput:
             address = ""
         user = self.store.get_user_by_email(address) if address else None
-        ok = passwords.verify_password(password, user.password_hash if user else _DUMMY_HASH)
-        if user is None or not ok:
+        # Accounts of external issuers store "!" (no password): checked against the dummy too, in
+        # the same time, so that no answer says which kind of account an email has.
+        has_password = user is not None and passwords.is_password_hash(user.password_hash)
+        ok = passwords.verify_password(password, user.password_hash if has_password else _dummy_hash())
+        if user is None or not has_password or not ok:
             raise Unauthorized("email or password is wrong", code="invalid_credentials")
         if user.disabled:
             raise Forbidden("this account is disabled", code="account_disabled")

@@ -39,3 +39,8 @@ def verify_password(password: str, hashed: str) -> bool:
         return bcrypt.checkpw(encoded, hashed.encode("ascii"))
     except ValueError:  # not a bcrypt hash: accounts made by external issuers store "!"
         return False
+
+
+def is_password_hash(value: str) -> bool:
+    """A bcrypt hash (``$2a$``/``$2b$``/``$2y$``), as opposed to the "!" of accounts without one."""
+    return value.startswith(("$2a$", "$2b$", "$2y$"))

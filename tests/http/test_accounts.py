@@ -782,3 +782,26 @@ def test_external_issuer_tokens_over_http(tmp_path) -> None:
             )
             assert_error(login_attempt, 401, "invalid_credentials")
         store.close()
+
+
+def test_login_takes_as_long_for_an_unknown_email(client, signup):
+    """A cheaper check for unknown emails would tell which emails have accounts: both paths run
+    bcrypt at the real cost (median of five each, interleaved, within noise)."""
+    import statistics
+    import time
+
+    account = signup()  # a real account, its password hashed at the real cost
+
+    def timed(email: str) -> float:
+        started = time.perf_counter()
+        answer = client.post("/v1/auth/login", json={"email": email, "password": "wrong password!"})
+        assert answer.status_code == 401 and answer.json()["error"]["code"] == "invalid_credentials"
+        return time.perf_counter() - started
+
+    known, unknown = [], []
+    for _ in range(5):
+        known.append(timed(account.email))
+        unknown.append(timed(unique_email("nobody")))
+    ratio = statistics.median(unknown) / statistics.median(known)
+    assert 0.6 < ratio < 1.6, (known, unknown)
+    assert statistics.median(unknown) > 0.05  # bcrypt at cost 12 is ~0.2 s; cost 4 was ~1 ms
