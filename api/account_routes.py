@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import anyio
@@ -10,9 +11,11 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.openapi import ACCOUNT_ERRORS
-from auth.accounts import Accounts
+from auth.accounts import Accounts, normalise_email
+from auth.invites import check_invite, make_invite
 from auth.principal import Principal
 from auth.quotas import daily_limit_of, next_midnight
+from auth.throttle import AuthThrottle, client_address
 from errors import Forbidden, NotFound, ServiceUnavailable, Unauthorized
 
 router = APIRouter(responses=ACCOUNT_ERRORS)
@@ -70,6 +73,14 @@ class Credentials(StrictBody):
     password: str = Field(max_length=1024)
 
 
+class SignupRequest(Credentials):
+    invite: str | None = Field(None, max_length=1024, description="needed when signups are by invite")
+
+
+class InviteRequest(StrictBody):
+    email: str = Field(max_length=254, json_schema_extra={"format": "email"})
+
+
 class KeyRequest(StrictBody):
     name: str = Field("default", max_length=64)
 
@@ -90,15 +101,52 @@ def _shown_once(key: Any, secret: str) -> dict[str, Any]:
 # --- auth ------------------------------------------------------------------------------------
 
 
+def throttle_of(request: Request) -> AuthThrottle:
+    throttle = getattr(request.app.state, "throttle", None)
+    if throttle is None:
+        # An app given its accounts alone (tests, embedders): its throttle lives in the same
+        # store, made once on first use.
+        from store.factory import make_throttle_store
+
+        settings = accounts_of(request).settings
+        throttle = request.app.state.throttle = AuthThrottle(make_throttle_store(settings), settings)
+    return throttle
+
+
+ThrottleDep = Annotated[AuthThrottle, Depends(throttle_of)]
+
+
 @router.post("/v1/auth/signup", status_code=201, tags=["auth"])
-async def signup(body: Credentials, accounts: AccountsDep) -> dict[str, Any]:
-    user, key, secret = await run(accounts.signup, body.email, body.password)
-    return {"user": user.public(accounts.settings.daily_limit), "api_key": _shown_once(key, secret)}
+async def signup(
+    body: SignupRequest, request: Request, accounts: AccountsDep, throttle: ThrottleDep
+) -> dict[str, Any]:
+    """Throttled per client address (auth/throttle.py); `VERITY_SIGNUP_POLICY` decides who may."""
+    settings = accounts.settings
+    if settings.signup_policy == "closed":
+        raise Forbidden("signing up is closed on this service; ask its operators", code="signup_closed")
+    now = accounts.clock()
+    await run(throttle.check_address, client_address(request, settings.trusted_proxy_hops), now)
+    if settings.signup_policy == "invite":
+        check_invite(settings, body.invite, body.email, now.timestamp())
+    user, key, secret = await throttle.run_bcrypt(lambda: accounts.signup(body.email, body.password))
+    return {"user": user.public(settings.daily_limit), "api_key": _shown_once(key, secret)}
 
 
 @router.post("/v1/auth/login", tags=["auth"])
-async def login(body: Credentials, accounts: AccountsDep) -> dict[str, Any]:
-    return await run(accounts.login, body.email, body.password)
+async def login(
+    body: Credentials, request: Request, accounts: AccountsDep, throttle: ThrottleDep
+) -> dict[str, Any]:
+    """Throttled per client address and per email, with a lockout after repeated failures."""
+    now = accounts.clock()
+    await run(throttle.check_address, client_address(request, accounts.settings.trusted_proxy_hops), now)
+    await run(throttle.check_email, body.email, now)
+    try:
+        answer = await throttle.run_bcrypt(lambda: accounts.login(body.email, body.password))
+    except Unauthorized:
+        await run(throttle.login_failed, body.email, now)
+        raise
+    await run(throttle.login_succeeded, body.email)
+    return answer
 
 
 @router.get("/v1/auth/me", tags=["auth"])
@@ -217,6 +265,14 @@ async def admin_users(
         "users": [u.public(accounts.settings.daily_limit) for u in page.items],
         "next_cursor": page.next_cursor,
     }
+
+
+@router.post("/v1/admin/invites", status_code=201, tags=["admin"])
+async def admin_invite(body: InviteRequest, _: AdminPrincipal, accounts: AccountsDep) -> dict[str, Any]:
+    """An invite for one email (`VERITY_SIGNUP_POLICY=invite`): pass it as `invite` at signup."""
+    token, expires_at = make_invite(accounts.settings, body.email, accounts.clock().timestamp())
+    expires = datetime.fromtimestamp(expires_at, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return {"email": normalise_email(body.email), "invite": token, "expires_at": expires}
 
 
 @router.patch("/v1/admin/users/{user_id}", tags=["admin"])

@@ -134,11 +134,13 @@ async def record_detection(accounts: Accounts, principal: Principal, result: dic
 
 def attach_backends(app: FastAPI, settings: Settings) -> None:
     """The stores, blobs and queue every entry point shares (the engine is attached apart)."""
+    from auth.throttle import AuthThrottle
     from jobs.backend import JobsBackend
-    from store.factory import make_store
+    from store.factory import make_store, make_throttle_store
 
     app.state.accounts = Accounts(make_store(settings), settings)
     app.state.jobs = JobsBackend.from_settings(settings, app.state.accounts.store)
+    app.state.throttle = AuthThrottle(make_throttle_store(settings), settings)
 
 
 @contextlib.asynccontextmanager

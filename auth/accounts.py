@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import hmac
 import re
 import secrets
 from datetime import datetime, timedelta
@@ -51,6 +52,16 @@ def _dev_secret(path: Path) -> bytes:
         path.write_text(secrets.token_urlsafe(48))
         path.chmod(0o600)
     return path.read_text().strip().encode()
+
+
+def derived_key(settings: Settings, purpose: bytes) -> bytes:
+    """An HMAC key for one purpose (upload forms, invites), derived from the JWT secret, or in
+    development from the development secret: no extra secret to manage, none with a default."""
+    if settings.jwt_secret is not None:
+        base = settings.jwt_secret.get_secret_value().encode()
+    else:
+        base = _dev_secret(settings.dev_secret_path)  # type: ignore[arg-type]
+    return hmac.new(base, purpose, hashlib.sha256).digest()
 
 
 def build_token_verifier(settings: Settings) -> tuple[OwnTokens, TokenVerifier]:

@@ -44,15 +44,10 @@ def _iso(seconds: float) -> str:
 
 
 def signing_key(settings: Settings) -> bytes:
-    """The HMAC key of upload forms: derived from the JWT secret (or, in development, from the
-    development secret), so there is no extra secret to manage and none with a default."""
-    if settings.jwt_secret is not None:
-        base = settings.jwt_secret.get_secret_value().encode()
-    else:
-        from auth.accounts import _dev_secret
+    """The HMAC key of upload forms (``auth.accounts.derived_key``)."""
+    from auth.accounts import derived_key
 
-        base = _dev_secret(settings.dev_secret_path)  # type: ignore[arg-type]
-    return hmac.new(base, b"verity local upload forms v1", hashlib.sha256).digest()
+    return derived_key(settings, b"verity local upload forms v1")
 
 
 @dataclass(frozen=True)

@@ -175,6 +175,23 @@ class Settings(BaseSettings):
         None, description="development-only JWT secret; default <data_dir>/dev-secret"
     )
 
+    # Unauthenticated routes: signup and login (auth/throttle.py) --------------------------------------
+    signup_policy: Literal["open", "invite", "closed"] = Field(
+        "open", description="open: anyone; invite: with an admin's invite (POST /v1/admin/invites); closed"
+    )
+    invite_ttl_s: int = Field(7 * 86400, ge=60, description="how long an invite is valid")
+    auth_per_ip_per_min: int = Field(20, ge=1, description="signups + logins per client address per minute")
+    login_per_email_per_hour: int = Field(30, ge=1, description="logins per email per hour")
+    login_lockout_after: int = Field(5, ge=1, description="consecutive failed logins before an email locks")
+    login_lockout_base_s: int = Field(
+        30, ge=1, description="first lockout; doubles with each further failure, at most an hour"
+    )
+    trusted_proxy_hops: int = Field(
+        0, ge=0, description="proxies in front that append to X-Forwarded-For; 0: the peer's address"
+    )
+    bcrypt_concurrency: int = Field(2, ge=1, description="password hashes and checks at once")
+    bcrypt_queue: int = Field(16, ge=0, description="password checks that may wait; beyond, 503")
+
     # Quotas -------------------------------------------------------------------------------------------
     daily_limit: int = Field(100, ge=0)
     rate_limit_image_per_min: int = Field(60, ge=0)

@@ -247,3 +247,24 @@ class WebhookStore(ABC):
     @abstractmethod
     def due_deliveries(self, now: float, limit: int) -> list[tuple[str, str]]:
         """(user_id, delivery_id) of pending deliveries due at ``now``."""
+
+
+class ThrottleStore(ABC):
+    """Counters for unauthenticated routes (signup, login), keyed by client address or email
+    rather than by user, shared by every process and Lambda container that uses the store."""
+
+    @abstractmethod
+    def hit(self, key: str, bucket: str, limit: int, expires_at: int) -> tuple[bool, int]:
+        """Atomically count one attempt in (``key``, ``bucket``) if it is under ``limit``:
+        (allowed, attempts counted including this one when allowed)."""
+
+    @abstractmethod
+    def failures(self, key: str) -> tuple[int, float | None]:
+        """(consecutive failures, unix time of the last one) for ``key``."""
+
+    @abstractmethod
+    def add_failure(self, key: str, at: float, expires_at: int) -> int:
+        """One more consecutive failure; the new count."""
+
+    @abstractmethod
+    def clear_failures(self, key: str) -> None: ...

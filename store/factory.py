@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from config import Settings
-from store.base import JobStore, Store, UploadStore, WebhookStore
+from store.base import JobStore, Store, ThrottleStore, UploadStore, WebhookStore
 
 
 def make_store(settings: Settings) -> Store:
@@ -53,3 +53,16 @@ def _dynamodb_options(settings: Settings) -> dict:
         "endpoint_url": settings.dynamodb_endpoint_url,
         "create_table": settings.dynamodb_create_table,
     }
+
+
+def make_throttle_store(settings: Settings) -> ThrottleStore:
+    """Counters of the unauthenticated routes, in the accounts' database."""
+    if settings.store == "dynamodb":
+        from store.dynamodb_jobs import DynamoThrottles
+
+        return DynamoThrottles(
+            settings.dynamodb_table, **{**_dynamodb_options(settings), "create_table": False}
+        )
+    from store.sqlite_jobs import SQLiteThrottles
+
+    return SQLiteThrottles(settings.sqlite_path)

@@ -37,6 +37,10 @@ os.environ["VERITY_BLOB_DIR"] = str(_TEST_STATE / "blobs")
 # and their retries come quickly.
 os.environ["VERITY_WEBHOOK_ALLOWED_HOSTS"] = "127.0.0.1"
 os.environ["VERITY_WEBHOOK_BACKOFF_S"] = "0.2"
+# Every test signs up and logs in from the same address: the per-address throttle is for tests of
+# its own (tests/http/test_auth_throttle.py, which set their limits and addresses themselves).
+os.environ["VERITY_AUTH_PER_IP_PER_MIN"] = "1000000"
+os.environ["VERITY_BCRYPT_QUEUE"] = "1000"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest  # noqa: E402

@@ -320,3 +320,50 @@ def test_deleting_a_user_removes_uploads_jobs_and_deliveries(stores):
     assert s.webhooks.get_secret(owner.id) is None
     for user_id, job_id in s.jobs.pending_jobs(T0, 100):  # what is left is a pointer to nothing
         assert s.jobs.claim_job(user_id, job_id, "w", T0, 30, NOW).reason == "missing"
+
+
+# --- throttles of the unauthenticated routes -------------------------------------------------------
+
+
+@pytest.fixture
+def throttles(backend: str, request, tmp_path: Path) -> Iterator:
+    from tests.store.conftest import fresh_store
+
+    with fresh_store(backend, request, tmp_path) as accounts:
+        if backend == "sqlite":
+            from store.sqlite_jobs import SQLiteThrottles
+
+            yield SQLiteThrottles(accounts.path)
+        else:
+            from store.dynamodb_jobs import DynamoThrottles
+
+            endpoint = accounts._resource.meta.client.meta.endpoint_url
+            yield DynamoThrottles(accounts.table_name, region="us-east-1", endpoint_url=endpoint)
+
+
+def test_throttle_counts_up_to_its_limit_per_bucket(throttles):
+    hits = [throttles.hit("ip:203.0.113.9", "auth:203001011200", 3, 1_900_000_100) for _ in range(4)]
+    assert hits == [(True, 1), (True, 2), (True, 3), (False, 3)]
+    assert throttles.hit("ip:203.0.113.9", "auth:203001011201", 3, 1_900_000_160) == (True, 1)  # next minute
+    assert throttles.hit("ip:203.0.113.10", "auth:203001011200", 3, 1_900_000_100) == (True, 1)  # other key
+
+
+def test_throttle_never_overshoots_under_concurrency(throttles):
+    start = threading.Barrier(20)
+
+    def one(_: int) -> bool:
+        with contextlib.suppress(threading.BrokenBarrierError):
+            start.wait(timeout=30)
+        return throttles.hit("email:x", "login:2030010112", 10, 1_900_007_200)[0]
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        allowed = list(pool.map(one, range(20)))
+    assert allowed.count(True) == 10
+
+
+def test_login_failures_count_and_clear(throttles):
+    assert throttles.failures("email:y") == (0, None)
+    assert [throttles.add_failure("email:y", T0 + i, int(T0) + 86400) for i in range(3)] == [1, 2, 3]
+    assert throttles.failures("email:y") == (3, T0 + 2)
+    throttles.clear_failures("email:y")
+    assert throttles.failures("email:y") == (0, None)
