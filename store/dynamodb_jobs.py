@@ -11,8 +11,6 @@ deletes them too.
 | ``USER#<id>``   | ``HOOK#<delivery id>``| a webhook delivery                                         |
 | ``PENDING#JOB`` | ``<user id>#<job id>``| a job that is not finished (what a recovering worker scans)|
 | ``PENDING#HOOK``| ``<user>#<delivery>`` | a pending delivery, ``due`` (unix seconds)                 |
-| ``THROTTLE#<k>``| ``<bucket>``          | attempts of an address or email in a window, ``ttl``       |
-| ``FAIL#<key>``  | ``FAIL``              | consecutive failed logins of an email, ``last_at``, ``ttl`` |
 
 Every change of a job or a delivery is a read, a decision, and a write conditioned on the
 ``version`` it read (optimistic concurrency): of two workers racing, one write fails its
@@ -32,7 +30,7 @@ from boto3.dynamodb.conditions import Attr, Key
 from botocore.exceptions import ClientError
 
 from errors import Conflict, StoreUnavailable
-from store.base import JobStore, ThrottleStore, UploadStore, WebhookStore
+from store.base import JobStore, UploadStore, WebhookStore
 from store.dynamodb import DynamoTable, _condition_failed, _plain
 from store.records import Claim, Delivery, Job, JobStatus, Page, Upload
 
@@ -434,42 +432,3 @@ class DynamoWebhooks(_Versioned, WebhookStore):
         )
         items.sort(key=lambda i: float(i["due"]))
         return [tuple(i["sk"].split("#", 1)) for i in items[:limit]]  # type: ignore[misc]
-
-
-class DynamoThrottles(DynamoTable, ThrottleStore):
-    def hit(self, key: str, bucket: str, limit: int, expires_at: int) -> tuple[bool, int]:
-        try:
-            answer = self._call(
-                self.table.update_item,
-                Key={"pk": f"THROTTLE#{key}", "sk": bucket},
-                UpdateExpression="ADD #c :one SET #t = if_not_exists(#t, :ttl)",
-                ConditionExpression="attribute_not_exists(#c) OR #c < :limit",
-                ExpressionAttributeNames={"#c": "count", "#t": "ttl"},
-                ExpressionAttributeValues={":one": 1, ":ttl": expires_at, ":limit": limit},
-                ReturnValues="UPDATED_NEW",
-            )
-        except ClientError as exc:
-            if _condition_failed(exc):
-                return False, limit
-            raise
-        return True, int(answer["Attributes"]["count"])
-
-    def failures(self, key: str) -> tuple[int, float | None]:
-        item = self._get(f"FAIL#{key}", "FAIL")
-        if item is None or int(item.get("ttl", 0)) < time.time():  # TTL deletes lazily
-            return 0, None
-        return int(item["count"]), float(item["last_at"])
-
-    def add_failure(self, key: str, at: float, expires_at: int) -> int:
-        answer = self._call(
-            self.table.update_item,
-            Key={"pk": f"FAIL#{key}", "sk": "FAIL"},
-            UpdateExpression="ADD #c :one SET last_at = :at, #t = :ttl",
-            ExpressionAttributeNames={"#c": "count", "#t": "ttl"},
-            ExpressionAttributeValues={":one": 1, ":at": _number(at), ":ttl": expires_at},
-            ReturnValues="UPDATED_NEW",
-        )
-        return int(answer["Attributes"]["count"])
-
-    def clear_failures(self, key: str) -> None:
-        self._call(self.table.delete_item, Key={"pk": f"FAIL#{key}", "sk": "FAIL"})

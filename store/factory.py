@@ -58,11 +58,11 @@ def _dynamodb_options(settings: Settings) -> dict:
 def make_throttle_store(settings: Settings) -> ThrottleStore:
     """Counters of the unauthenticated routes, in the accounts' database."""
     if settings.store == "dynamodb":
-        from store.dynamodb_jobs import DynamoThrottles
+        from store.dynamodb_throttles import DynamoThrottles
 
         return DynamoThrottles(
             settings.dynamodb_table, **{**_dynamodb_options(settings), "create_table": False}
         )
-    from store.sqlite_jobs import SQLiteThrottles
+    from store.sqlite_throttles import SQLiteThrottles
 
     return SQLiteThrottles(settings.sqlite_path)

@@ -331,11 +331,11 @@ def throttles(backend: str, request, tmp_path: Path) -> Iterator:
 
     with fresh_store(backend, request, tmp_path) as accounts:
         if backend == "sqlite":
-            from store.sqlite_jobs import SQLiteThrottles
+            from store.sqlite_throttles import SQLiteThrottles
 
             yield SQLiteThrottles(accounts.path)
         else:
-            from store.dynamodb_jobs import DynamoThrottles
+            from store.dynamodb_throttles import DynamoThrottles
 
             endpoint = accounts._resource.meta.client.meta.endpoint_url
             yield DynamoThrottles(accounts.table_name, region="us-east-1", endpoint_url=endpoint)
