@@ -210,5 +210,8 @@ class Accounts:
         new, secret = self.create_key(user, old.name)
         now = self.clock()
         expires = None if grace_s == 0 else _iso(now + timedelta(seconds=grace_s))
-        rolled = self.store.revoke_key(user.id, key_id, _iso(now), expires_at=expires)
-        return new, secret, rolled  # type: ignore[return-value]
+        rolled = self.store.revoke_key(user.id, key_id, _iso(now), expires_at=expires, only_active=True)
+        if rolled is None:  # a concurrent roll (or revoke) won: its successor is the one
+            self.store.revoke_key(user.id, new.id, _iso(now))
+            raise NotFound("no such active key", code="key_not_found")
+        return new, secret, rolled

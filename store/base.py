@@ -60,9 +60,12 @@ class Store(ABC):
 
     @abstractmethod
     def revoke_key(
-        self, user_id: str, key_id: str, at: str, *, expires_at: str | None = None
+        self, user_id: str, key_id: str, at: str, *, expires_at: str | None = None, only_active: bool = False
     ) -> ApiKey | None:
-        """Revoke now (``expires_at`` None) or let the key work until ``expires_at`` (roll grace)."""
+        """Revoke now (``expires_at`` None) or let the key work until ``expires_at`` (roll grace).
+        ``only_active`` (a roll): only a key neither revoked nor rolled before, atomically, so that
+        of two concurrent rolls one wins; None when the key is missing or (``only_active``) not
+        active any more."""
 
     @abstractmethod
     def touch_key(self, key_id: str, digest: str, at: str) -> None: ...

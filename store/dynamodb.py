@@ -284,32 +284,48 @@ class DynamoDBStore(DynamoTable, Store):
         return self.get_key_by_digest(pointer["digest"]) if pointer else None
 
     def revoke_key(
-        self, user_id: str, key_id: str, at: str, *, expires_at: str | None = None
+        self, user_id: str, key_id: str, at: str, *, expires_at: str | None = None, only_active: bool = False
     ) -> ApiKey | None:
         key = self._key_by_id(user_id, key_id)
         if key is None:
             return None
+        # Every write names the item it expects (attribute_exists): an unconditional update of a
+        # key deleted meanwhile (its user deleted) would create a half record in its place.
+        condition = "attribute_exists(pk)"
         if expires_at is None:
             update, values = "SET revoked_at = :at REMOVE expires_at", {":at": at}
         elif key.revoked_at is None:
             update, values = "SET expires_at = :e", {":e": expires_at}
         else:
-            return key
-        self._call(
-            self.table.update_item,
-            Key={"pk": f"KEY#{key.digest}", "sk": "KEY"},
-            UpdateExpression=update,
-            ExpressionAttributeValues=values,
-        )
+            return None if only_active else key
+        if only_active:
+            condition += " AND attribute_not_exists(revoked_at) AND attribute_not_exists(expires_at)"
+        try:
+            self._call(
+                self.table.update_item,
+                Key={"pk": f"KEY#{key.digest}", "sk": "KEY"},
+                UpdateExpression=update,
+                ConditionExpression=condition,
+                ExpressionAttributeValues=values,
+            )
+        except ClientError as exc:
+            if _condition_failed(exc):
+                return None
+            raise
         return self.get_key_by_digest(key.digest)
 
     def touch_key(self, key_id: str, digest: str, at: str) -> None:
-        self._call(
-            self.table.update_item,
-            Key={"pk": f"KEY#{digest}", "sk": "KEY"},
-            UpdateExpression="SET last_used_at = :at",
-            ExpressionAttributeValues={":at": at},
-        )
+        try:
+            self._call(
+                self.table.update_item,
+                Key={"pk": f"KEY#{digest}", "sk": "KEY"},
+                UpdateExpression="SET last_used_at = :at",
+                ConditionExpression="attribute_exists(pk)",
+                ExpressionAttributeValues={":at": at},
+            )
+        except ClientError as exc:
+            if not _condition_failed(exc):
+                raise  # a key deleted meanwhile has nothing to touch
 
     # quotas ----------------------------------------------------------------------------------
     def _increment(self, pk: str, sk: str, limit: int | None, ttl: int | None) -> int | None:
@@ -321,6 +337,8 @@ class DynamoDBStore(DynamoTable, Store):
             "ExpressionAttributeValues": {":one": 1, **({":ttl": ttl} if ttl else {})},
             "ReturnValues": "UPDATED_NEW",
         }
+        if limit is not None and limit <= 0:
+            return None  # a limit of 0 admits nothing (the condition below would admit a first one)
         if limit is not None:
             kwargs["ConditionExpression"] = "attribute_not_exists(#c) OR #c < :limit"
             kwargs["ExpressionAttributeValues"][":limit"] = limit

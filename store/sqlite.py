@@ -249,10 +249,18 @@ class SQLiteStore(SQLiteDatabase, Store):
         return [k for k in map(_key, rows) if k is not None]
 
     def revoke_key(
-        self, user_id: str, key_id: str, at: str, *, expires_at: str | None = None
+        self, user_id: str, key_id: str, at: str, *, expires_at: str | None = None, only_active: bool = False
     ) -> ApiKey | None:
         with self._tx(immediate=True) as db:
-            if expires_at is None:
+            if only_active:
+                changed = db.execute(
+                    "UPDATE api_keys SET revoked_at = ?, expires_at = ? "
+                    "WHERE id = ? AND user_id = ? AND revoked_at IS NULL AND expires_at IS NULL",
+                    (at if expires_at is None else None, expires_at, key_id, user_id),
+                ).rowcount
+                if not changed:
+                    return None
+            elif expires_at is None:
                 db.execute(
                     "UPDATE api_keys SET revoked_at = ?, expires_at = NULL WHERE id = ? AND user_id = ?",
                     (at, key_id, user_id),

@@ -805,3 +805,19 @@ def test_login_takes_as_long_for_an_unknown_email(client, signup):
     ratio = statistics.median(unknown) / statistics.median(known)
     assert 0.6 < ratio < 1.6, (known, unknown)
     assert statistics.median(unknown) > 0.05  # bcrypt at cost 12 is ~0.2 s; cost 4 was ~1 ms
+
+
+def test_concurrent_rolls_of_one_key_make_one_successor(api, user: Account) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    key_id = api.get("/v1/keys").json()["keys"][0]["id"]
+
+    def roll(_: int):
+        return api.post(f"/v1/keys/{key_id}/roll", json={"grace_seconds": 60})
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        answers = list(pool.map(roll, range(6)))
+    assert sorted(a.status_code for a in answers) == [201] + [404] * 5
+    keys = api.get("/v1/keys").json()["keys"]
+    live = [k for k in keys if k["revoked_at"] is None]
+    assert len(live) == 2  # the rolled key (in its grace period) and its one successor

@@ -502,3 +502,36 @@ def test_dynamodb_cancelled_transaction_is_an_outage_unless_a_condition_failed(m
         assert [u.id for u in store.list_users(10, None).items] == [user.id]
     finally:
         store._resource.meta.client.delete_table(TableName=store.table_name)
+
+
+def test_zero_limits_admit_nothing(store):
+    user, _, _ = new_user(store)
+    assert not consume(store, user.id, daily=0).allowed
+    assert not consume(store, user.id, per_minute=0).allowed
+    assert store.usage(user.id, DAY) == (0, 0)
+
+
+def test_writes_to_a_deleted_key_recreate_nothing(store):
+    """A request authenticated just before its user was deleted still touches its key: nothing
+    may reappear (a half record would be a 500 at the next lookup instead of a 401)."""
+    user, key, _ = new_user(store)
+    assert store.delete_user(user.id)
+    store.touch_key(key.id, key.digest, NOW)
+    assert store.revoke_key(user.id, key.id, NOW) is None
+    assert store.get_key_by_digest(key.digest) is None
+
+
+def test_concurrent_rolls_have_one_winner(store):
+    user, key, _ = new_user(store)
+    start = threading.Barrier(10)
+
+    def roll(i: int):
+        with contextlib.suppress(threading.BrokenBarrierError):
+            start.wait(timeout=30)
+        expires = None if i % 2 else "2030-01-01T13:00:00Z"
+        return store.revoke_key(user.id, key.id, NOW, expires_at=expires, only_active=True)
+
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        results = list(pool.map(roll, range(10)))
+    assert sum(r is not None for r in results) == 1
+    assert store.revoke_key(user.id, key.id, NOW, only_active=True) is None  # not active any more
