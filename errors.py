@@ -192,6 +192,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "job_not_found": (404, "no such job of yours"),
     "method_not_allowed": (405, "the route exists for other methods (listed in `Allow`)"),
     "email_taken": (409, "the email is already registered"),
+    "too_many_keys": (409, "the account holds `VERITY_MAX_KEYS_PER_USER` unrevoked keys already"),
     "upload_incomplete": (409, "a job for an upload whose file was never sent"),
     "upload_in_use": (409, "the upload already belongs to another job"),
     "idempotency_key_reused": (409, "the Idempotency-Key was used before with a different body"),

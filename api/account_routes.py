@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, Depends, Query, Request, Response, Security
+from fastapi import APIRouter, Depends, Path, Query, Request, Response, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -52,6 +52,8 @@ def admin_of(principal: Annotated[Principal, Depends(principal_of)]) -> Principa
 
 
 AccountsDep = Annotated[Accounts, Depends(accounts_of)]
+# Record ids in paths have one shape (prefix_ULID): anything else is a 422 before any lookup.
+RecordId = Annotated[str, Path(max_length=64, pattern=r"^[A-Za-z0-9_]+$")]
 CurrentPrincipal = Annotated[Principal, Depends(principal_of)]
 AdminPrincipal = Annotated[Principal, Depends(admin_of)]
 
@@ -179,13 +181,13 @@ async def list_keys(principal: CurrentPrincipal, accounts: AccountsDep) -> dict[
 
 
 @router.delete("/v1/keys/{key_id}", tags=["keys"])
-async def revoke_key(key_id: str, principal: CurrentPrincipal, accounts: AccountsDep) -> dict[str, Any]:
+async def revoke_key(key_id: RecordId, principal: CurrentPrincipal, accounts: AccountsDep) -> dict[str, Any]:
     return (await run(accounts.revoke_key, principal.user, key_id)).public()
 
 
 @router.post("/v1/keys/{key_id}/roll", status_code=201, tags=["keys"])
 async def roll_key(
-    key_id: str, principal: CurrentPrincipal, accounts: AccountsDep, body: RollRequest | None = None
+    key_id: RecordId, principal: CurrentPrincipal, accounts: AccountsDep, body: RollRequest | None = None
 ) -> dict[str, Any]:
     grace = body.grace_seconds if body else 0
     new, secret, old = await run(accounts.roll_key, principal.user, key_id, grace)
@@ -223,7 +225,7 @@ async def history(
 
 @router.get("/v1/history/{detection_id}", tags=["history"])
 async def history_item(
-    detection_id: str, principal: CurrentPrincipal, accounts: AccountsDep
+    detection_id: RecordId, principal: CurrentPrincipal, accounts: AccountsDep
 ) -> dict[str, Any]:
     detection = await run(accounts.store.get_detection, principal.user_id, detection_id)
     if detection is None:
@@ -233,7 +235,7 @@ async def history_item(
 
 @router.delete("/v1/history/{detection_id}", status_code=204, tags=["history"])
 async def delete_history_item(
-    detection_id: str, principal: CurrentPrincipal, accounts: AccountsDep
+    detection_id: RecordId, principal: CurrentPrincipal, accounts: AccountsDep
 ) -> Response:
     if not await run(accounts.store.delete_detection, principal.user_id, detection_id):
         raise NotFound("no such detection in your history", code="detection_not_found")
@@ -277,7 +279,7 @@ async def admin_invite(body: InviteRequest, _: AdminPrincipal, accounts: Account
 
 @router.patch("/v1/admin/users/{user_id}", tags=["admin"])
 async def admin_update_user(
-    user_id: str, body: UserUpdate, _: AdminPrincipal, accounts: AccountsDep
+    user_id: RecordId, body: UserUpdate, _: AdminPrincipal, accounts: AccountsDep
 ) -> dict[str, Any]:
     user = await run(
         accounts.store.update_user, user_id, daily_limit=body.daily_limit, disabled=body.disabled

@@ -261,8 +261,10 @@ def create_app(settings: Settings) -> FastAPI:
         if engine.face_stored is not None:
             served.append({**engine.face_stored.describe(), "served": True, "default": True, "warnings": []})
         stored_versions: dict[str, list[str]] = {}
-        for stored in list_stored():
+        # The model store is read from disk (and the catalog parsed): not on the event loop.
+        for stored in await anyio.to_thread.run_sync(list_stored):
             stored_versions.setdefault(stored.model_id, []).append(stored.version)
+        catalog = await anyio.to_thread.run_sync(load_catalog)
         others = [
             {
                 "id": entry.id,
@@ -273,7 +275,7 @@ def create_app(settings: Settings) -> FastAPI:
                 "served": False,
                 "stored_versions": stored_versions.get(entry.id, []),
             }
-            for entry in load_catalog().values()
+            for entry in catalog.values()
             if entry.id not in engine.served
             and not (engine.face_stored and entry.id == engine.face_stored.model_id)
         ]

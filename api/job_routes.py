@@ -19,7 +19,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import Field, ValidationError
 
-from api.account_routes import CurrentPrincipal, StrictBody, run
+from api.account_routes import CurrentPrincipal, RecordId, StrictBody, run
 from api.openapi import error_responses
 from api.upload_form import receive_form
 from blobs.base import upload_key
@@ -289,7 +289,7 @@ async def _owned_job(backend: JobsBackend, user_id: str, job_id: str) -> Job:
 
 
 @router.get("/v1/jobs/{job_id}", tags=["jobs"])
-async def get_job(job_id: str, request: Request, principal: CurrentPrincipal) -> dict[str, Any]:
+async def get_job(job_id: RecordId, request: Request, principal: CurrentPrincipal) -> dict[str, Any]:
     backend = backend_of(request)
     job = await _owned_job(backend, principal.user_id, job_id)
     deliveries = (
@@ -313,7 +313,7 @@ async def list_jobs(
 
 
 @router.delete("/v1/jobs/{job_id}", tags=["jobs"])
-async def cancel_job(job_id: str, request: Request, principal: CurrentPrincipal) -> dict[str, Any]:
+async def cancel_job(job_id: RecordId, request: Request, principal: CurrentPrincipal) -> dict[str, Any]:
     """Cancel a queued or running job (a running one stops being tracked at once; its result, if
     it still comes, is dropped). A finished job is answered unchanged."""
     backend = backend_of(request)

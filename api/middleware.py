@@ -12,10 +12,12 @@ from logs import request_id_var
 from store.ids import new_id
 
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_SET_HERE = {b"x-request-id", b"x-content-type-options"}
 
 
 class RequestIdMiddleware:
-    """Honours a sane client ``x-request-id`` or makes one; echoes it on every response."""
+    """Honours a sane client ``x-request-id`` or makes one; echoes it on every response, with
+    ``X-Content-Type-Options: nosniff`` (and ``Cache-Control: no-store`` on ``/v1/`` answers)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -29,13 +31,16 @@ class RequestIdMiddleware:
         scope.setdefault("state", {})["request_id"] = request_id
         token = request_id_var.set(request_id)
 
+        # API answers are per caller (keys shown once, tokens, results): no cache may keep them.
+        no_store = scope["path"].startswith("/v1/")
+
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message.setdefault("headers", [])
-                message["headers"] = [
-                    *[(k, v) for k, v in message["headers"] if k.lower() != b"x-request-id"],
-                    (b"x-request-id", request_id.encode()),
-                ]
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() not in _SET_HERE]
+                headers += [(b"x-request-id", request_id.encode()), (b"x-content-type-options", b"nosniff")]
+                if no_store:
+                    headers.append((b"cache-control", b"no-store"))
+                message["headers"] = headers
             await send(message)
 
         try:

@@ -54,6 +54,8 @@ async def read_media_payload(request: Request, kind: str) -> bytes | UploadRefer
             body = json.loads(await request.body())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise BadRequest(f"body is not valid JSON: {exc}", code="invalid_json") from exc
+        except RecursionError as exc:  # [[[[...]]]] deeper than the parser's stack
+            raise BadRequest("body is JSON nested too deeply", code="invalid_json") from exc
         if not isinstance(body, dict):
             raise InvalidInput("JSON body must be an object", code="invalid_input")
         if "upload_id" in body and kind not in body:

@@ -16,7 +16,7 @@ from auth.principal import Principal
 from auth.quotas import Clock, utc_now
 from auth.tokens import ExternalIssuer, JwksVerifier, OwnTokens, TokenVerifier
 from config import Settings
-from errors import Forbidden, InvalidInput, NotFound, Unauthorized
+from errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 from store.base import Store
 from store.ids import new_id
 from store.records import ApiKey, User
@@ -188,7 +188,16 @@ class Accounts:
         return Principal(user=self._active(user), method="jwt")
 
     # keys ------------------------------------------------------------------------------------
-    def create_key(self, user: User, name: str) -> tuple[ApiKey, str]:
+    def create_key(self, user: User, name: str, *, replaces_one: bool = False) -> tuple[ApiKey, str]:
+        """A new key; at most ``VERITY_MAX_KEYS_PER_USER`` unrevoked ones (a roll's successor,
+        ``replaces_one``, does not count: the key it replaces is on its way out)."""
+        if not replaces_one:
+            live = sum(1 for k in self.store.list_keys(user.id) if k.revoked_at is None)
+            if live >= self.settings.max_keys_per_user:
+                raise Conflict(
+                    f"at most {self.settings.max_keys_per_user} keys per account; revoke one first",
+                    code="too_many_keys",
+                )
         key, secret = self._new_key(user.id, name)
         self.store.add_key(key)
         return key, secret
@@ -207,7 +216,7 @@ class Accounts:
         # push its expires_at out, keeping the old key alive for ever or reviving an expired one.
         if old is None or old.revoked_at is not None or old.expires_at is not None:
             raise NotFound("no such active key", code="key_not_found")
-        new, secret = self.create_key(user, old.name)
+        new, secret = self.create_key(user, old.name, replaces_one=True)
         now = self.clock()
         expires = None if grace_s == 0 else _iso(now + timedelta(seconds=grace_s))
         rolled = self.store.revoke_key(user.id, key_id, _iso(now), expires_at=expires, only_active=True)

@@ -170,6 +170,7 @@ class Settings(BaseSettings):
         description='JSON list: [{"issuer", "jwks_url", "audience", "algorithms": ["RS256"]}]',
     )
     jwks_refetch_cooldown_s: float = Field(60.0, ge=0)
+    max_keys_per_user: int = Field(20, ge=1, description="unrevoked API keys an account may hold")
     api_key_pepper: SecretStr | None = Field(None, description="HMAC pepper for key digests")
     dev_secret_path: Path | None = Field(
         None, description="development-only JWT secret; default <data_dir>/dev-secret"

@@ -821,3 +821,17 @@ def test_concurrent_rolls_of_one_key_make_one_successor(api, user: Account) -> N
     keys = api.get("/v1/keys").json()["keys"]
     live = [k for k in keys if k["revoked_at"] is None]
     assert len(live) == 2  # the rolled key (in its grace period) and its one successor
+
+
+def test_keys_per_account_are_capped(service_module, api, monkeypatch) -> None:
+    monkeypatch.setattr(service_module.app.state.accounts.settings, "max_keys_per_user", 3)
+    answers = [api.post("/v1/keys", json={"name": f"k{i}"}) for i in range(3)]
+    assert [a.status_code for a in answers] == [201, 201, 409]  # the account's first key is the third
+    assert_error(answers[-1], 409, "too_many_keys")
+    rolled = api.post(f"/v1/keys/{answers[0].json()['id']}/roll")  # a roll replaces: allowed at the cap
+    assert rolled.status_code == 201, rolled.text
+    assert_error(
+        api.post("/v1/keys", json={"name": "still full"}), 409, "too_many_keys"
+    )  # the successor counts
+    assert api.delete(f"/v1/keys/{answers[1].json()['id']}").status_code == 200
+    assert api.post("/v1/keys", json={"name": "after a revoke"}).status_code == 201

@@ -446,3 +446,29 @@ def test_413_streamed_body_without_content_length(api):
 
     response = api.post("/v1/detect/image", content=chunks(), headers={"content-type": "image/jpeg"})
     assert_error(response, 413, "payload_too_large")
+
+
+def test_deeply_nested_json_is_a_400_not_a_500(api) -> None:
+    deep = "[" * 100_000 + "]" * 100_000
+    headers = {"content-type": "application/json"}
+    assert_error(api.post("/v1/detect/image", content=deep, headers=headers), 400, "invalid_json")
+    answer = api.client.post("/v1/auth/login", content=deep, headers=headers)
+    assert answer.status_code == 400, answer.text
+    jobs = api.post("/v1/jobs", content='{"upload_id": ' + deep + "}", headers=headers)
+    assert jobs.status_code == 400, jobs.text
+
+
+def test_security_headers(api) -> None:
+    made = api.post("/v1/keys", json={"name": "shown-once"})
+    assert made.status_code == 201
+    assert made.headers["cache-control"] == "no-store"  # a key shown once stays in no cache
+    assert made.headers["x-content-type-options"] == "nosniff"
+    refused = api.client.get("/v1/usage")  # answered by the auth middleware
+    assert refused.status_code == 401 and refused.headers["cache-control"] == "no-store"
+    assert api.client.get("/health").headers["x-content-type-options"] == "nosniff"
+
+
+def test_record_ids_in_paths_have_one_shape(api) -> None:
+    for path in ("/v1/jobs/job_" + "A" * 80, "/v1/history/det.x", "/v1/keys/key%20x/roll"):
+        method = api.post if path.endswith("/roll") else api.get
+        assert_error(method(path), 422, "invalid_input")
