@@ -94,6 +94,11 @@ class Settings(BaseSettings):
         description="decode in a child process, so a decoder that hangs or crashes is killed and "
         "fails its request, never the worker; false decodes in-process (deadline checked per frame)",
     )
+    decoder_memory_mb: int = Field(
+        4096,
+        ge=256,
+        description="address-space cap of each decoder process (ffmpeg, ffprobe, the OpenCV child)",
+    )
     video_max_frames: int = Field(64, ge=1, description="frames sampled when the request names none")
     video_max_frames_cap: int = Field(
         128, ge=1, description="hard cap on sampled frames per video, whatever the request asks"

@@ -12,6 +12,7 @@ import numpy as np
 from config import Settings
 from detect.model_clients import ModelClient
 from errors import InvalidInput, NotFound, ServiceUnavailable
+from media import sandbox
 from models.catalog import AudioInputSpec, SequenceInputSpec, load_catalog
 from models.store import StoredModel
 
@@ -80,6 +81,7 @@ class Engine:
         face_stored: StoredModel | None = None,
     ) -> None:
         self.settings = settings
+        sandbox.configure(settings.decoder_memory_mb)  # every entry point builds an engine
         self.image_models = image_models
         self.audio_models = audio_models or {}
         self.video = video

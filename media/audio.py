@@ -38,7 +38,7 @@ import soxr
 
 from errors import BadMedia, TooLarge, UnsupportedMedia, VerityError
 from media.sniff import AUDIO_FORMATS, admit
-from media.tools import run_tool
+from media.tools import input_format, run_tool
 from media.windows import window_starts
 
 log = logging.getLogger(__name__)
@@ -479,8 +479,7 @@ def ffprobe_command(ffprobe: str, demuxer: str, source: Path) -> list[str]:
         "error",
         "-protocol_whitelist",
         "file",
-        "-f",
-        demuxer,
+        *input_format(demuxer),
         "-select_streams",
         "a:0",
         "-show_entries",
@@ -503,9 +502,8 @@ def ffmpeg_pcm_command(
         "-loglevel",
         "error",
         "-protocol_whitelist",
-        "file,pipe",
-        "-f",
-        demuxer,
+        "file",  # the input's: the output is stdout (pipe:1), which this does not govern
+        *input_format(demuxer),
         "-i",
         str(source),
         "-map",

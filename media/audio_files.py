@@ -21,6 +21,7 @@ import numpy as np
 import soundfile as sf
 
 from errors import BadMedia, UnsupportedMedia, VerityError
+from media import sandbox
 from media.audio import (
     FFMPEG_DEMUXERS,
     SOUNDFILE_FORMATS,
@@ -317,8 +318,14 @@ def pcm_stream(
         workdir = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix=TEMP_PREFIX)))
         log_path = workdir / "ffmpeg.log"
         with log_path.open("wb") as log_file:
+            budget = max(clock.limit_s, (max_duration_s or 0.0) * clock.per_media_s)
             process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log_file
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=log_file,
+                env=sandbox.child_env(),
+                preexec_fn=sandbox.limits(3 * budget + 10),
             )
         # Registered after the directory: runs first, so the process is gone before its log is.
         cleanup.callback(_stop, process)

@@ -9,8 +9,15 @@ import time
 from pathlib import Path
 
 from errors import BadMedia, UnsupportedMedia
+from media import sandbox
 
 log = logging.getLogger(__name__)
+
+
+def input_format(demuxer: str) -> list[str]:
+    """ffmpeg/ffprobe input options: the named demuxer only, and for QuickTime/MP4 no external
+    data references (a crafted file cannot make the demuxer open other files)."""
+    return ["-f", demuxer, *(["-enable_drefs", "0"] if demuxer == "mov" else [])]
 
 
 def decode_timeout(kind: str, timeout_s: float) -> BadMedia:
@@ -36,7 +43,14 @@ def run_tool(
         if remaining <= 0:
             raise subprocess.TimeoutExpired(command, timeout_s)
         # run() kills the child on timeout and waits for it: no process outlives the request.
-        result = subprocess.run(command, capture_output=True, timeout=remaining, check=False)
+        result = subprocess.run(
+            command,
+            capture_output=True,
+            timeout=remaining,
+            check=False,
+            env=sandbox.child_env(),  # no secret of the service's (media/sandbox.py)
+            preexec_fn=sandbox.limits(3 * timeout_s + 10),
+        )
     except subprocess.TimeoutExpired as exc:
         log.warning("%s timed out after %g s", Path(command[0]).name, timeout_s, extra={"format": kind})
         raise decode_timeout(kind, timeout_s) from exc

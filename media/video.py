@@ -86,6 +86,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from errors import UnsupportedMedia, VerityError
+from media import sandbox
 from media.sniff import VIDEO_FORMATS, admit, sniff
 from media.tools import run_tool
 from media.video_decode import DecodeJob, DecoderChild, decode_frames_or_422, restrict_ffmpeg_in_process
@@ -180,7 +181,7 @@ def decode_video(
             child: DecoderChild | None = None
             audio: _AudioAlongside | None = None
             if isolated:
-                child = DecoderChild(kind, Path(workdir))
+                child = DecoderChild(kind, Path(workdir), cpu_s=3 * timeout_s + 10)
                 cleanup.callback(child.stop)
             probe = probe_video(source, kind, deadline, timeout_s)
             check_probe(probe, kind, max_pixels=max_pixels, max_duration_s=max_duration_s)
@@ -321,6 +322,8 @@ class _AudioAlongside:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=log_file,
+                env=sandbox.child_env(),
+                preexec_fn=sandbox.limits(3 * max_duration_s + 10),
             )
 
     def finish(self, deadline: float) -> tuple[bytes | None, dict[str, str] | None]:

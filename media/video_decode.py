@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 
 from errors import BadMedia, TooLarge, UnsupportedMedia, VerityError
+from media import sandbox
 from media.tools import DecodeClock, decode_timeout
 from media.video_probe import FFPROBE_DEMUXERS, check_pixels, too_long
 from media.video_sampling import MAX_STREAM_FPS, Sampler, SamplingPlan, StreamSampler, VideoFrame
@@ -80,15 +81,20 @@ class Sampled:
         return out
 
 
-def _capture_options(kind: str | None) -> str:
+def _capture_options(kind: str | None, operator: str = "") -> str:
+    """avformat options for OpenCV (``key;value|key;value``): local files only, only the sniffed
+    demuxer (or the known ones), no QuickTime external references. An operator's own options are
+    kept, but never in place of these three."""
     demuxers = FFPROBE_DEMUXERS[kind] if kind else _ALL_DEMUXERS
-    return f"protocol_whitelist;file|format_whitelist;{demuxers}"
+    ours = {"protocol_whitelist": "file", "format_whitelist": demuxers, "enable_drefs": "0"}
+    theirs = [item for item in operator.split("|") if item and item.split(";", 1)[0] not in ours]
+    return "|".join([*theirs, *(f"{key};{value}" for key, value in ours.items())])
 
 
 def restrict_ffmpeg_in_process() -> None:
     # OpenCV reads this at every open; one value for all formats, since threads share the process.
-    # An operator's own OPENCV_FFMPEG_CAPTURE_OPTIONS wins (the child always gets the strict one).
-    os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", _capture_options(None))
+    operator = os.environ.get("OPENCV_FFMPEG_CAPTURE_OPTIONS", "")
+    os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = _capture_options(None, operator)
 
 
 def decode_frames_or_422(job: DecodeJob, deadline: float) -> Sampled:
@@ -296,10 +302,11 @@ class DecoderChild:
     imports (~0.3 s) overlap ffprobe's run; it then waits for its job on stdin. Killed and reaped
     by ``stop`` whatever happened."""
 
-    def __init__(self, kind: str, workdir: Path) -> None:
+    def __init__(self, kind: str, workdir: Path, cpu_s: float) -> None:
         self.kind = kind
         self.stderr_path = workdir / "decoder.log"
-        env = {**os.environ, "OPENCV_FFMPEG_CAPTURE_OPTIONS": _capture_options(kind)}
+        # No secret of the service's in its environment, and kernel limits (media/sandbox.py).
+        env = sandbox.child_env({"OPENCV_FFMPEG_CAPTURE_OPTIONS": _capture_options(kind)})
         with self.stderr_path.open("wb") as stderr:
             self.process = subprocess.Popen(
                 _child_command(),
@@ -308,6 +315,7 @@ class DecoderChild:
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=stderr,
+                preexec_fn=sandbox.limits(cpu_s),
             )
 
     def run(self, job: DecodeJob, deadline: float) -> Sampled:

@@ -278,7 +278,9 @@ def open_video_file(
         if isolated:
             # Only the child's stderr lives here: the file is read where it is.
             workdir = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix=TEMP_PREFIX)))
-            child = DecoderChild(kind, workdir)
+            # Its CPU cap fits the longest decode this file may be given (its limit grows with
+            # the duration, which the probe below has not read yet).
+            child = DecoderChild(kind, workdir, cpu_s=3 * max(timeout_s, max_duration_s * s_per_media_s) + 10)
             cleanup.callback(child.stop)  # after the directory's removal is registered: runs first
         probe = probe_video(path, kind, clock.deadline, timeout_s)
         check_probe(probe, kind, max_pixels=max_pixels, max_duration_s=max_duration_s)

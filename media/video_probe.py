@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from errors import BadMedia, TooLarge, UnsupportedMedia, VerityError
-from media.tools import run_tool
+from media.tools import input_format, run_tool
 
 log = logging.getLogger(__name__)
 AUDIO_RATE = 16_000  # extract_audio's output rate: the audio model's
@@ -25,7 +25,7 @@ def audio_command(path: Path, kind: str, target: Path | None, max_duration_s: fl
     """ffmpeg: the first audio track as 16 kHz mono 16-bit PCM, a WAV at ``target`` or, without
     one, headerless samples on stdout (the same samples)."""
     command = [_tool("ffmpeg"), "-nostdin", "-hide_banner", "-loglevel", "error"]
-    command += ["-protocol_whitelist", "file", "-f", FFPROBE_DEMUXERS[kind], "-i", str(path)]
+    command += ["-protocol_whitelist", "file", *input_format(FFPROBE_DEMUXERS[kind]), "-i", str(path)]
     command += ["-map", "0:a:0", "-vn", "-sn", "-dn"]
     if max_duration_s is not None:
         command += ["-t", f"{max_duration_s:g}"]
@@ -60,7 +60,14 @@ def _tool(name: str) -> str:
 def probe_video(path: Path, kind: str, deadline: float, timeout_s: float) -> Probe:
     """Streams and container of ``path`` by ffprobe with the demuxer named, file protocol only."""
     command = [_tool("ffprobe"), "-v", "error", "-protocol_whitelist", "file"]
-    command += ["-f", FFPROBE_DEMUXERS[kind], "-show_streams", "-show_format", "-of", "json", str(path)]
+    command += [
+        *input_format(FFPROBE_DEMUXERS[kind]),
+        "-show_streams",
+        "-show_format",
+        "-of",
+        "json",
+        str(path),
+    ]
     result = run_tool(
         command,
         kind=kind,

@@ -300,7 +300,7 @@ def test_deleting_the_account_removes_its_uploads(client, signup, state_dir):
 
 def test_a_form_cannot_replace_the_media_of_a_submitted_job(api, client):
     data = jpeg_bytes(seed=16)
-    form = new_upload(api, data)
+    form = new_upload(api, data, keep=True)  # kept: still there whether or not its job is done
     assert send_form(client, form, data).status_code == 204
     assert api.post("/v1/jobs", json={"upload_id": form["upload_id"], "modality": "image"}).status_code == 202
     assert_error(send_form(client, form, jpeg_bytes(seed=17)[: len(data)]), 409, "upload_in_use")

@@ -337,7 +337,10 @@ def test_every_container_decodes_in_the_child(name, private_tmp):
 def test_the_child_opens_only_the_sniffed_demuxer(clip_4s, monkeypatch):
     """The avformat options the child passes to OpenCV are enforced: with only AVI's demuxer
     allowed, an MP4 does not open (and with the real options, only local files ever do)."""
-    assert media.video_decode._capture_options("mp4") == "protocol_whitelist;file|format_whitelist;mov"
+    assert (
+        media.video_decode._capture_options("mp4")
+        == "protocol_whitelist;file|format_whitelist;mov|enable_drefs;0"
+    )
     monkeypatch.setattr(
         media.video_decode, "_capture_options", lambda kind: "protocol_whitelist;file|format_whitelist;avi"
     )
