@@ -8,6 +8,7 @@ bug and becomes a 500.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -139,6 +140,24 @@ def error_document(
     return {"error": error}
 
 
+# Outages are reported to the client in these words; the driver's own message (SQLite's, boto's:
+# table names, endpoints, paths) goes to the log with the request id.
+PUBLIC_MESSAGES = {
+    "store_unavailable": "the store does not answer; retry shortly",
+    "blobs_unavailable": "the upload storage does not answer; retry shortly",
+    "queue_unavailable": "the jobs queue does not answer; retry shortly",
+}
+
+
+def public_message(exc: VerityError) -> str:
+    """What the client reads of ``exc``: its message, or for an outage a fixed sentence."""
+    public = PUBLIC_MESSAGES.get(exc.code)
+    if public is None:
+        return exc.message
+    logging.getLogger("errors").warning("%s: %s", exc.code, exc.message)
+    return public
+
+
 async def send_error(
     scope: dict[str, Any],
     send: Callable[[dict[str, Any]], Awaitable[None]],
@@ -147,7 +166,7 @@ async def send_error(
 ) -> None:
     """Answer ``exc`` from plain ASGI middleware (before any route runs), in the same shape."""
     request_id = scope.get("state", {}).get("request_id")
-    body = json.dumps(error_document(exc.code, exc.message, request_id, exc.details)).encode()
+    body = json.dumps(error_document(exc.code, public_message(exc), request_id, exc.details)).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     headers += [(k.lower().encode(), v.encode()) for k, v in {**exc.headers, **(extra_headers or {})}.items()]
     await send({"type": "http.response.start", "status": exc.status, "headers": headers})

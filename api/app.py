@@ -44,6 +44,7 @@ from errors import (
     ServiceUnavailable,
     VerityError,
     error_document,
+    public_message,
 )
 from models.catalog import load_catalog
 from models.store import list_stored
@@ -88,7 +89,7 @@ def error_response(
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(VerityError)
     async def _verity_error(request: Request, exc: VerityError) -> JSONResponse:
-        return error_response(request, exc.status, exc.code, exc.message, exc.headers, exc.details)
+        return error_response(request, exc.status, exc.code, public_message(exc), exc.headers, exc.details)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -38,7 +38,7 @@ import soxr
 
 from errors import BadMedia, TooLarge, UnsupportedMedia, VerityError
 from media.sniff import AUDIO_FORMATS, admit
-from media.tools import input_format, run_tool
+from media.tools import input_format, run_tool, undecodable
 from media.windows import window_starts
 
 log = logging.getLogger(__name__)
@@ -364,9 +364,7 @@ def _decode_soundfile(data: bytes, kind: str, *, target_rate: int, max_duration_
     try:
         sound = sf.SoundFile(io.BytesIO(data))
     except Exception as exc:
-        raise BadMedia(
-            f"the {kind} file could not be read as audio: {decode_failure_reason(exc)}", code="corrupt_audio"
-        ) from exc
+        raise undecodable(kind, "corrupt_audio", decode_failure_reason(exc), verb="read as audio") from exc
     with sound:
         rate, channels, claimed = soundfile_header(sound, kind, data, max_duration_s)
         tally = Tally()
@@ -380,9 +378,7 @@ def _decode_soundfile(data: bytes, kind: str, *, target_rate: int, max_duration_
             raise
         except Exception as exc:
             # libsndfile and its codecs raise on hostile bytes mid-stream; all mean a broken file.
-            raise BadMedia(
-                f"the {kind} file could not be decoded: {decode_failure_reason(exc)}", code="corrupt_audio"
-            ) from exc
+            raise undecodable(kind, "corrupt_audio", decode_failure_reason(exc)) from exc
     samples = np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.float32)
     return _Raw(
         samples=samples,

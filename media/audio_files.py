@@ -42,7 +42,7 @@ from media.audio import (
     too_long_while_decoding,
 )
 from media.sniff import AUDIO_FORMATS, admit_file
-from media.tools import DecodeClock, decode_timeout, run_tool
+from media.tools import DecodeClock, decode_timeout, run_tool, undecodable
 
 log = logging.getLogger(__name__)
 
@@ -121,10 +121,7 @@ class AudioFileStream:
             raise
         except Exception as exc:
             # libsndfile and its codecs raise on hostile bytes mid-stream; all mean a broken file.
-            raise BadMedia(
-                f"the {self.kind} file could not be decoded: {decode_failure_reason(exc)}",
-                code="corrupt_audio",
-            ) from exc
+            raise undecodable(self.kind, "corrupt_audio", decode_failure_reason(exc)) from exc
         finally:
             self.clock.pause()
         if block is None:
@@ -225,7 +222,7 @@ def _open_soundfile_file(
         sound = sf.SoundFile(str(path))
     except Exception as exc:
         reason = decode_failure_reason(exc).replace(str(path), "input")
-        raise BadMedia(f"the {kind} file could not be read as audio: {reason}", code="corrupt_audio") from exc
+        raise undecodable(kind, "corrupt_audio", reason, verb="read as audio") from exc
     cleanup = contextlib.ExitStack()
     cleanup.callback(sound.close)
     try:
@@ -406,7 +403,7 @@ def _pcm_blocks(
     if code != 0:
         lines = log_path.read_text("utf-8", "replace").replace(str(source), "input").strip().splitlines()
         reason = lines[-1][:300] if lines else f"{Path(str(process.args[0])).name} exited with {code}"
-        raise BadMedia(f"the {kind} file could not be decoded: {reason}", code="corrupt_audio")
+        raise undecodable(kind, "corrupt_audio", reason)
 
 
 def _pcm_to_float(data: bytes, sample_format: str) -> np.ndarray:

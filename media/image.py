@@ -11,6 +11,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from errors import BadMedia, TooLarge, VerityError
 from media.sniff import IMAGE_FORMATS, admit
+from media.tools import undecodable
 
 # PIL's own bomb guard warns at MAX_IMAGE_PIXELS and raises at twice that; Verity checks the
 # header size against its own cap before decoding, so PIL's guard is a backstop only.
@@ -81,7 +82,7 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> DecodedImag
         raise BadMedia(f"the {kind} file could not be read as an image", code="corrupt_image") from exc
     except Exception as exc:
         # Decoders raise many types on hostile bytes; all of them mean the file is broken.
-        raise BadMedia(f"the {kind} file could not be decoded: {exc}", code="corrupt_image") from exc
+        raise undecodable(kind, "corrupt_image", exc) from exc
     return DecodedImage(
         image=rgb, format=kind, width=rgb.width, height=rgb.height, original_mode=original_mode
     )

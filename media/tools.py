@@ -20,6 +20,15 @@ def input_format(demuxer: str) -> list[str]:
     return ["-f", demuxer, *(["-enable_drefs", "0"] if demuxer == "mov" else [])]
 
 
+def undecodable(kind: str, code: str, detail: object, *, verb: str = "decoded") -> BadMedia:
+    """422 for a file a decoder refused. The decoder's own words (library messages, ffmpeg's
+    stderr: paths, offsets, heap addresses) go to the log with the request id, not to the client."""
+    log.info("%s file refused by its decoder (%s): %s", kind, code, str(detail)[:500], extra={"format": kind})
+    return BadMedia(
+        f"the {kind} file could not be {verb}: it is corrupt, truncated or not what its type says", code=code
+    )
+
+
 def decode_timeout(kind: str, timeout_s: float) -> BadMedia:
     return BadMedia(f"decoding the {kind} file took longer than {timeout_s:g} s", code="decode_timeout")
 
@@ -63,7 +72,7 @@ def run_tool(
     if result.returncode != 0:
         lines = result.stderr.decode("utf-8", "replace").replace(str(source), "input").strip().splitlines()
         reason = lines[-1][:300] if lines else f"{Path(command[0]).name} exited with {result.returncode}"
-        raise BadMedia(f"the {kind} file could not be decoded: {reason}", code=code)
+        raise undecodable(kind, code, reason)
     return result
 
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from errors import BadMedia, TooLarge, UnsupportedMedia, VerityError
 from media import sandbox
-from media.tools import DecodeClock, decode_timeout
+from media.tools import DecodeClock, decode_timeout, undecodable
 from media.video_probe import FFPROBE_DEMUXERS, check_pixels, too_long
 from media.video_sampling import MAX_STREAM_FPS, Sampler, SamplingPlan, StreamSampler, VideoFrame
 
@@ -104,7 +104,7 @@ def decode_frames_or_422(job: DecodeJob, deadline: float) -> Sampled:
         raise
     except Exception as exc:
         # cv2.error and friends on hostile bytes: all of them mean the file is broken.
-        raise BadMedia(f"the {job.kind} file could not be decoded: {exc}", code="corrupt_video") from exc
+        raise undecodable(job.kind, "corrupt_video", exc) from exc
 
 
 def _decode_frames(job: DecodeJob, deadline: float) -> Sampled:
@@ -468,8 +468,10 @@ def _child_main() -> None:
     if not request:
         return  # the probe refused the file: nothing to decode
     payloads: list[np.ndarray] = []
+    kind = "video"
     try:
         job = DecodeJob(**json.loads(request))
+        kind = job.kind
         if job.stream:
             header = _child_stream(job, answer)
         else:
@@ -485,7 +487,7 @@ def _child_main() -> None:
             "ok": False,
             "status": 422,
             "code": "corrupt_video",
-            "message": f"the video could not be decoded: {exc}",
+            "message": undecodable(kind, "corrupt_video", exc).message,
         }
     header["end"] = True
     _write_message(answer, header, payloads)

@@ -15,7 +15,7 @@ from typing import Any
 from errors import BadMedia, VerityError
 from media.audio_files import AudioFileInfo, AudioFileStream, pcm_stream
 from media.sniff import VIDEO_FORMATS, admit_file
-from media.tools import DecodeClock
+from media.tools import DecodeClock, undecodable
 from media.video_decode import (
     DecodeJob,
     DecoderChild,
@@ -163,7 +163,7 @@ class VideoFileStream:
             raise
         except Exception as exc:
             # cv2.error and friends on hostile bytes: all of them mean the file is broken.
-            raise BadMedia(f"the {self.kind} file could not be decoded: {exc}", code="corrupt_video") from exc
+            raise undecodable(self.kind, "corrupt_video", exc) from exc
         self.summary = self._summarize(sampled, self._sampler.doubled)
         return None
 

@@ -268,7 +268,10 @@ def test_503_when_the_store_is_down_for_authentication(engine, aws_env):
     )
     app = build_app(engine, closed, settings, clock)
     response = detect(app, api_keys.generate_key().secret)
-    assert_error(response, 503, "store_unavailable")
+    error = assert_error(response, 503, "store_unavailable")
+    # The driver's words (endpoint, table, botocore's message) stay in the log.
+    assert error["message"] == "the store does not answer; retry shortly"
+    assert "127.0.0.1" not in response.text and "verity" not in response.text.replace("x-verity", "")
     # A malformed key is refused by its checksum before any store lookup: still a plain 401.
     assert_error(detect(app, "vk_live_" + "x" * 49), 401, "invalid_api_key")
 

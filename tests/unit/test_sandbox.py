@@ -92,3 +92,16 @@ def test_an_operators_capture_options_keep_the_whitelists(monkeypatch):
     import os
 
     assert "protocol_whitelist;file|" in os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"]
+
+
+def test_a_decoders_own_words_stay_in_the_log(tmp_path, caplog):
+    """ffmpeg's stderr (paths, offsets, addresses) is logged, not sent to the client."""
+    import logging
+
+    with caplog.at_level(logging.INFO), pytest.raises(BadMedia) as refused:
+        run_python(
+            "import sys; sys.stderr.write('[mov @ 0x55d1c0ffee00] moov atom not found\\n'); sys.exit(1)",
+            tmp_path,
+        )
+    assert "0x55d1c0ffee00" not in refused.value.message and "corrupt" in refused.value.message
+    assert "0x55d1c0ffee00" in caplog.text
