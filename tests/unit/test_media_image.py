@@ -335,3 +335,25 @@ def test_png_chunk_helper_is_a_valid_png_header():
     crc = struct.unpack(">I", bomb[29:33])[0]
     assert crc == zlib.crc32(bomb[12:29]) & 0xFFFFFFFF
     assert Image.open(io.BytesIO(bomb)).size == (123, 45)
+
+
+def test_every_allowed_format_opens_with_its_own_plugin_only():
+    """PIL is told the one plugin the magic bytes name (no probing of the others, some of which
+    accept almost anything): every allowed format has that plugin, and a picture of each decodes
+    through it."""
+    from media.image import PIL_FORMATS
+
+    Image.init()
+    assert set(PIL_FORMATS) == set(IMAGE_FORMATS)
+    assert all(name in Image.OPEN for name in PIL_FORMATS.values())
+    for kind, pil_name in PIL_FORMATS.items():
+        data = encode(photo(40, 30), pil_name)
+        assert sniff(data) == kind
+        assert decode(data).format == kind
+
+
+def test_pil_has_no_second_bomb_limit():
+    """One policy, Verity's cap: a picture under it decodes whatever PIL's default would say."""
+    assert Image.MAX_IMAGE_PIXELS is None
+    data = encode(Image.new("L", (6000, 6000), 90), "PNG", compress_level=1)  # 36 MP, PIL warns at 89 MP
+    assert decode(data, max_pixels=40_000_000).width == 6000
