@@ -288,29 +288,39 @@ def _swatch(i: int) -> bytes:
     return encode(image, "PNG")
 
 
+BURSTS = 3
+
+
 def test_concurrent_requests_are_batched(
     http: httpx.Client, server_url: str, server_headers: dict[str, str]
 ) -> None:
     images = [_swatch(i) for i in range(CONCURRENCY)]
-    before = batch_stats(http)
-    responses = asyncio.run(_burst(server_url, images, server_headers))
-    delta = batch_stats(http) - before
+    # Whether a burst's requests meet in the model service's queue depends on timing (on a busy
+    # machine the API can hand them over one by one, each answered before the next arrives): up
+    # to three bursts, every one checked for its answers, and one must have merged requests.
+    for attempt in range(BURSTS):
+        before = batch_stats(http)
+        responses = asyncio.run(_burst(server_url, images, server_headers))
+        delta = batch_stats(http) - before
 
-    failed = [r.text for r in responses if r.is_error]
-    assert [r.status_code for r in responses] == [200] * CONCURRENCY, failed
-    results = [r.json() for r in responses]
-    assert len({r["id"] for r in results}) == CONCURRENCY
-    log.info(
-        "%d requests -> %d model calls (mean %.2f requests per batch, %d calls of one)",
-        delta.total,
-        delta.count,
-        delta.total / max(delta.count, 1),
-        delta.le_1,
-    )
-    # Every request entered exactly one batch of the default model's service, nothing else did.
-    assert delta.total == CONCURRENCY
-    # Fewer model calls than requests: some batch merged several requests. Equivalently, some
-    # observation lies above the le="1" bucket.
+        failed = [r.text for r in responses if r.is_error]
+        assert [r.status_code for r in responses] == [200] * CONCURRENCY, failed
+        results = [r.json() for r in responses]
+        assert len({r["id"] for r in results}) == CONCURRENCY
+        log.info(
+            "burst %d: %d requests -> %d model calls (mean %.2f requests per batch, %d calls of one)",
+            attempt + 1,
+            delta.total,
+            delta.count,
+            delta.total / max(delta.count, 1),
+            delta.le_1,
+        )
+        # Every request entered exactly one batch of the default model's service, nothing else did.
+        assert delta.total == CONCURRENCY
+        # Fewer model calls than requests: some batch merged several requests. Equivalently, some
+        # observation lies above the le="1" bucket.
+        if delta.count - delta.le_1 >= 1:
+            break
     assert delta.count - delta.le_1 >= 1, delta
     assert delta.total / delta.count > 1, delta
 
