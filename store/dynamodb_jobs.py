@@ -30,6 +30,7 @@ from boto3.dynamodb.conditions import Attr, Key
 from botocore.exceptions import ClientError
 
 from errors import Conflict, StoreUnavailable
+from store import transitions
 from store.base import JobStore, UploadStore, WebhookStore
 from store.dynamodb import DynamoTable, _condition_failed, _plain
 from store.records import Claim, Delivery, Job, JobStatus, Page, Upload
@@ -175,7 +176,7 @@ class DynamoJobs(_Versioned, JobStore):
         return answer
 
     def _unpend(self, job: Job) -> None:
-        self._call(self.table.delete_item, Key={"pk": _PENDING_JOB, "sk": f"{job.user_id}#{job.id}"})
+        self.forget_pending(job.user_id, job.id)
 
     def create_job(self, job: Job) -> tuple[Job, bool]:
         pk = f"USER#{job.user_id}"
@@ -246,48 +247,30 @@ class DynamoJobs(_Versioned, JobStore):
         jobs = [self._job(i) for i in items[:limit]]
         return Page(jobs, jobs[-1].id if len(items) > limit else None)
 
-    def cancel_job(self, user_id: str, job_id: str, at: str) -> Job | None:
-        def decide(job: Job) -> tuple[Job | None, Job]:
-            if job.terminal:
-                return None, job
-            job.status, job.updated_at, job.finished_at, job.lease_until = "canceled", at, at, None
-            return job, job
+    def _apply(self, user_id: str, job_id: str, change: Callable[[Job], bool]) -> bool:
+        """One state change (``store.transitions``) on the job, written only if nobody else wrote
+        it since it was read."""
+        return self._change(user_id, job_id, lambda job: (job, True) if change(job) else (None, False), False)
 
-        job = self._change(user_id, job_id, decide, None)
+    def cancel_job(self, user_id: str, job_id: str, at: str) -> Job | None:
+        job = self._change(
+            user_id, job_id, lambda job: (job if transitions.cancel(job, at) else None, job), None
+        )
         if job is not None and job.status == "canceled":
             self._unpend(job)
         return job
 
     def claim_job(self, user_id: str, job_id: str, worker: str, now: float, lease_s: float, at: str) -> Claim:
         def decide(job: Job) -> tuple[Job | None, Claim]:
-            if job.terminal:
-                return None, Claim(job, "finished")
-            if job.status == "running" and (job.lease_until or 0) > now:
-                return None, Claim(job, "leased")
-            if job.attempts >= job.max_attempts:
-                return None, Claim(job, "exhausted")
-            job.status, job.worker, job.lease_until = "running", worker, now + lease_s
-            job.attempts += 1
-            job.updated_at = at
-            job.started_at = job.started_at or at
-            return job, Claim(job, "claimed")
+            claim = transitions.claim(job, worker, now, lease_s, at)
+            return (job if claim.reason == "claimed" else None), claim
 
         return self._change(user_id, job_id, decide, Claim(None, "missing"))
-
-    @staticmethod
-    def _holds(job: Job, worker: str) -> bool:
-        return job.status == "running" and job.worker == worker
 
     def renew_lease(
         self, user_id: str, job_id: str, worker: str, lease_until: float, progress: float
     ) -> bool:
-        def decide(job: Job) -> tuple[Job | None, bool]:
-            if not self._holds(job, worker):
-                return None, False
-            job.lease_until, job.progress = lease_until, max(job.progress, progress)
-            return job, True
-
-        return self._change(user_id, job_id, decide, False)
+        return self._apply(user_id, job_id, lambda job: transitions.renew(job, worker, lease_until, progress))
 
     def finish_job(
         self,
@@ -300,49 +283,21 @@ class DynamoJobs(_Versioned, JobStore):
         result: dict[str, Any] | None = None,
         error: dict[str, Any] | None = None,
     ) -> bool:
-        def decide(job: Job) -> tuple[Job | None, Job | None]:
-            if not self._holds(job, worker):
-                return None, None
-            job.status, job.result, job.error, job.lease_until = status, result, error, None
-            job.updated_at = job.finished_at = at
-            if status == "succeeded":
-                job.progress = 1.0
-            return job, job
-
-        job = self._change(user_id, job_id, decide, None)
-        if job is not None:
-            self._unpend(job)
-        return job is not None
+        finished = self._apply(
+            user_id, job_id, lambda job: transitions.finish(job, worker, status, at, result, error)
+        )
+        if finished:
+            self.forget_pending(user_id, job_id)
+        return finished
 
     def release_job(self, user_id: str, job_id: str, worker: str, at: str, error: dict[str, Any]) -> bool:
-        def decide(job: Job) -> tuple[Job | None, bool]:
-            if not self._holds(job, worker):
-                return None, False
-            job.status, job.worker, job.lease_until, job.error, job.updated_at = (
-                "queued",
-                None,
-                None,
-                error,
-                at,
-            )
-            return job, True
-
-        return self._change(user_id, job_id, decide, False)
+        return self._apply(user_id, job_id, lambda job: transitions.release(job, worker, at, error))
 
     def fail_exhausted(self, user_id: str, job_id: str, now: float, at: str, error: dict[str, Any]) -> bool:
-        def decide(job: Job) -> tuple[Job | None, Job | None]:
-            if job.terminal or job.attempts < job.max_attempts:
-                return None, None
-            if job.status == "running" and (job.lease_until or 0) > now:
-                return None, None
-            job.status, job.error, job.lease_until = "failed", error, None
-            job.updated_at = job.finished_at = at
-            return job, job
-
-        job = self._change(user_id, job_id, decide, None)
-        if job is not None:
-            self._unpend(job)
-        return job is not None
+        failed = self._apply(user_id, job_id, lambda job: transitions.fail_exhausted(job, now, at, error))
+        if failed:
+            self.forget_pending(user_id, job_id)
+        return failed
 
     def pending_jobs(self, now: float, limit: int) -> list[tuple[str, str]]:
         page = self._call(self.table.query, KeyConditionExpression=Key("pk").eq(_PENDING_JOB), Limit=limit)
@@ -414,11 +369,9 @@ class DynamoWebhooks(_Versioned, WebhookStore):
         next_attempt_at: float | None,
     ) -> Delivery | None:
         def decide(item: dict[str, Any] | None) -> tuple[dict | None, Delivery | None]:
-            if item is None or item["status"] != "pending":
+            delivery = self._delivery(item) if item is not None else None
+            if delivery is None or not transitions.record_attempt(delivery, attempt, status, next_attempt_at):
                 return None, None
-            delivery = self._delivery(item)
-            delivery.attempts.append(attempt)
-            delivery.status, delivery.next_attempt_at = status, next_attempt_at  # type: ignore[assignment]
             return self._item(delivery), delivery
 
         delivery = self._mutate(f"USER#{user_id}", f"HOOK#{delivery_id}", decide)

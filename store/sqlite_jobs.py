@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Callable
 from typing import Any
 
 from errors import Conflict
+from store import transitions
 from store.base import JobStore, UploadStore, WebhookStore
 from store.records import Claim, Delivery, Job, JobStatus, Page, Upload
 from store.sqlite import SQLiteDatabase
@@ -188,13 +190,20 @@ class SQLiteJobs(SQLiteDatabase, JobStore):
         jobs = [_job(r) for r in rows[:limit]]
         return Page(jobs, jobs[-1].id if len(rows) > limit else None)
 
+    def _apply(self, user_id: str, job_id: str, change: Callable[[Job], bool]) -> bool:
+        """One state change (``store.transitions``) on the job, read and written in one transaction."""
+        with self._tx(immediate=True) as db:
+            job = self._one(db, user_id, job_id)
+            if job is None or not change(job):
+                return False
+            self._write(db, job)
+            return True
+
     def cancel_job(self, user_id: str, job_id: str, at: str) -> Job | None:
         with self._tx(immediate=True) as db:
             job = self._one(db, user_id, job_id)
-            if job is None or job.terminal:
-                return job
-            job.status, job.updated_at, job.finished_at, job.lease_until = "canceled", at, at, None
-            self._write(db, job)
+            if job is not None and transitions.cancel(job, at):
+                self._write(db, job)
             return job
 
     def claim_job(self, user_id: str, job_id: str, worker: str, now: float, lease_s: float, at: str) -> Claim:
@@ -202,33 +211,15 @@ class SQLiteJobs(SQLiteDatabase, JobStore):
             job = self._one(db, user_id, job_id)
             if job is None:
                 return Claim(None, "missing")
-            if job.terminal:
-                return Claim(job, "finished")
-            if job.status == "running" and (job.lease_until or 0) > now:
-                return Claim(job, "leased")
-            if job.attempts >= job.max_attempts:
-                return Claim(job, "exhausted")
-            job.status, job.worker, job.lease_until = "running", worker, now + lease_s
-            job.attempts += 1
-            job.updated_at = at
-            job.started_at = job.started_at or at
-            self._write(db, job)
-            return Claim(job, "claimed")
-
-    def _held(self, db: sqlite3.Connection, user_id: str, job_id: str, worker: str) -> Job | None:
-        job = self._one(db, user_id, job_id)
-        return job if job is not None and job.status == "running" and job.worker == worker else None
+            claim = transitions.claim(job, worker, now, lease_s, at)
+            if claim.reason == "claimed":
+                self._write(db, job)
+            return claim
 
     def renew_lease(
         self, user_id: str, job_id: str, worker: str, lease_until: float, progress: float
     ) -> bool:
-        with self._tx(immediate=True) as db:
-            job = self._held(db, user_id, job_id, worker)
-            if job is None:
-                return False
-            job.lease_until, job.progress = lease_until, max(job.progress, progress)
-            self._write(db, job)
-            return True
+        return self._apply(user_id, job_id, lambda job: transitions.renew(job, worker, lease_until, progress))
 
     def finish_job(
         self,
@@ -241,44 +232,15 @@ class SQLiteJobs(SQLiteDatabase, JobStore):
         result: dict[str, Any] | None = None,
         error: dict[str, Any] | None = None,
     ) -> bool:
-        with self._tx(immediate=True) as db:
-            job = self._held(db, user_id, job_id, worker)
-            if job is None:
-                return False
-            job.status, job.result, job.error = status, result, error
-            job.updated_at = job.finished_at = at
-            job.lease_until = None
-            if status == "succeeded":
-                job.progress = 1.0
-            self._write(db, job)
-            return True
+        return self._apply(
+            user_id, job_id, lambda job: transitions.finish(job, worker, status, at, result, error)
+        )
 
     def release_job(self, user_id: str, job_id: str, worker: str, at: str, error: dict[str, Any]) -> bool:
-        with self._tx(immediate=True) as db:
-            job = self._held(db, user_id, job_id, worker)
-            if job is None:
-                return False
-            job.status, job.worker, job.lease_until, job.error, job.updated_at = (
-                "queued",
-                None,
-                None,
-                error,
-                at,
-            )
-            self._write(db, job)
-            return True
+        return self._apply(user_id, job_id, lambda job: transitions.release(job, worker, at, error))
 
     def fail_exhausted(self, user_id: str, job_id: str, now: float, at: str, error: dict[str, Any]) -> bool:
-        with self._tx(immediate=True) as db:
-            job = self._one(db, user_id, job_id)
-            if job is None or job.terminal or job.attempts < job.max_attempts:
-                return False
-            if job.status == "running" and (job.lease_until or 0) > now:
-                return False
-            job.status, job.error, job.lease_until = "failed", error, None
-            job.updated_at = job.finished_at = at
-            self._write(db, job)
-            return True
+        return self._apply(user_id, job_id, lambda job: transitions.fail_exhausted(job, now, at, error))
 
     def pending_jobs(self, now: float, limit: int) -> list[tuple[str, str]]:
         rows = self._read(
@@ -356,14 +318,11 @@ class SQLiteWebhooks(SQLiteDatabase, WebhookStore):
     ) -> Delivery | None:
         with self._tx(immediate=True) as db:
             row = db.execute(
-                "SELECT * FROM deliveries WHERE id = ? AND user_id = ? AND status = 'pending'",
-                (delivery_id, user_id),
+                "SELECT * FROM deliveries WHERE id = ? AND user_id = ?", (delivery_id, user_id)
             ).fetchone()
-            if row is None:
+            delivery = self._delivery(row) if row is not None else None
+            if delivery is None or not transitions.record_attempt(delivery, attempt, status, next_attempt_at):
                 return None
-            delivery = self._delivery(row)
-            delivery.attempts.append(attempt)
-            delivery.status, delivery.next_attempt_at = status, next_attempt_at  # type: ignore[assignment]
             db.execute(
                 "UPDATE deliveries SET status = ?, next_attempt_at = ?, document = ? WHERE id = ?",
                 (status, next_attempt_at, json.dumps(delivery.__dict__), delivery_id),
