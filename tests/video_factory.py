@@ -20,6 +20,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import psutil
 
 INDEX_BITS = 10
 _BLOCK = 8  # pixels per index block (the code survives 8x8 DCT codecs at this size)
@@ -263,3 +264,16 @@ def long_clip() -> bytes:
     """60 s of 640x360 at 30 fps (1800 frames): seconds of work for a job worker at fps=2, long
     enough to kill a worker or cancel a job in the middle of it."""
     return lavfi_video(60, width=640, height=360, fps=30)
+
+
+def decoder_children() -> list[str]:
+    """ffmpeg/ffprobe or decoding children still alive (other fixtures' servers are not ours)."""
+    left = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            cmdline = " ".join(child.cmdline())
+            if child.name() in ("ffmpeg", "ffprobe") or "_child_main" in cmdline or "sleep(60)" in cmdline:
+                left.append(cmdline)
+        except psutil.NoSuchProcess:  # exited while we looked: not left behind
+            continue
+    return left

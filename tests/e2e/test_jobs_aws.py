@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import signal
 import subprocess
 import time
@@ -25,9 +24,8 @@ import boto3
 import httpx
 import pytest
 
-from tests.conftest import TEST_PASSWORD, unique_email
 from tests.e2e.servers import BIN_DIR, PROJECT_ROOT, server_env
-from tests.e2e.workers import kill_group, wait_for_job, worker_process
+from tests.e2e.workers import api_client, kill_group, settings_with, wait_for_job, worker_process
 from tests.media_factory import jpeg_bytes
 from tests.store.conftest import _FAKE_AWS_ENV, REGION, MotoServer
 from tests.video_factory import long_clip
@@ -42,8 +40,9 @@ JOB_TIMEOUT_S = 90
 def aws(model_store, bentoml_home: Path) -> Iterator[dict[str, str]]:
     """A moto server with a bucket, a jobs queue + DLQ and a table name: the settings (as
     environment variables) of a deployment that uses them."""
-    saved = {k: os.environ.get(k) for k in _FAKE_AWS_ENV}
-    os.environ.update(_FAKE_AWS_ENV)
+    patch = pytest.MonkeyPatch()
+    for name, value in _FAKE_AWS_ENV.items():
+        patch.setenv(name, value)  # boto3 in this process (the in-process app) uses them too
     server = MotoServer().start()
     try:
         endpoint = server.endpoint
@@ -73,53 +72,19 @@ def aws(model_store, bentoml_home: Path) -> Iterator[dict[str, str]]:
         yield {**env, "_endpoint": endpoint, "_dlq": made["dead_letter_queue_url"]}
     finally:
         server.stop()
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        patch.undo()
 
 
 def provision_with(env: dict[str, str]) -> dict[str, str]:
-    from config import Settings
     from infra.local_aws import provision
 
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        return provision(Settings())
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    return provision(settings_with(env))
 
 
 @pytest.fixture(scope="module")
 def aws_api(aws: dict[str, str]) -> Iterator[Any]:
     """The in-process app (what the Lambda HTTP handler serves) on the moto-backed settings."""
-    from starlette.testclient import TestClient
-
-    from api.app import create_inprocess_app
-    from config import Settings
-
-    saved = {k: os.environ.get(k) for k in aws}
-    os.environ.update({k: v for k, v in aws.items() if not k.startswith("_")})
-    try:
-        app = create_inprocess_app(Settings())
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-    with TestClient(app, raise_server_exceptions=False) as client:
-        email = unique_email("aws")
-        answer = client.post("/v1/auth/signup", json={"email": email, "password": TEST_PASSWORD})
-        assert answer.status_code == 201, answer.text
-        client.headers["x-api-key"] = answer.json()["api_key"]["key"]
-        client.user_id = answer.json()["user"]["id"]  # type: ignore[attr-defined]
+    with api_client(settings_with(aws), "aws") as client:
         yield client
 
 

@@ -4,7 +4,6 @@ A worker SIGKILLed in the middle of a job loses nothing: the job runs again, onc
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,9 +11,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import TEST_PASSWORD, unique_email
 from tests.e2e.servers import server_env
-from tests.e2e.workers import kill_group, wait_for_job, worker_process
+from tests.e2e.workers import api_client, kill_group, settings_with, wait_for_job, worker_process
 from tests.media_factory import jpeg_bytes
 from tests.receiver import Receiver
 from tests.video_factory import long_clip
@@ -39,27 +37,7 @@ def local_env(model_store, bentoml_home: Path, tmp_path_factory) -> dict[str, st
 
 @pytest.fixture(scope="module")
 def api(local_env: dict[str, str]) -> Iterator[Any]:
-    from starlette.testclient import TestClient
-
-    from api.app import create_inprocess_app
-    from config import Settings
-
-    saved = {k: os.environ.get(k) for k in local_env}
-    os.environ.update(local_env)
-    try:
-        app = create_inprocess_app(Settings())
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-    with TestClient(app, raise_server_exceptions=False) as client:
-        answer = client.post(
-            "/v1/auth/signup", json={"email": unique_email("jobs"), "password": TEST_PASSWORD}
-        )
-        assert answer.status_code == 201, answer.text
-        client.headers["x-api-key"] = answer.json()["api_key"]["key"]
+    with api_client(settings_with(local_env), "jobs") as client:
         yield client
 
 

@@ -1,5 +1,6 @@
-"""Job worker processes for e2e tests: ``python -m jobs.worker`` in its own session, so that it
-and its decoder children can be killed together, by the process group this test started."""
+"""What the jobs e2e tests share: the API in process on settings of their own (``api_client``),
+and job worker processes (``python -m jobs.worker``) in their own session, so that a worker and
+its decoder children can be killed together, by the process group the test started."""
 
 from __future__ import annotations
 
@@ -12,9 +13,39 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from config import Settings
+from tests.conftest import TEST_PASSWORD, unique_email
 from tests.e2e.servers import BIN_DIR, PROJECT_ROOT
 
 JOB_TIMEOUT_S = 120
+
+
+def settings_with(env: dict[str, str]) -> Settings:
+    """The settings a process with ``env`` in its environment reads (keys starting with "_" are
+    the test's own notes, not variables)."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            if not name.startswith("_"):
+                patch.setenv(name, value)
+        return Settings()
+
+
+@contextmanager
+def api_client(settings: Settings, tag: str) -> Iterator[Any]:
+    """The in-process app (what the Lambda HTTP handler serves) on ``settings``, as a client
+    signed up through it: its key is sent with every request, ``.user_id`` is its user."""
+    from starlette.testclient import TestClient
+
+    from api.app import create_inprocess_app
+
+    with TestClient(create_inprocess_app(settings), raise_server_exceptions=False) as client:
+        answer = client.post("/v1/auth/signup", json={"email": unique_email(tag), "password": TEST_PASSWORD})
+        assert answer.status_code == 201, answer.text
+        client.headers["x-api-key"] = answer.json()["api_key"]["key"]
+        client.user_id = answer.json()["user"]["id"]
+        yield client
 
 
 @contextmanager

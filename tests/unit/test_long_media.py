@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 import pytest
 
 import media.video
@@ -44,7 +43,7 @@ from tests.audio_factory import encode_ffmpeg as encode_audio_ffmpeg
 from tests.audio_factory import speech_like
 from tests.conftest import PROJECT_ROOT
 from tests.face_factory import moving_face_frames
-from tests.video_factory import encode_ffmpeg, lavfi_video, pattern_frames, write_opencv
+from tests.video_factory import decoder_children, encode_ffmpeg, lavfi_video, pattern_frames, write_opencv
 
 pytestmark = pytest.mark.unit
 
@@ -87,19 +86,6 @@ def private_tmp(tmp_path, monkeypatch) -> Path:
 
 def leftovers(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir() if p.name.startswith(PREFIXES))
-
-
-def decoder_children() -> list[str]:
-    """ffmpeg/ffprobe or decoding children still alive (other fixtures' servers are not ours)."""
-    left = []
-    for child in psutil.Process().children(recursive=True):
-        try:
-            cmdline = " ".join(child.cmdline())
-            if child.name() in ("ffmpeg", "ffprobe") or "_child_main" in cmdline or "sleep(60)" in cmdline:
-                left.append(cmdline)
-        except psutil.NoSuchProcess:  # exited while we looked: not left behind
-            continue
-    return left
 
 
 _CLIPS: dict[str, bytes] = {}

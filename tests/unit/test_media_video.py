@@ -13,7 +13,6 @@ import tracemalloc
 
 import cv2
 import numpy as np
-import psutil
 import pytest
 
 import media.video
@@ -37,6 +36,7 @@ from tests.audio_factory import encode_ffmpeg as encode_audio_ffmpeg
 from tests.media_factory import encode as encode_image
 from tests.media_factory import photo
 from tests.video_factory import (
+    decoder_children,
     encode_ffmpeg,
     ffmpeg_audio_only_mp4,
     ffmpeg_path,
@@ -103,19 +103,6 @@ def private_tmp(tmp_path, monkeypatch):
 
 def leftovers(directory) -> list[str]:
     return sorted(p.name for p in directory.iterdir() if p.name.startswith(TEMP_PREFIX))
-
-
-def decoder_children() -> list[str]:
-    """ffmpeg/ffprobe or decoding children still alive (other fixtures' servers are not ours)."""
-    left = []
-    for child in psutil.Process().children(recursive=True):
-        try:
-            cmdline = " ".join(child.cmdline())
-            if child.name() in ("ffmpeg", "ffprobe") or "_child_main" in cmdline or "sleep(60)" in cmdline:
-                left.append(cmdline)
-        except psutil.NoSuchProcess:  # exited while we looked: not left behind
-            continue
-    return left
 
 
 @pytest.fixture(scope="module")
