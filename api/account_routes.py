@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import anyio
@@ -17,6 +16,7 @@ from auth.principal import Principal
 from auth.quotas import daily_limit_of, next_midnight
 from auth.throttle import AuthThrottle, client_address
 from errors import Forbidden, NotFound, ServiceUnavailable, Unauthorized
+from store.records import iso_epoch
 
 router = APIRouter(responses=ACCOUNT_ERRORS)
 
@@ -273,8 +273,7 @@ async def admin_users(
 async def admin_invite(body: InviteRequest, _: AdminPrincipal, accounts: AccountsDep) -> dict[str, Any]:
     """An invite for one email (`VERITY_SIGNUP_POLICY=invite`): pass it as `invite` at signup."""
     token, expires_at = make_invite(accounts.settings, body.email, accounts.clock().timestamp())
-    expires = datetime.fromtimestamp(expires_at, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-    return {"email": normalise_email(body.email), "invite": token, "expires_at": expires}
+    return {"email": normalise_email(body.email), "invite": token, "expires_at": iso_epoch(expires_at)}
 
 
 @router.patch("/v1/admin/users/{user_id}", tags=["admin"])

@@ -31,10 +31,10 @@ from errors import (
     ServiceUnavailable,
     TooLarge,
 )
-from jobs.backend import JobsBackend, iso_epoch, iso_now, job_document
+from jobs.backend import JobsBackend, iso_now, job_document
 from jobs.queue import message
 from store.ids import new_id
-from store.records import Job, Upload
+from store.records import Job, Upload, iso_epoch
 from webhooks.signing import new_secret
 from webhooks.targets import check_webhook_url
 

@@ -24,12 +24,13 @@ import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from blobs.base import BlobStore, UploadForm
 from config import Settings
 from errors import Forbidden
+from store.records import iso_epoch
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +38,6 @@ LOCAL_UPLOAD_PATH = "/v1/uploads/local"
 SIGNATURE_FIELD = "x-verity-signature"
 _KEY = re.compile(r"^[a-z0-9_-]+/[A-Za-z0-9_]{1,64}/[A-Za-z0-9_]{1,64}$")
 _PARTIAL_SUFFIX = ".partial"
-
-
-def _iso(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def signing_key(settings: Settings) -> bytes:
@@ -84,7 +81,7 @@ class LocalBlobs(BlobStore):
     ) -> UploadForm:
         self.path_of(key)
         document = {
-            "expiration": _iso(expires_at),
+            "expiration": iso_epoch(expires_at),
             "conditions": [
                 {"key": key},
                 {"Content-Type": content_type},

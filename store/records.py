@@ -116,18 +116,6 @@ class Upload:
     keep: bool = False  # keep the media after its job (until expires_at) instead of deleting it
     job_id: str | None = None  # the one job that uses it
 
-    def public(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "created_at": self.created_at,
-            "expires_at": _iso_epoch(self.expires_at),
-            "filename": self.filename,
-            "content_type": self.content_type,
-            "max_bytes": self.max_bytes,
-            "keep": self.keep,
-            "job_id": self.job_id,
-        }
-
 
 @dataclass
 class Job:
@@ -181,7 +169,7 @@ class Delivery:
             "url": self.url,
             "status": self.status,
             "attempts": self.attempts,
-            "next_attempt_at": _iso_epoch(self.next_attempt_at) if self.next_attempt_at else None,
+            "next_attempt_at": iso_epoch(self.next_attempt_at) if self.next_attempt_at else None,
         }
 
 
@@ -193,6 +181,7 @@ class Claim:
     reason: Literal["claimed", "missing", "finished", "leased", "exhausted"]
 
 
-def _iso_epoch(seconds: float) -> str:
+def iso_epoch(seconds: float) -> str:
+    """Unix seconds as the API writes times: ISO 8601 UTC to the second, with a Z."""
     moment = datetime.fromtimestamp(seconds, UTC)
     return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
