@@ -26,7 +26,7 @@ from api import account_routes, job_routes
 from api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
 from api.openapi import DETECT_ERRORS, error_responses, media_request_body
 from api.payload import UploadReference, read_media_payload
-from api.uploaded import detect_uploaded, read_image_file
+from api.uploaded import detect_uploaded
 from auth.accounts import Accounts
 from auth.middleware import AuthMiddleware
 from auth.principal import Principal
@@ -46,6 +46,7 @@ from errors import (
     error_document,
     public_message,
 )
+from media.image import read_image_file
 from models.catalog import load_catalog
 from models.store import list_stored
 from store.records import Detection

@@ -20,7 +20,7 @@ from fastapi import Request
 from api.account_routes import run
 from api.job_routes import backend_of
 from auth.principal import Principal
-from errors import Conflict, NotFound, TooLarge
+from errors import Conflict, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +56,3 @@ async def detect_uploaded(
             else:
                 await run(backend.blobs.delete, upload.blob_key)
                 await run(uploads.delete_upload, principal.user_id, upload.id)
-
-
-def read_image_file(path: Path, max_bytes: int) -> bytes:
-    """An uploaded image, within the inline image cap (its pixels are what decoding costs)."""
-    size = path.stat().st_size
-    if size > max_bytes:
-        raise TooLarge(f"image is {size} bytes; the limit is {max_bytes}", code="file_too_large")
-    return path.read_bytes()

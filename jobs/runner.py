@@ -29,7 +29,7 @@ from typing import Any
 import anyio
 
 from detect.engine import Engine
-from errors import BadMedia, TooLarge, VerityError
+from errors import BadMedia, VerityError
 from jobs.backend import JobsBackend, iso_now
 from media.sniff import AUDIO_FORMATS, IMAGE_FORMATS, SNIFF_BYTES, VIDEO_FORMATS, sniff
 from store.ids import new_id
@@ -190,14 +190,9 @@ class JobRunner:
         options = job.options
         if job.modality == "image":
             from detect.image import detect_image
+            from media.image import read_image_file
 
-            size = path.stat().st_size
-            if size > self.settings.max_image_bytes:
-                raise TooLarge(
-                    f"an image of {size} bytes is over the {self.settings.max_image_bytes} cap",
-                    code="file_too_large",
-                )
-            data = await anyio.to_thread.run_sync(path.read_bytes)
+            data = await anyio.to_thread.run_sync(read_image_file, path, self.settings.max_image_bytes)
             return await detect_image(
                 self.engine,
                 data,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -86,3 +87,12 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> DecodedImag
     return DecodedImage(
         image=rgb, format=kind, width=rgb.width, height=rgb.height, original_mode=original_mode
     )
+
+
+def read_image_file(path: Path, max_bytes: int) -> bytes:
+    """An image on disk (an upload), within the inline image cap: its pixels are what decoding
+    costs, and the pixel cap is checked by ``decode_image`` as for inline images."""
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise TooLarge(f"image is {size} bytes; the limit is {max_bytes}", code="file_too_large")
+    return path.read_bytes()
