@@ -274,6 +274,10 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "faces_unavailable": (503, "`faces=auto` or video, but no face model is served"),
     "store_unavailable": (503, "the account store is down: fail closed, never a free pass"),
     "auth_busy": (503, "too many password checks already wait: retry shortly"),
+    "issuer_unavailable": (
+        503,
+        "an external issuer's JWKS cannot be fetched and no cached key fits the token: retry shortly",
+    ),
     "blobs_unavailable": (503, "the blob store (S3) does not answer"),
     "queue_unavailable": (503, "the jobs queue (SQS) does not answer"),
     "internal_error": (500, "a bug, never bad input: please report it with the request id"),

@@ -88,8 +88,14 @@ def build_token_verifier(settings: Settings) -> tuple[OwnTokens, TokenVerifier]:
         audience=settings.jwt_audience,
         ttl_s=settings.jwt_ttl_s,
     )
+    # A JWKS URL that is not https (nor an allow-listed http host) is a ValueError here, at start.
     external = [
-        JwksVerifier(ExternalIssuer(**cfg), refetch_cooldown_s=settings.jwks_refetch_cooldown_s)
+        JwksVerifier(
+            ExternalIssuer(**cfg),
+            refetch_cooldown_s=settings.jwks_refetch_cooldown_s,
+            ttl_s=settings.jwks_cache_ttl_s,
+            insecure_hosts=settings.jwks_insecure_hosts,
+        )
         for cfg in settings.jwt_external_issuers
     ]
     return own, TokenVerifier(own, external)

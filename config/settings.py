@@ -189,6 +189,14 @@ class Settings(BaseSettings):
     auth_per_ip_per_min: int = Field(20, ge=1, description="signups + logins per client address per minute")
     login_per_email_per_hour: int = Field(30, ge=1, description="logins per email per hour")
     login_lockout_after: int = Field(5, ge=1, description="consecutive failed logins before an email locks")
+    jwks_cache_ttl_s: float = Field(
+        3600.0, gt=0, description="JWKS keys are refetched after this, even for a known kid"
+    )
+    jwks_insecure_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="hosts whose JWKS URL may be plain http (a loopback issuer in tests and "
+        "development only); every other JWKS URL must be https",
+    )
     login_lockout_base_s: int = Field(
         30, ge=1, description="first lockout; doubles with each further failure, at most an hour"
     )
@@ -241,7 +249,7 @@ class Settings(BaseSettings):
             self.blob_dir = self.data_dir / "blobs"
         return self
 
-    @field_validator("image_models", "webhook_allowed_hosts", mode="before")
+    @field_validator("image_models", "webhook_allowed_hosts", "jwks_insecure_hosts", mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:
         # Accept "a,b" as well as a JSON list so the variable is easy to set by hand.

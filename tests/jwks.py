@@ -23,6 +23,8 @@ class JwksEndpoint:
         self.document: Any = {"keys": []}
         self.raw: bytes | None = None  # served instead of the document when set
         self.status = 200
+        self.send_length = True  # False: no Content-Length, the body ends when the connection closes
+        self.redirect_to: str | None = None  # answer 302 to this location instead
         self.fetches = 0
         self._lock = threading.Lock()
         endpoint = self
@@ -31,10 +33,19 @@ class JwksEndpoint:
             def do_GET(self) -> None:
                 with endpoint._lock:
                     endpoint.fetches += 1
+                if endpoint.redirect_to is not None:
+                    self.send_response(302)
+                    self.send_header("location", endpoint.redirect_to)
+                    self.send_header("content-length", "0")
+                    self.end_headers()
+                    return
                 body = endpoint.raw if endpoint.raw is not None else json.dumps(endpoint.document).encode()
                 self.send_response(endpoint.status)
                 self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(body)))
+                if endpoint.send_length:
+                    self.send_header("content-length", str(len(body)))
+                else:
+                    self.close_connection = True
                 self.end_headers()
                 self.wfile.write(body)
 
@@ -47,6 +58,7 @@ class JwksEndpoint:
 
     def reset(self, keys: list[dict[str, Any]]) -> None:
         self.document, self.raw, self.status, self.fetches = {"keys": keys}, None, 200, 0
+        self.send_length, self.redirect_to = True, None
 
 
 @contextmanager

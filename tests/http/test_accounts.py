@@ -748,6 +748,7 @@ def test_external_issuer_tokens_over_http(tmp_path) -> None:
             dev_secret_path=tmp_path / "dev-secret",
             jwt_external_issuers=[{"issuer": issuer, "jwks_url": endpoint.url, "audience": audience}],
             jwks_refetch_cooldown_s=60,
+            jwks_insecure_hosts=["127.0.0.1"],  # the test issuer is plain http on loopback
         )
         app = create_app(settings)
         store = SQLiteStore(settings.sqlite_path)
@@ -781,6 +782,60 @@ def test_external_issuer_tokens_over_http(tmp_path) -> None:
                 "/v1/auth/login", json={"email": "ext@example.com", "password": "guess it 123"}
             )
             assert_error(login_attempt, 401, "invalid_credentials")
+        store.close()
+
+
+def test_an_unreachable_or_broken_issuer_is_a_503_over_http(tmp_path) -> None:
+    """When an external issuer's JWKS cannot be fetched (nothing listens, or it answers garbage)
+    its tokens are answered 503 ``issuer_unavailable`` with ``Retry-After`` in the JSON error
+    shape: never a 500, and not a 401 that would tell the client its token is bad. A token with
+    an unknown kid while the issuer answers well stays a 401."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from starlette.testclient import TestClient
+
+    from api.app import create_app
+    from auth.accounts import Accounts
+    from config import Settings
+    from store.sqlite import SQLiteStore
+    from tests.jwks import rsa_jwk, serving
+
+    down, broken, healthy = (f"https://{name}.example.test/" for name in ("down", "broken", "healthy"))
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    now = int(datetime.now(UTC).timestamp())
+
+    def bearer_for(issuer: str, kid: str = "k1") -> dict[str, str]:
+        claims = {"iss": issuer, "aud": "verity-external", "sub": "ext-7", "iat": now, "exp": now + 300}
+        return {"Authorization": f"Bearer {jwt.encode(claims, key, algorithm='RS256', headers={'kid': kid})}"}
+
+    with serving() as gone:
+        gone_url = gone.url
+    with serving() as garbage, serving() as good:
+        garbage.raw = b"<html>502 Bad Gateway</html>"
+        good.reset([rsa_jwk(key, "k1")])
+        issuers = [
+            {"issuer": down, "jwks_url": gone_url, "audience": "verity-external"},
+            {"issuer": broken, "jwks_url": garbage.url, "audience": "verity-external"},
+            {"issuer": healthy, "jwks_url": good.url, "audience": "verity-external"},
+        ]
+        settings = Settings(
+            sqlite_path=tmp_path / "verity.db",
+            dev_secret_path=tmp_path / "dev-secret",
+            jwt_external_issuers=issuers,
+            jwks_insecure_hosts=["127.0.0.1"],
+        )
+        app = create_app(settings)
+        store = SQLiteStore(settings.sqlite_path)
+        app.state.accounts = Accounts(store, settings)
+        with TestClient(app, raise_server_exceptions=False) as http:
+            for issuer in (down, broken):
+                for method, path in (("GET", "/v1/auth/me"), ("POST", "/v1/detect/image")):
+                    response = http.request(method, path, headers=bearer_for(issuer))
+                    error = assert_error(response, 503, "issuer_unavailable")
+                    assert int(response.headers["retry-after"]) >= 1
+                    assert issuer in error["message"]
+            assert garbage.fetches == 1  # the failed fetch is retried once per cooldown, not per token
+            assert http.get("/v1/auth/me", headers=bearer_for(healthy)).status_code == 200
+            assert_error(http.get("/v1/auth/me", headers=bearer_for(healthy, "k9")), 401, "invalid_token")
         store.close()
 
 

@@ -23,8 +23,16 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm
 
-from auth.tokens import LEEWAY_S, REQUIRED_CLAIMS, ExternalIssuer, JwksVerifier, OwnTokens, TokenVerifier
-from errors import Unauthorized
+from auth.tokens import (
+    LEEWAY_S,
+    MAX_JWKS_BYTES,
+    REQUIRED_CLAIMS,
+    ExternalIssuer,
+    JwksVerifier,
+    OwnTokens,
+    TokenVerifier,
+)
+from errors import ServiceUnavailable, Unauthorized
 from tests.jwks import JwksEndpoint, rsa_jwk, serving
 
 pytestmark = pytest.mark.unit
@@ -343,9 +351,33 @@ def external_token(key: Any, kid: str, algorithm: str = "RS256", **overrides: An
     return jwt.encode(claims, key, algorithm=algorithm, headers={"kid": kid})
 
 
-def jwks_verifier(endpoint: JwksEndpoint, cooldown_s: float = 60.0, **config: Any) -> JwksVerifier:
+def jwks_verifier(
+    endpoint: JwksEndpoint, cooldown_s: float = 60.0, verifier: dict[str, Any] | None = None, **config: Any
+) -> JwksVerifier:
+    """A verifier of the test issuer; the endpoint is plain http on 127.0.0.1, so allow-listed."""
     issuer = ExternalIssuer(issuer=EXT_ISSUER, jwks_url=endpoint.url, audience=EXT_AUDIENCE, **config)
-    return JwksVerifier(issuer, refetch_cooldown_s=cooldown_s)
+    options = {"insecure_hosts": ["127.0.0.1"], **(verifier or {})}
+    return JwksVerifier(issuer, refetch_cooldown_s=cooldown_s, **options)
+
+
+def unavailable(verifier: Any, token: str) -> ServiceUnavailable:
+    """The issuer's keys cannot be had: a 503 to retry, never a 401 (nor an exception: a 500)."""
+    with pytest.raises(ServiceUnavailable) as raised:
+        verifier.verify(token)
+    assert raised.value.status == 503
+    assert raised.value.code == "issuer_unavailable", raised.value.message
+    assert int(raised.value.headers["Retry-After"]) >= 1
+    return raised.value
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def test_external_issuers_need_pinned_asymmetric_algorithms(endpoint) -> None:
@@ -465,21 +497,180 @@ def test_external_claims_are_checked(endpoint, rsa_key) -> None:
         {"raw": b"<html>502 Bad Gateway</html>"},
         {"raw": b"[1, 2, 3]"},
         {"raw": b'{"keys": "none"}'},
-        {"document": {"keys": [42, "x", {"kty": "nope"}]}},
+        {"raw": b'{"keys": [' + b"[" * 100_000 + b"]"},  # nesting: RecursionError in json
+        {"raw": b"\xff\xfe\x00garbage"},
         {"status": 500},
+        {"status": 404},
+        {"redirect_to": "http://localhost:9/jwks.json"},  # a hop off the allow-list
+        {"redirect_to": "file:///etc/passwd"},
     ],
-    ids=["html", "list", "keys-not-list", "junk-keys", "http-500"],
+    ids=[
+        "html",
+        "list",
+        "keys-not-list",
+        "deep-nesting",
+        "binary",
+        "http-500",
+        "http-404",
+        "redirect",
+        "file",
+    ],
 )
-def test_a_broken_jwks_endpoint_is_a_401_not_a_crash(endpoint, rsa_key, broken: dict[str, Any]) -> None:
+def test_a_broken_jwks_endpoint_is_a_503_not_a_401_or_a_crash(
+    endpoint, rsa_key, broken: dict[str, Any]
+) -> None:
     endpoint.reset([rsa_jwk(rsa_key, "k1")])
     for attribute, value in broken.items():
         setattr(endpoint, attribute, value)
     verifier = jwks_verifier(endpoint, cooldown_s=0.2)
-    rejected(verifier, external_token(rsa_key, "k1"))
+    unavailable(verifier, external_token(rsa_key, "k1"))
+    unavailable(verifier, external_token(rsa_key, "k1"))  # within the cooldown: no second fetch
     assert endpoint.fetches == 1
     endpoint.reset([rsa_jwk(rsa_key, "k1")])  # the issuer recovers
     time.sleep(0.3)
     assert verifier.verify(external_token(rsa_key, "k1")).subject == "ext-user-1"
+
+
+def test_a_jwks_document_of_unusable_keys_is_a_healthy_fetch(endpoint, rsa_key) -> None:
+    """The issuer answered with a well-formed document: its junk keys are skipped, and a token
+    whose kid is not among the usable ones is a plain 401."""
+    endpoint.reset([42, "x", {"kty": "nope", "kid": "k1"}, {"kty": "RSA", "kid": "k2"}])  # type: ignore[list-item]
+    verifier = jwks_verifier(endpoint)
+    rejected(verifier, external_token(rsa_key, "k1"))
+    assert endpoint.fetches == 1
+
+
+def test_an_unreachable_issuer_is_a_503(rsa_key) -> None:
+    with serving() as gone:
+        url = gone.url
+    # Nothing listens on that port any more: connection refused.
+    issuer = ExternalIssuer(issuer=EXT_ISSUER, jwks_url=url, audience=EXT_AUDIENCE)
+    verifier = JwksVerifier(issuer, insecure_hosts=["127.0.0.1"])
+    unavailable(verifier, external_token(rsa_key, "k1"))
+    unavailable(TokenVerifier(own("HS256"), [verifier]), external_token(rsa_key, "k1"))
+
+
+# --- JWKS URLs: https only ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://issuer.example.test/.well-known/jwks.json",
+        "http://127.0.0.1:8080/jwks.json",  # loopback too, unless allow-listed
+        "ftp://issuer.example.test/jwks.json",
+        "file:///etc/jwks.json",
+        "https:///jwks.json",  # no host
+        "https://user:secret@issuer.example.test/jwks.json",
+        "issuer.example.test/jwks.json",
+    ],
+)
+def test_a_jwks_url_that_is_not_https_is_refused_at_start(url: str) -> None:
+    issuer = ExternalIssuer(issuer=EXT_ISSUER, jwks_url=url, audience=EXT_AUDIENCE)
+    with pytest.raises(ValueError, match="JWKS URL"):
+        JwksVerifier(issuer)
+    if not url.startswith("http://"):  # the allow-list admits plain http, nothing else
+        with pytest.raises(ValueError, match="JWKS URL"):
+            JwksVerifier(issuer, insecure_hosts=["issuer.example.test", "localhost"])
+
+
+def test_http_is_accepted_only_for_allow_listed_hosts() -> None:
+    def verifier(url: str, hosts: list[str]) -> JwksVerifier:
+        return JwksVerifier(
+            ExternalIssuer(issuer=EXT_ISSUER, jwks_url=url, audience=EXT_AUDIENCE), insecure_hosts=hosts
+        )
+
+    verifier("https://issuer.example.test/.well-known/jwks.json", [])
+    verifier("http://127.0.0.1:8080/jwks.json", ["127.0.0.1"])
+    verifier("http://LOCALHOST:8080/jwks.json", ["localhost"])
+    with pytest.raises(ValueError, match="https"):
+        verifier("http://127.0.0.2:8080/jwks.json", ["127.0.0.1"])
+
+
+def test_the_settings_refuse_an_http_jwks_url_at_start(tmp_path) -> None:
+    from auth.accounts import build_token_verifier
+    from config import Settings
+
+    issuers = [{"issuer": EXT_ISSUER, "jwks_url": "http://127.0.0.1:1/jwks.json", "audience": EXT_AUDIENCE}]
+    base = {"dev_secret_path": tmp_path / "dev-secret", "jwt_external_issuers": issuers}
+    with pytest.raises(ValueError, match="must be https"):
+        build_token_verifier(Settings(**base))
+    _, router = build_token_verifier(Settings(**base, jwks_insecure_hosts="127.0.0.1"))
+    assert EXT_ISSUER in router.external
+    # The variable takes a comma-separated list, like VERITY_WEBHOOK_ALLOWED_HOSTS.
+    assert Settings(jwks_insecure_hosts="127.0.0.1, localhost").jwks_insecure_hosts == [
+        "127.0.0.1",
+        "localhost",
+    ]
+
+
+# --- JWKS responses: bounded size ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("send_length", [True, False], ids=["declared", "undeclared"])
+def test_an_oversized_jwks_document_is_a_failed_fetch(endpoint, rsa_key, send_length: bool) -> None:
+    document = {"keys": [rsa_jwk(rsa_key, "k1")], "padding": "x" * MAX_JWKS_BYTES}
+    endpoint.reset([])
+    endpoint.raw = json.dumps(document).encode()
+    endpoint.send_length = send_length
+    verifier = jwks_verifier(endpoint)
+    unavailable(verifier, external_token(rsa_key, "k1"))
+    assert endpoint.fetches == 1
+    # Just under the cap is fine (the cap is on bytes read, not on the key count).
+    endpoint.reset([])
+    endpoint.raw = json.dumps({**document, "padding": "x" * (MAX_JWKS_BYTES - 2000)}).encode()
+    endpoint.send_length = send_length
+    assert len(endpoint.raw) <= MAX_JWKS_BYTES
+    assert jwks_verifier(endpoint).verify(external_token(rsa_key, "k1")).subject == "ext-user-1"
+
+
+# --- JWKS cache: expiry and stale-if-error ------------------------------------------------------
+
+
+def test_cached_keys_expire_and_are_refetched_even_for_a_known_kid(endpoint, rsa_key) -> None:
+    clock = FakeClock()
+    endpoint.reset([rsa_jwk(rsa_key, "k1")])
+    verifier = jwks_verifier(endpoint, verifier={"ttl_s": 600, "clock": clock})
+    token = external_token(rsa_key, "k1")
+    assert verifier.verify(token).subject == "ext-user-1"
+    clock.now += 599
+    assert verifier.verify(token).subject == "ext-user-1"
+    assert endpoint.fetches == 1  # within the TTL: the cache answers
+    clock.now += 2
+    assert verifier.verify(token).subject == "ext-user-1"
+    assert endpoint.fetches == 2  # past it: refetched although k1 was known
+    # The issuer withdraws k1: once the TTL runs out again, k1 tokens stop.
+    endpoint.reset([])
+    clock.now += 601
+    rejected(verifier, token)
+    assert endpoint.fetches == 1
+
+
+def test_stale_keys_serve_for_a_bounded_time_when_the_refetch_fails(endpoint, rsa_key) -> None:
+    clock = FakeClock()
+    endpoint.reset([rsa_jwk(rsa_key, "k1")])
+    options = {"ttl_s": 600, "stale_s": 300, "clock": clock}
+    verifier = jwks_verifier(endpoint, cooldown_s=60, verifier=options)
+    token = external_token(rsa_key, "k1")
+    assert verifier.verify(token).subject == "ext-user-1"
+
+    endpoint.status = 503  # the issuer goes down
+    clock.now += 650
+    assert verifier.verify(token).subject == "ext-user-1"  # stale, within the grace
+    assert endpoint.fetches == 2
+    clock.now += 30
+    assert verifier.verify(token).subject == "ext-user-1"
+    assert endpoint.fetches == 2  # failed refetches are retried once per cooldown, not per token
+    # A kid it never saw cannot be told apart from a rotation the outage hides: 503, not 401.
+    unavailable(verifier, external_token(rsa_key, "k-new"))
+    clock.now += 250  # 930 s since the good fetch: past TTL + stale
+    unavailable(verifier, token)
+    assert endpoint.fetches == 3
+
+    endpoint.reset([rsa_jwk(rsa_key, "k1")])  # back up
+    clock.now += 60
+    assert verifier.verify(token).subject == "ext-user-1"
+    assert endpoint.fetches == 1
 
 
 def test_router_sends_each_token_to_its_issuer(endpoint, rsa_key, verifiers) -> None:
