@@ -210,7 +210,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "upload_not_found": (404, "no such upload of yours (or it expired)"),
     "job_not_found": (404, "no such job of yours"),
     "method_not_allowed": (405, "the route exists for other methods (listed in `Allow`)"),
-    "email_taken": (409, "the email is already registered"),
+    "email_taken": (409, "the email is already registered (signups are throttled per address)"),
     "too_many_keys": (409, "the account holds `VERITY_MAX_KEYS_PER_USER` unrevoked keys already"),
     "upload_incomplete": (409, "a job for an upload whose file was never sent"),
     "upload_in_use": (409, "the upload already belongs to another job"),

@@ -122,7 +122,14 @@ ThrottleDep = Annotated[AuthThrottle, Depends(throttle_of)]
 async def signup(
     body: SignupRequest, request: Request, accounts: AccountsDep, throttle: ThrottleDep
 ) -> dict[str, Any]:
-    """Throttled per client address (auth/throttle.py); `VERITY_SIGNUP_POLICY` decides who may."""
+    """Throttled per client address (auth/throttle.py); `VERITY_SIGNUP_POLICY` decides who may.
+
+    A registered email is answered 409 `email_taken`, on purpose: a generic answer would need a
+    confirmation mail to tell the real owner anything, and this answer carries the first API key.
+    That it tells whether an address has an account is bounded by the per-address throttle
+    (`VERITY_AUTH_PER_IP_PER_MIN`), which counts these attempts like any other (429 past it,
+    taken email or not), and by bcrypt: the 409 takes as long as a signup. Login, where
+    guessing pays, answers alike for a wrong password and an unknown email."""
     settings = accounts.settings
     if settings.signup_policy == "closed":
         raise Forbidden("signing up is closed on this service; ask its operators", code="signup_closed")

@@ -14,7 +14,7 @@ from typing import Any
 from auth import api_keys, passwords
 from auth.principal import Principal
 from auth.quotas import Clock, utc_now
-from auth.tokens import ExternalIssuer, JwksVerifier, OwnTokens, TokenVerifier
+from auth.tokens import Claims, ExternalIssuer, JwksVerifier, OwnTokens, TokenVerifier
 from config import Settings
 from errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 from store.base import Store
@@ -185,13 +185,30 @@ class Accounts:
         user_id = "usr_ext_" + hashlib.sha256(f"{claims.issuer}|{claims.subject}".encode()).hexdigest()[:24]
         user = self.store.get_user(user_id)
         if user is None:
-            email = (claims.email or f"{claims.subject}@{user_id}.external").lower()
+            user = self._create_external(user_id, claims)
+        return Principal(user=self._active(user), method="jwt")
+
+    def _create_external(self, user_id: str, claims: Claims) -> User | None:
+        """The account of an external identity. Its ``email`` claim is kept only when the issuer
+        says it verified it (``email_verified``): many issuers let a user type any address, and
+        an unverified claim would let one take the address of someone else (or squat it before
+        they sign up). Otherwise, and when the verified address belongs to another account
+        already, the account gets a synthetic address that cannot collide."""
+        synthetic = f"{claims.subject}@{user_id}.external".lower()
+        flag = claims.raw.get("email_verified")
+        verified = flag is True or flag == "true"  # some issuers (Cognito) send the string
+        addresses = [claims.email.lower(), synthetic] if verified and claims.email else [synthetic]
+        for email in addresses:
             user = User(id=user_id, email=email, password_hash="!", created_at=_iso(self.clock()))
             try:
                 self.store.create_user(user, None)
-            except Exception:  # noqa: BLE001 - a concurrent first request created it
-                user = self.store.get_user(user_id)
-        return Principal(user=self._active(user), method="jwt")
+                return user
+            except Conflict:
+                existing = self.store.get_user(user_id)
+                if existing is not None:  # a concurrent first request created it
+                    return existing
+                # else: the address belongs to another account; try the next one
+        return None
 
     # keys ------------------------------------------------------------------------------------
     def create_key(self, user: User, name: str, *, replaces_one: bool = False) -> tuple[ApiKey, str]:

@@ -46,7 +46,9 @@ class Store(ABC):
 
     @abstractmethod
     def delete_user(self, user_id: str) -> bool:
-        """Delete the user with all their keys, counters and history."""
+        """Delete the user with all their keys, history and lifetime count. The day's and
+        minute's quota counters stay until they expire on their own, so that an account deleted
+        and made again with the same id (an external identity) does not start the day afresh."""
 
     # keys ------------------------------------------------------------------------------------
     @abstractmethod

@@ -43,6 +43,11 @@ ATTRIBUTE_DEFINITIONS = [
 BILLING_MODE = "PAY_PER_REQUEST"
 TTL_ATTRIBUTE = "ttl"
 
+# The day's and minute's quota counters outlive a deleted account until their TTL removes them:
+# deleting and re-creating an account (an external identity comes back with the same id) must not
+# reset the day's quota. The lifetime count (TOTAL) goes with the account.
+QUOTA_COUNTERS = ("DAY#", "MIN#")
+
 _USER_FIELDS = ("id", "email", "password_hash", "created_at", "role", "daily_limit", "disabled")
 _KEY_FIELDS = (
     "id",
@@ -257,6 +262,8 @@ class DynamoDBStore(DynamoTable, Store):
         try:
             with self.table.batch_writer() as batch:
                 for item in items:
+                    if item["sk"].startswith(QUOTA_COUNTERS):
+                        continue  # left to their TTL: see QUOTA_COUNTERS
                     if item["sk"].startswith("KEY#"):
                         batch.delete_item(Key={"pk": f"KEY#{item['digest']}", "sk": "KEY"})
                     batch.delete_item(Key={"pk": item["pk"], "sk": item["sk"]})

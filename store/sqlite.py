@@ -6,6 +6,7 @@ import json
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,10 +30,17 @@ CREATE TABLE IF NOT EXISTS api_keys (
 );
 CREATE INDEX IF NOT EXISTS api_keys_user ON api_keys(user_id);
 CREATE TABLE IF NOT EXISTS counters (
-    user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE, bucket TEXT NOT NULL,
+    user_id TEXT NOT NULL, bucket TEXT NOT NULL,
     count INTEGER NOT NULL, expires_at INTEGER, PRIMARY KEY (user_id, bucket)
 );
 """
+# Quota counters name their user without a foreign key: they outlive the account until they
+# expire, so that deleting an account (an external identity comes back with the same id) does
+# not reset the day's quota. delete_user removes the lifetime count and sweeps the expired rows.
+_COUNTERS_TABLE = """CREATE TABLE counters (
+    user_id TEXT NOT NULL, bucket TEXT NOT NULL,
+    count INTEGER NOT NULL, expires_at INTEGER, PRIMARY KEY (user_id, bucket)
+)"""
 # fake_probability is null for a NO_FACE result (faces=auto or video without any face).
 _DETECTIONS_TABLE = """CREATE TABLE IF NOT EXISTS detections (
     id TEXT PRIMARY KEY, user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
@@ -146,8 +154,31 @@ class SQLiteStore(SQLiteDatabase, Store):
         super().__init__(path)
         try:
             self._allow_null_probability()
+            self._counters_outlive_users()
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open the SQLite store at {self.path}: {exc}") from exc
+
+    def _counters_outlive_users(self) -> None:
+        """Databases made before declared ``counters.user_id`` a foreign key with ON DELETE
+        CASCADE, which wiped the day's quota with the account; the table is rebuilt without it in
+        one transaction, every row copied."""
+
+        def cascades(db: sqlite3.Connection) -> bool:
+            return bool(db.execute("PRAGMA foreign_key_list(counters)").fetchall())
+
+        if not cascades(self._connection()):
+            return
+        with self._tx(immediate=True) as tx:
+            if not cascades(tx):  # another process migrated it meanwhile
+                return
+            tx.execute("ALTER TABLE counters RENAME TO counters_old")
+            tx.execute(_COUNTERS_TABLE)
+            tx.execute(
+                "INSERT INTO counters (user_id, bucket, count, expires_at) "
+                "SELECT user_id, bucket, count, expires_at FROM counters_old"
+            )
+            tx.execute("DROP TABLE counters_old")
+        log.info("migrated %s: quota counters no longer go with their account", self.path)
 
     def _allow_null_probability(self) -> None:
         """Databases made before NO_FACE results (``fake_probability`` null) declared the column
@@ -216,7 +247,16 @@ class SQLiteStore(SQLiteDatabase, Store):
 
     def delete_user(self, user_id: str) -> bool:
         with self._tx(immediate=True) as db:
-            return db.execute("DELETE FROM users WHERE id = ?", (user_id,)).rowcount > 0
+            deleted = db.execute("DELETE FROM users WHERE id = ?", (user_id,)).rowcount > 0
+            # The day's and minute's counters stay until they expire (the table's comment says
+            # why); the lifetime count goes with the account. Expired counters of accounts
+            # deleted before are swept here, as nothing else would ever touch them again.
+            db.execute("DELETE FROM counters WHERE user_id = ? AND expires_at IS NULL", (user_id,))
+            db.execute(
+                "DELETE FROM counters WHERE expires_at < ? AND user_id NOT IN (SELECT id FROM users)",
+                (int(time.time()),),
+            )
+        return deleted
 
     # keys ------------------------------------------------------------------------------------
     @staticmethod

@@ -411,7 +411,8 @@ def test_delete_me_removes_the_account_and_its_data(client, user: Account, accou
     assert accounts.store.list_keys(user.user_id) == []
     assert accounts.store.get_detection(user.user_id, made["id"]) is None
     assert accounts.store.list_detections(user.user_id, 10, None).items == []
-    assert accounts.store.usage(user.user_id, datetime.now(UTC).strftime("%Y-%m-%d")) == (0, 0)
+    # The day's usage stays until it expires (a new account of the same id must not reset it).
+    assert accounts.store.usage(user.user_id, datetime.now(UTC).strftime("%Y-%m-%d")) == (1, 0)
     # The address is free again.
     response = client.post("/v1/auth/signup", json={"email": user.email, "password": TEST_PASSWORD})
     assert response.status_code == 201
@@ -754,7 +755,10 @@ def test_external_issuer_tokens_over_http(tmp_path) -> None:
         store = SQLiteStore(settings.sqlite_path)
         app.state.accounts = Accounts(store, settings)
         with TestClient(app) as http:
-            me = http.get("/v1/auth/me", headers=bearer_of(key, "k1", email="Ext@Example.com", role="admin"))
+            me = http.get(
+                "/v1/auth/me",
+                headers=bearer_of(key, "k1", email="Ext@Example.com", email_verified=True, role="admin"),
+            )
             assert me.status_code == 200, me.text
             profile = me.json()
             assert profile["auth"] == "jwt" and profile["email"] == "ext@example.com"
@@ -837,6 +841,98 @@ def test_an_unreachable_or_broken_issuer_is_a_503_over_http(tmp_path) -> None:
             assert http.get("/v1/auth/me", headers=bearer_for(healthy)).status_code == 200
             assert_error(http.get("/v1/auth/me", headers=bearer_for(healthy, "k9")), 401, "invalid_token")
         store.close()
+
+
+@contextlib.contextmanager
+def external_issuer_app(tmp_path):
+    """An app (no models) that accepts one external issuer, served by a real JWKS endpoint on
+    127.0.0.1; yields its client, its accounts and ``bearer(**claims)`` for that issuer's tokens."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from starlette.testclient import TestClient
+
+    from api.app import create_app
+    from auth.accounts import Accounts
+    from config import Settings
+    from store.sqlite import SQLiteStore
+    from tests.jwks import rsa_jwk, serving
+
+    issuer, audience = "https://idp.example.test/", "verity-external"
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+    def bearer_of(**extra: Any) -> dict[str, str]:
+        now = int(datetime.now(UTC).timestamp())
+        claims = {"iss": issuer, "aud": audience, "sub": "ext-1", "iat": now, "exp": now + 300, **extra}
+        return {
+            "Authorization": f"Bearer {jwt.encode(claims, key, algorithm='RS256', headers={'kid': 'k1'})}"
+        }
+
+    with serving() as endpoint:
+        endpoint.reset([rsa_jwk(key, "k1")])
+        settings = Settings(
+            sqlite_path=tmp_path / "verity.db",
+            dev_secret_path=tmp_path / "dev-secret",
+            jwt_external_issuers=[{"issuer": issuer, "jwks_url": endpoint.url, "audience": audience}],
+            jwks_insecure_hosts=["127.0.0.1"],
+        )
+        app = create_app(settings)
+        store = SQLiteStore(settings.sqlite_path)
+        accounts = app.state.accounts = Accounts(store, settings)
+        try:
+            with TestClient(app, raise_server_exceptions=False) as http:
+                yield http, accounts, bearer_of
+        finally:
+            store.close()
+
+
+def test_an_external_email_is_kept_only_when_the_issuer_verified_it(tmp_path) -> None:
+    """An unverified ``email`` claim is whatever the user typed at the issuer: it could name
+    someone else's address. It is kept only with ``email_verified: true``."""
+    with external_issuer_app(tmp_path) as (http, accounts, bearer_of):
+        cases = {
+            "verified": ({"email": "Alice@Example.com", "email_verified": True}, "alice@example.com"),
+            "verified-string": ({"email": "bob@example.com", "email_verified": "true"}, "bob@example.com"),
+            "unverified": ({"email": "carol@example.com", "email_verified": False}, None),
+            "unverified-string": ({"email": "dave@example.com", "email_verified": "false"}, None),
+            "no-claim": ({"email": "erin@example.com"}, None),
+            "truthy-but-not-true": ({"email": "frank@example.com", "email_verified": 1}, None),
+            # A verified address that another account holds already: a synthetic one, not a 401.
+            "verified-taken": ({"email": "alice@example.com", "email_verified": True}, None),
+        }
+        for subject, (claims, expected) in cases.items():
+            me = http.get("/v1/auth/me", headers=bearer_of(sub=subject, **claims))
+            assert me.status_code == 200, (subject, me.text)
+            profile = me.json()
+            synthetic = f"{subject}@{profile['id']}.external"
+            assert profile["email"] == (expected or synthetic), subject
+            assert accounts.store.get_user(profile["id"]).email == profile["email"]
+        # An unverified claim never takes an address: the real owner can still sign up with it.
+        signup = http.post("/v1/auth/signup", json={"email": "carol@example.com", "password": TEST_PASSWORD})
+        assert signup.status_code == 201, signup.text
+
+
+def test_a_deleted_external_account_comes_back_with_its_days_usage(tmp_path) -> None:
+    """An external identity's account id is derived from (issuer, subject): deleted, it is made
+    again by its next token. It used to come back with zeroed counters, a fresh daily quota."""
+    from auth.quotas import Meter, consume
+
+    with external_issuer_app(tmp_path) as (http, accounts, bearer_of):
+        headers = bearer_of(sub="ext-quota")
+        user_id = http.get("/v1/auth/me", headers=headers).json()["id"]
+        accounts.store.update_user(user_id, daily_limit=3)
+        user = accounts.store.get_user(user_id)
+        for _ in range(3):
+            assert consume(
+                accounts.store, user, Meter("image", 60), accounts.settings, accounts.clock()
+            ).decision.allowed
+        assert http.get("/v1/usage", headers=headers).json()["remaining"] == 0
+
+        assert http.delete("/v1/auth/me", headers=headers).status_code == 204
+        again = http.get("/v1/usage", headers=headers)  # the same identity, at once
+        assert again.status_code == 200, again.text
+        usage = again.json()
+        # A new account (the default limit again), but today's usage is still counted.
+        assert usage["requests_today"] == 3 and usage["remaining"] == accounts.settings.daily_limit - 3
+        assert accounts.store.get_user(user_id) is not None
 
 
 def test_login_takes_as_long_for_an_unknown_email(client, signup):

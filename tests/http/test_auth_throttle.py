@@ -55,6 +55,39 @@ def test_signups_and_logins_per_address_are_limited(client, settings, address, m
     assert login(client, unique_email(), TEST_PASSWORD, other).status_code == 401  # another address
 
 
+def test_a_taken_email_is_a_409_and_asking_again_and_again_is_throttled(
+    client, signup, settings, monkeypatch
+):
+    """The chosen answer to signing up with a registered email: 409 ``email_taken`` (a client must
+    be told why no account was made), not a generic answer; what keeps it from listing accounts
+    is the per-address throttle, which counts these attempts like any other and answers 429 past
+    the limit whether or not the email is taken. The 409 runs the same bcrypt as a signup, so it
+    is no faster either."""
+    monkeypatch.setattr(settings, "auth_per_ip_per_min", 3)
+    taken = signup().email
+    address = {"x-forwarded-for": next(_addresses)}
+    attempts = [
+        client.post("/v1/auth/signup", json={"email": taken, "password": TEST_PASSWORD}, headers=address)
+        for _ in range(3)
+    ]
+    for answer in attempts:
+        assert_error(answer, 409, "email_taken")
+    for email in (taken, unique_email()):  # past the limit the answer says nothing about the email
+        refused = client.post(
+            "/v1/auth/signup", json={"email": email, "password": TEST_PASSWORD}, headers=address
+        )
+        assert_error(refused, 429, "rate_limited")
+        assert 1 <= int(refused.headers["retry-after"]) <= 60
+    other = {"x-forwarded-for": next(_addresses)}
+    assert_error(
+        client.post(
+            "/v1/auth/signup", json={"email": taken.upper(), "password": TEST_PASSWORD}, headers=other
+        ),
+        409,
+        "email_taken",
+    )
+
+
 def test_the_client_cannot_choose_its_address(client, settings, monkeypatch):
     """Only the hop the trusted proxy appended counts: what a client writes to the left of it
     changes nothing."""

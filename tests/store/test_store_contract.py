@@ -399,7 +399,7 @@ def test_delete_user_cascades(store):
     assert all(store.get_detection(alice.id, d.id) is None for d in detections)
     assert store.list_detections(alice.id, 10, None).items == []
     assert store.stats(alice.id) == {}
-    assert store.usage(alice.id, DAY) == (0, 0)
+    assert store.usage(alice.id, DAY) == (1, 0)  # the day's count stays until it expires
     assert store.delete_user(alice.id) is False
 
     # Bob is untouched, and the email can sign up again.
@@ -410,6 +410,79 @@ def test_delete_user_cascades(store):
     again, _, _ = new_user(store, "alice@example.com")
     assert store.get_user_by_email("alice@example.com") == again
     assert [u.id for u in store.list_users(10, None).items] == sorted([bob.id, again.id])
+
+
+def test_deleting_an_account_does_not_reset_the_days_quota(store):
+    """An external identity's account has a deterministic id: deleted and made again on its next
+    token, it used to come back with zeroed counters (a fresh daily quota at will)."""
+    user = make_user("ext@example.com")
+    user.id = "usr_ext_0123456789abcdef01234567"
+    store.create_user(user, None)
+    for _ in range(2):
+        assert consume(store, user.id, daily=3, per_minute=2).allowed
+    assert not consume(store, user.id, daily=3, per_minute=2).allowed  # the minute's limit
+
+    assert store.delete_user(user.id)
+    assert store.get_user(user.id) is None
+    store.create_user(user, None)  # the same identity comes back at once
+    assert store.usage(user.id, DAY) == (2, 0)  # the day's count is kept; the lifetime one is not
+    refused = consume(store, user.id, daily=3, per_minute=2)
+    assert not refused.allowed and refused.scope == "minute"  # the minute's count is kept too
+    assert consume(store, user.id, daily=3, minute="image:203001011201", per_minute=2).allowed
+    refused = consume(store, user.id, daily=3, minute="image:203001011202", per_minute=2)
+    assert not refused.allowed and refused.scope == "daily"
+    assert store.usage(user.id, DAY) == (3, 1)
+    assert store.usage(user.id, NEXT_DAY) == (0, 1)  # a new day is a new bucket, as ever
+
+
+def test_sqlite_sweeps_expired_counters_of_deleted_accounts(tmp_path):
+    from store.sqlite import SQLiteStore
+
+    store = SQLiteStore(tmp_path / "verity.db")
+    gone = make_user()
+    store.create_user(gone, None)
+    old_day = "2001-01-01"
+    store.consume(gone.id, day=old_day, daily_limit=9, minute_bucket="image:1", minute_limit=9, expires_at=1)
+    assert consume(store, gone.id).allowed
+    assert store.delete_user(gone.id)
+    assert store.usage(gone.id, DAY) == (1, 0)  # today's stays until it expires ...
+    assert store.usage(gone.id, old_day) == (0, 0)  # ... an expired one is swept, nothing else would
+    rows = store._read("SELECT bucket FROM counters WHERE user_id = ?", (gone.id,))
+    assert sorted(r["bucket"] for r in rows) == [f"day:{DAY}", "image:203001011200"]
+    store.close()
+
+
+def test_sqlite_store_whose_counters_cascade_is_migrated_without_loss(tmp_path):
+    """Databases made before declared the counters' user a foreign key ON DELETE CASCADE: opening
+    one drops the cascade and keeps every counter."""
+    import sqlite3
+
+    from store.sqlite import SQLiteStore
+
+    path = tmp_path / "old.db"
+    user = make_user()
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE users (id TEXT PRIMARY KEY, email TEXT NOT NULL UNIQUE,"
+        " password_hash TEXT NOT NULL, created_at TEXT NOT NULL, role TEXT NOT NULL,"
+        " daily_limit INTEGER, disabled INTEGER NOT NULL);"
+        "CREATE TABLE counters (user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,"
+        " bucket TEXT NOT NULL, count INTEGER NOT NULL, expires_at INTEGER,"
+        " PRIMARY KEY (user_id, bucket));"
+        f"INSERT INTO users VALUES ('{user.id}', '{user.email}', 'x', '{NOW}', 'user', NULL, 0);"
+        f"INSERT INTO counters VALUES ('{user.id}', 'day:{DAY}', 4, {EXPIRES});"
+        f"INSERT INTO counters VALUES ('{user.id}', 'total', 9, NULL);"
+    )
+    old.commit()
+    old.close()
+    store = SQLiteStore(path)
+    assert store.usage(user.id, DAY) == (4, 9)
+    assert store.delete_user(user.id)
+    assert store.usage(user.id, DAY) == (4, 0)
+    store.close()
+    reopened = SQLiteStore(path)  # an already migrated file is left as it is
+    assert reopened.usage(user.id, DAY) == (4, 0)
+    reopened.close()
 
 
 # --- outages: fail closed ------------------------------------------------------------------
