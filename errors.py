@@ -191,6 +191,11 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "invalid_credentials": (401, "wrong email or password at login"),
     "account_disabled": (403, "an admin disabled the account (its keys and tokens stop at once)"),
     "admin_only": (403, "an admin route without the admin role"),
+    "insufficient_scope": (
+        403,
+        "the API key lacks the scope the route needs (`detect`, `read`, `keys`, `admin`), or asks to "
+        "grant one it lacks",
+    ),
     "signup_closed": (403, "`VERITY_SIGNUP_POLICY=closed`: no new accounts"),
     "invite_invalid": (403, "`VERITY_SIGNUP_POLICY=invite` and no valid, unexpired invite for this email"),
     "upload_signature_invalid": (
@@ -235,6 +240,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "weak_password": (422, "a password under 8 characters"),
     "password_too_long": (422, "a password over 72 bytes (bcrypt's limit)"),
     "invalid_key_name": (422, "a key name over 64 characters"),
+    "invalid_scope": (422, "a key scope that does not exist, none at all, or `admin` for a non-admin"),
     "unsupported_upload_type": (422, "an upload `content_type` that is not an image, video or audio type"),
     "invalid_upload_id": (422, "a malformed `upload_id`, or one where an upload key is made"),
     "invalid_idempotency_key": (422, "an Idempotency-Key that is not 1-255 printable ASCII characters"),

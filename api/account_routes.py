@@ -16,7 +16,7 @@ from auth.principal import Principal
 from auth.quotas import daily_limit_of, next_midnight
 from auth.throttle import AuthThrottle, client_address
 from errors import Forbidden, NotFound, ServiceUnavailable, Unauthorized
-from store.records import iso_epoch
+from store.records import SCOPES, iso_epoch
 
 router = APIRouter(responses=ACCOUNT_ERRORS)
 
@@ -45,10 +45,33 @@ def principal_of(
     return principal
 
 
+def _refuse_without(principal: Principal, scope: str) -> Principal:
+    if not principal.has_scope(scope):
+        raise Forbidden(
+            f"this API key lacks the `{scope}` scope; use a key that has it, or a login session",
+            code="insufficient_scope",
+        )
+    return principal
+
+
 def admin_of(principal: Annotated[Principal, Depends(principal_of)]) -> Principal:
     if not principal.is_admin:
         raise Forbidden("admin role required", code="admin_only")
-    return principal
+    return _refuse_without(principal, "admin")
+
+
+def needs_scope(scope: str) -> Any:
+    """A dependency: the caller, if it holds ``scope`` (store.records.SCOPES); else 403
+    ``insufficient_scope``. Login sessions hold every scope of their role."""
+
+    def dependency(request: Request, principal: Annotated[Principal, Depends(principal_of)]) -> Principal:
+        if not principal.has_scope(scope):
+            # The auth middleware metered a detection before any route ran: a refusal costs
+            # nothing (its settling reads the route's cost from the request state).
+            request.scope.setdefault("state", {})["cost_units"] = 0
+        return _refuse_without(principal, scope)
+
+    return dependency
 
 
 AccountsDep = Annotated[Accounts, Depends(accounts_of)]
@@ -56,6 +79,10 @@ AccountsDep = Annotated[Accounts, Depends(accounts_of)]
 RecordId = Annotated[str, Path(max_length=64, pattern=r"^[A-Za-z0-9_]+$")]
 CurrentPrincipal = Annotated[Principal, Depends(principal_of)]
 AdminPrincipal = Annotated[Principal, Depends(admin_of)]
+# What each route needs of an API key (README, "API key scopes").
+DetectPrincipal = Annotated[Principal, Depends(needs_scope("detect"))]
+ReadPrincipal = Annotated[Principal, Depends(needs_scope("read"))]
+KeysPrincipal = Annotated[Principal, Depends(needs_scope("keys"))]
 
 
 async def run(fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -85,6 +112,13 @@ class InviteRequest(StrictBody):
 
 class KeyRequest(StrictBody):
     name: str = Field("default", max_length=64)
+    scopes: list[Annotated[str, Field(max_length=32)]] | None = Field(
+        None,
+        max_length=8,
+        description="among detect, read, keys, admin (admins only); default: those of the key or "
+        "session making it. A key can grant only scopes it holds.",
+        examples=[["detect"], ["read"], ["detect", "read"]],
+    )
 
 
 class RollRequest(StrictBody):
@@ -96,8 +130,8 @@ class UserUpdate(StrictBody):
     disabled: bool | None = None
 
 
-def _shown_once(key: Any, secret: str) -> dict[str, Any]:
-    return {**key.public(), "key": secret, "note": "store this key now: it is shown only once"}
+def _shown_once(key: Any, secret: str, role: str) -> dict[str, Any]:
+    return {**key.public(role), "key": secret, "note": "store this key now: it is shown only once"}
 
 
 # --- auth ------------------------------------------------------------------------------------
@@ -138,7 +172,7 @@ async def signup(
     if settings.signup_policy == "invite":
         check_invite(settings, body.invite, body.email, now.timestamp())
     user, key, secret = await throttle.run_bcrypt(lambda: accounts.signup(body.email, body.password))
-    return {"user": user.public(settings.daily_limit), "api_key": _shown_once(key, secret)}
+    return {"user": user.public(settings.daily_limit), "api_key": _shown_once(key, secret, user.role)}
 
 
 @router.post("/v1/auth/login", tags=["auth"])
@@ -160,11 +194,18 @@ async def login(
 
 @router.get("/v1/auth/me", tags=["auth"])
 async def me(principal: CurrentPrincipal, accounts: AccountsDep) -> dict[str, Any]:
-    return {**principal.user.public(accounts.settings.daily_limit), "auth": principal.method}
+    """Any key or session; `scopes` says what this one may do."""
+    scopes = [s for s in SCOPES if principal.has_scope(s)]
+    return {
+        **principal.user.public(accounts.settings.daily_limit),
+        "auth": principal.method,
+        "scopes": scopes,
+    }
 
 
 @router.delete("/v1/auth/me", status_code=204, tags=["auth"])
-async def delete_me(request: Request, principal: CurrentPrincipal, accounts: AccountsDep) -> Response:
+async def delete_me(request: Request, principal: KeysPrincipal, accounts: AccountsDep) -> Response:
+    """Needs the `keys` scope: a leaked detection key must not delete the account."""
     jobs = getattr(request.app.state, "jobs", None)
     if jobs is not None:  # uploaded media first: the records that point at it go with the account
         await run(jobs.delete_user_media, principal.user_id)
@@ -175,37 +216,45 @@ async def delete_me(request: Request, principal: CurrentPrincipal, accounts: Acc
 # --- keys ------------------------------------------------------------------------------------
 
 
+# Key management needs the `keys` scope (a login session has it).
+
+
 @router.post("/v1/keys", status_code=201, tags=["keys"])
-async def create_key(body: KeyRequest, principal: CurrentPrincipal, accounts: AccountsDep) -> dict[str, Any]:
-    key, secret = await run(accounts.create_key, principal.user, body.name)
-    return _shown_once(key, secret)
+async def create_key(body: KeyRequest, principal: KeysPrincipal, accounts: AccountsDep) -> dict[str, Any]:
+    """`scopes` (optional): what the new key may do; it cannot exceed the caller's."""
+    key, secret = await run(
+        accounts.create_key, principal.user, body.name, scopes=body.scopes, within=principal.scopes
+    )
+    return _shown_once(key, secret, principal.user.role)
 
 
 @router.get("/v1/keys", tags=["keys"])
-async def list_keys(principal: CurrentPrincipal, accounts: AccountsDep) -> dict[str, Any]:
+async def list_keys(principal: KeysPrincipal, accounts: AccountsDep) -> dict[str, Any]:
     keys = await run(accounts.store.list_keys, principal.user_id)
-    return {"keys": [k.public() for k in keys]}
+    return {"keys": [k.public(principal.user.role) for k in keys]}
 
 
 @router.delete("/v1/keys/{key_id}", tags=["keys"])
-async def revoke_key(key_id: RecordId, principal: CurrentPrincipal, accounts: AccountsDep) -> dict[str, Any]:
-    return (await run(accounts.revoke_key, principal.user, key_id)).public()
+async def revoke_key(key_id: RecordId, principal: KeysPrincipal, accounts: AccountsDep) -> dict[str, Any]:
+    return (await run(accounts.revoke_key, principal.user, key_id)).public(principal.user.role)
 
 
 @router.post("/v1/keys/{key_id}/roll", status_code=201, tags=["keys"])
 async def roll_key(
-    key_id: RecordId, principal: CurrentPrincipal, accounts: AccountsDep, body: RollRequest | None = None
+    key_id: RecordId, principal: KeysPrincipal, accounts: AccountsDep, body: RollRequest | None = None
 ) -> dict[str, Any]:
+    """The successor keeps the old key's scopes, which the caller must hold too."""
     grace = body.grace_seconds if body else 0
-    new, secret, old = await run(accounts.roll_key, principal.user, key_id, grace)
-    return {"new_key": _shown_once(new, secret), "old_key": old.public()}
+    new, secret, old = await run(accounts.roll_key, principal.user, key_id, grace, within=principal.scopes)
+    role = principal.user.role
+    return {"new_key": _shown_once(new, secret, role), "old_key": old.public(role)}
 
 
 # --- usage, history, stats -------------------------------------------------------------------
 
 
 @router.get("/v1/usage", tags=["usage"])
-async def usage(principal: CurrentPrincipal, accounts: AccountsDep) -> dict[str, Any]:
+async def usage(principal: ReadPrincipal, accounts: AccountsDep) -> dict[str, Any]:
     now = accounts.clock()
     today, total = await run(accounts.store.usage, principal.user_id, now.strftime("%Y-%m-%d"))
     limit = daily_limit_of(principal.user, accounts.settings)
@@ -221,7 +270,7 @@ async def usage(principal: CurrentPrincipal, accounts: AccountsDep) -> dict[str,
 
 @router.get("/v1/history", tags=["history"])
 async def history(
-    principal: CurrentPrincipal,
+    principal: ReadPrincipal,
     accounts: AccountsDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(max_length=64)] = None,
@@ -232,7 +281,7 @@ async def history(
 
 @router.get("/v1/history/{detection_id}", tags=["history"])
 async def history_item(
-    detection_id: RecordId, principal: CurrentPrincipal, accounts: AccountsDep
+    detection_id: RecordId, principal: ReadPrincipal, accounts: AccountsDep
 ) -> dict[str, Any]:
     detection = await run(accounts.store.get_detection, principal.user_id, detection_id)
     if detection is None:
@@ -242,15 +291,16 @@ async def history_item(
 
 @router.delete("/v1/history/{detection_id}", status_code=204, tags=["history"])
 async def delete_history_item(
-    detection_id: RecordId, principal: CurrentPrincipal, accounts: AccountsDep
+    detection_id: RecordId, principal: DetectPrincipal, accounts: AccountsDep
 ) -> Response:
+    """Needs the `detect` scope (results are made and removed with it; `read` only reads)."""
     if not await run(accounts.store.delete_detection, principal.user_id, detection_id):
         raise NotFound("no such detection in your history", code="detection_not_found")
     return Response(status_code=204)
 
 
 @router.get("/v1/stats", tags=["history"])
-async def stats(principal: CurrentPrincipal, accounts: AccountsDep) -> dict[str, Any]:
+async def stats(principal: ReadPrincipal, accounts: AccountsDep) -> dict[str, Any]:
     per_modality = await run(accounts.store.stats, principal.user_id)
     totals = {"total": 0}
     for counts in per_modality.values():

@@ -292,7 +292,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     async def detect_image_route(
         request: Request,
-        principal: account_routes.CurrentPrincipal,
+        principal: account_routes.DetectPrincipal,
         accounts: account_routes.AccountsDep,
         model: Annotated[str | None, Query(description="catalog id; default: the served default")] = None,
         explain: Annotated[bool, Query(description="add an occlusion heatmap")] = False,
@@ -326,7 +326,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     async def detect_audio_route(
         request: Request,
-        principal: account_routes.CurrentPrincipal,
+        principal: account_routes.DetectPrincipal,
         accounts: account_routes.AccountsDep,
         model: Annotated[str | None, Query(description="catalog id; default: the served default")] = None,
     ) -> JSONResponse:
@@ -357,7 +357,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     async def detect_video_route(
         request: Request,
-        principal: account_routes.CurrentPrincipal,
+        principal: account_routes.DetectPrincipal,
         accounts: account_routes.AccountsDep,
         fps: Annotated[float | None, Query(gt=0, le=30, description="frames sampled per second")] = None,
         max_frames: Annotated[int | None, Query(ge=1, description="most frames sampled")] = None,

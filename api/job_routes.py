@@ -19,7 +19,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import Field, ValidationError
 
-from api.account_routes import CurrentPrincipal, RecordId, StrictBody, run
+from api.account_routes import DetectPrincipal, KeysPrincipal, ReadPrincipal, RecordId, StrictBody, run
 from api.openapi import error_responses
 from api.upload_form import receive_form
 from blobs.base import upload_key
@@ -88,7 +88,7 @@ class UploadRequest(StrictBody):
 
 
 @router.post("/v1/uploads", status_code=201, tags=["uploads"])
-async def create_upload(body: UploadRequest, request: Request, principal: CurrentPrincipal) -> dict[str, Any]:
+async def create_upload(body: UploadRequest, request: Request, principal: DetectPrincipal) -> dict[str, Any]:
     """A signed form for one upload: POST `fields` and then the file (field `file`, last) as
     multipart/form-data to `url`."""
     backend = backend_of(request)
@@ -209,7 +209,7 @@ def _options(request: Request, body: JobRequest) -> dict[str, Any]:
 async def submit_job(
     body: JobRequest,
     request: Request,
-    principal: CurrentPrincipal,
+    principal: DetectPrincipal,
     idempotency_key: Annotated[
         str | None, Header(description="the same key and body answer the same job; another body is a 409")
     ] = None,
@@ -289,7 +289,7 @@ async def _owned_job(backend: JobsBackend, user_id: str, job_id: str) -> Job:
 
 
 @router.get("/v1/jobs/{job_id}", tags=["jobs"])
-async def get_job(job_id: RecordId, request: Request, principal: CurrentPrincipal) -> dict[str, Any]:
+async def get_job(job_id: RecordId, request: Request, principal: ReadPrincipal) -> dict[str, Any]:
     backend = backend_of(request)
     job = await _owned_job(backend, principal.user_id, job_id)
     deliveries = (
@@ -303,7 +303,7 @@ async def get_job(job_id: RecordId, request: Request, principal: CurrentPrincipa
 @router.get("/v1/jobs", tags=["jobs"])
 async def list_jobs(
     request: Request,
-    principal: CurrentPrincipal,
+    principal: ReadPrincipal,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(max_length=64)] = None,
 ) -> dict[str, Any]:
@@ -313,7 +313,7 @@ async def list_jobs(
 
 
 @router.delete("/v1/jobs/{job_id}", tags=["jobs"])
-async def cancel_job(job_id: RecordId, request: Request, principal: CurrentPrincipal) -> dict[str, Any]:
+async def cancel_job(job_id: RecordId, request: Request, principal: DetectPrincipal) -> dict[str, Any]:
     """Cancel a queued or running job (a running one stops being tracked at once; its result, if
     it still comes, is dropped). A finished job is answered unchanged."""
     backend = backend_of(request)
@@ -335,9 +335,9 @@ async def cancel_job(job_id: RecordId, request: Request, principal: CurrentPrinc
 
 
 @router.post("/v1/webhook-secret", status_code=201, tags=["webhooks"])
-async def rotate_webhook_secret(request: Request, principal: CurrentPrincipal) -> dict[str, Any]:
+async def rotate_webhook_secret(request: Request, principal: KeysPrincipal) -> dict[str, Any]:
     """A new `whsec_` secret for this account's webhooks, shown once; the previous one stops
-    signing at once."""
+    signing at once. A secret like a key: it needs the `keys` scope."""
     secret = new_secret()
     await run(backend_of(request).stores.webhooks.set_secret, principal.user_id, secret, iso_now())
     return {

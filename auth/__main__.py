@@ -1,7 +1,7 @@
 """Ops CLI: accounts without HTTP (issue 3).
 
     python -m auth create-user --email ops@example.com --admin   # password: $VERITY_NEW_PASSWORD or prompt
-    python -m auth create-key --email ops@example.com --name ci
+    python -m auth create-key --email ops@example.com --name ci --scope detect --scope read
     python -m auth set-limit --email a@b.co --daily-limit 1000
     python -m auth disable --email a@b.co                      # keys and tokens stop at once
     python -m auth enable --email a@b.co
@@ -23,6 +23,7 @@ from config.startup import settings_or_exit
 from errors import NotFound, VerityError
 from logs import configure_logging
 from store.factory import make_store
+from store.records import SCOPES
 
 
 def _out(payload: object) -> None:
@@ -40,6 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     key = sub.add_parser("create-key", help="a new API key for a user (shown once)")
     key.add_argument("--email", required=True)
     key.add_argument("--name", default="cli")
+    key.add_argument(
+        "--scope",
+        action="append",
+        choices=SCOPES,
+        help="repeat for each scope (admin: admins only); default: every scope of the user's role",
+    )
     limit = sub.add_parser("set-limit", help="a user's daily request limit")
     limit.add_argument("--email", required=True)
     limit.add_argument("--daily-limit", type=int, required=True)
@@ -61,14 +68,15 @@ def _run(args: argparse.Namespace, accounts: Accounts) -> int:
     if args.command == "create-user":
         password = os.environ.get("VERITY_NEW_PASSWORD") or getpass.getpass("password: ")
         user, api_key, secret = accounts.signup(args.email, password, role="admin" if args.admin else "user")
-        _out({"user": user.public(settings.daily_limit), "api_key": {**api_key.public(), "key": secret}})
+        shown = {**api_key.public(user.role), "key": secret}
+        _out({"user": user.public(settings.daily_limit), "api_key": shown})
         return 0
     user = accounts.store.get_user_by_email(normalise_email(args.email))
     if user is None:
         raise NotFound(f"no user {args.email}", code="user_not_found")
     if args.command == "create-key":
-        api_key, secret = accounts.create_key(user, args.name)
-        _out({**api_key.public(), "key": secret})
+        api_key, secret = accounts.create_key(user, args.name, scopes=args.scope)
+        _out({**api_key.public(user.role), "key": secret})
     elif args.command == "set-limit":
         _out(accounts.store.update_user(user.id, daily_limit=args.daily_limit).public(settings.daily_limit))  # type: ignore[union-attr]
     else:

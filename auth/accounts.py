@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Collection
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from config import Settings
 from errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 from store.base import Store
 from store.ids import new_id
-from store.records import ApiKey, User
+from store.records import SCOPES, ApiKey, User, key_scopes, role_scopes
 
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]{2,}$")
 MAX_KEY_NAME = 64
@@ -110,7 +111,7 @@ class Accounts:
         self._pepper = settings.api_key_pepper.get_secret_value() if settings.api_key_pepper else None
 
     # ------------------------------------------------------------------------------------------
-    def _new_key(self, user_id: str, name: str) -> tuple[ApiKey, str]:
+    def _new_key(self, user_id: str, name: str, scopes: list[str]) -> tuple[ApiKey, str]:
         name = name.strip() or "default"
         if len(name) > MAX_KEY_NAME:
             raise InvalidInput(f"key name is longer than {MAX_KEY_NAME} characters", code="invalid_key_name")
@@ -122,6 +123,7 @@ class Accounts:
             digest=generated.digest,
             display_prefix=generated.display_prefix,
             created_at=_iso(self.clock()),
+            scopes=scopes,
         )
         return record, generated.secret
 
@@ -133,7 +135,7 @@ class Accounts:
             created_at=_iso(self.clock()),
             role=role,  # type: ignore[arg-type]
         )
-        key, secret = self._new_key(user.id, "default")
+        key, secret = self._new_key(user.id, "default", list(role_scopes(user.role)))
         self.store.create_user(user, key)
         return user, key, secret
 
@@ -175,18 +177,24 @@ class Accounts:
         user = self._active(self.store.get_user(key.user_id))
         if key.last_used_at is None or key.last_used_at[:16] != now[:16]:
             self.store.touch_key(key.id, key.digest, now)  # at most one write per key per minute
-        return Principal(user=user, method="api_key", key_id=key.id)
+        scopes = frozenset(key_scopes(key.scopes, user.role))
+        return Principal(user=user, method="api_key", key_id=key.id, scopes=scopes)
 
     def authenticate_bearer(self, token: str) -> Principal:
         claims = self.tokens.verify(token)
         if claims.issuer == self.own_tokens.issuer:
-            return Principal(user=self._active(self.store.get_user(claims.subject)), method="jwt")
+            return self._session(self._active(self.store.get_user(claims.subject)))
         # External issuer: one Verity account per (issuer, subject), made on first sight.
         user_id = "usr_ext_" + hashlib.sha256(f"{claims.issuer}|{claims.subject}".encode()).hexdigest()[:24]
         user = self.store.get_user(user_id)
         if user is None:
             user = self._create_external(user_id, claims)
-        return Principal(user=self._active(user), method="jwt")
+        return self._session(self._active(user))
+
+    @staticmethod
+    def _session(user: User) -> Principal:
+        """A login session (a JWT) keeps every right of its role: scopes limit keys only."""
+        return Principal(user=user, method="jwt", scopes=frozenset(role_scopes(user.role)))
 
     def _create_external(self, user_id: str, claims: Claims) -> User | None:
         """The account of an external identity. Its ``email`` claim is kept only when the issuer
@@ -211,9 +219,22 @@ class Accounts:
         return None
 
     # keys ------------------------------------------------------------------------------------
-    def create_key(self, user: User, name: str, *, replaces_one: bool = False) -> tuple[ApiKey, str]:
+    def create_key(
+        self,
+        user: User,
+        name: str,
+        *,
+        scopes: Collection[str] | None = None,
+        within: Collection[str] | None = None,
+        replaces_one: bool = False,
+    ) -> tuple[ApiKey, str]:
         """A new key; at most ``VERITY_MAX_KEYS_PER_USER`` unrevoked ones (a roll's successor,
-        ``replaces_one``, does not count: the key it replaces is on its way out)."""
+        ``replaces_one``, does not count: the key it replaces is on its way out).
+
+        ``scopes`` (default: ``within``, else every scope of the user's role) must be known, and
+        `admin` only for an admin. ``within`` is what the caller holds: a key may grant only
+        scopes it has itself, or a `keys`-only key would mint a key that detects or reads."""
+        granted = self._scopes_for(user, scopes, within)
         if not replaces_one:
             live = sum(1 for k in self.store.list_keys(user.id) if k.revoked_at is None)
             if live >= self.settings.max_keys_per_user:
@@ -221,9 +242,30 @@ class Accounts:
                     f"at most {self.settings.max_keys_per_user} keys per account; revoke one first",
                     code="too_many_keys",
                 )
-        key, secret = self._new_key(user.id, name)
+        key, secret = self._new_key(user.id, name, granted)
         self.store.add_key(key)
         return key, secret
+
+    @staticmethod
+    def _scopes_for(user: User, asked: Collection[str] | None, within: Collection[str] | None) -> list[str]:
+        allowed = role_scopes(user.role)
+        if asked is None:
+            asked = [s for s in allowed if within is None or s in within]
+        unknown = sorted(set(asked) - set(SCOPES))
+        if unknown:
+            raise InvalidInput(
+                f"unknown scopes {unknown}; a key's scopes are among {list(SCOPES)}", code="invalid_scope"
+            )
+        if not asked:
+            raise InvalidInput("a key needs at least one scope", code="invalid_scope")
+        if "admin" in asked and "admin" not in allowed:
+            raise InvalidInput("the admin scope is for admin accounts only", code="invalid_scope")
+        beyond = sorted(set(asked) - set(within if within is not None else allowed))
+        if beyond:
+            raise Forbidden(
+                f"a key can grant only scopes its maker holds; missing {beyond}", code="insufficient_scope"
+            )
+        return [s for s in SCOPES if s in asked]  # the canonical order, without duplicates
 
     def revoke_key(self, user: User, key_id: str) -> ApiKey:
         key = self.store.revoke_key(user.id, key_id, _iso(self.clock()))
@@ -231,7 +273,11 @@ class Accounts:
             raise NotFound("no such key", code="key_not_found")
         return key
 
-    def roll_key(self, user: User, key_id: str, grace_s: int) -> tuple[ApiKey, str, ApiKey]:
+    def roll_key(
+        self, user: User, key_id: str, grace_s: int, *, within: Collection[str] | None = None
+    ) -> tuple[ApiKey, str, ApiKey]:
+        """A successor with the rolled key's scopes, shown once; ``within`` is what the caller
+        holds, which must cover them (a roll hands over a key as strong as the old one)."""
         if not 0 <= grace_s <= MAX_GRACE_S:
             raise InvalidInput(f"grace_seconds must be between 0 and {MAX_GRACE_S}", code="invalid_grace")
         old = next((k for k in self.store.list_keys(user.id) if k.id == key_id), None)
@@ -239,7 +285,9 @@ class Accounts:
         # push its expires_at out, keeping the old key alive for ever or reviving an expired one.
         if old is None or old.revoked_at is not None or old.expires_at is not None:
             raise NotFound("no such active key", code="key_not_found")
-        new, secret = self.create_key(user, old.name, replaces_one=True)
+        new, secret = self.create_key(
+            user, old.name, scopes=key_scopes(old.scopes, user.role), within=within, replaces_one=True
+        )
         now = self.clock()
         expires = None if grace_s == 0 else _iso(now + timedelta(seconds=grace_s))
         rolled = self.store.revoke_key(user.id, key_id, _iso(now), expires_at=expires, only_active=True)

@@ -59,6 +59,7 @@ _KEY_FIELDS = (
     "last_used_at",
     "revoked_at",
     "expires_at",
+    "scopes",  # a list; absent on keys made before scopes existed
 )
 
 
@@ -177,7 +178,10 @@ class DynamoDBStore(DynamoTable, Store):
     def _key(item: dict[str, Any] | None) -> ApiKey | None:
         if item is None:
             return None
-        return ApiKey(**{k: item.get(k) for k in _KEY_FIELDS})
+        key = ApiKey(**{k: item.get(k) for k in _KEY_FIELDS})
+        if key.scopes is not None:
+            key.scopes = [str(scope) for scope in key.scopes]
+        return key
 
     @staticmethod
     def _key_items(key: ApiKey) -> list[dict[str, Any]]:

@@ -8,6 +8,27 @@ from typing import Any, Literal
 
 Role = Literal["user", "admin"]
 
+# What an API key may do: `detect` (detections, uploads, jobs: make, cancel, delete), `read`
+# (usage, stats, history, jobs), `keys` (API keys, the webhook secret, deleting the account),
+# `admin` (the admin routes; honoured for admin accounts only).
+SCOPES = ("detect", "read", "keys", "admin")
+
+
+def role_scopes(role: str) -> tuple[str, ...]:
+    """Every scope an account of ``role`` can hold: what its login session has, and what a key
+    made before scopes existed keeps."""
+    return SCOPES if role == "admin" else tuple(s for s in SCOPES if s != "admin")
+
+
+def key_scopes(stored: list[str] | None, role: str) -> tuple[str, ...]:
+    """What a key with ``stored`` scopes can do for an account of ``role``: a key stored without
+    scopes (made before they existed) keeps everything its account could do, as it always did;
+    `admin` counts only for an admin account."""
+    allowed = role_scopes(role)
+    if stored is None:
+        return allowed
+    return tuple(s for s in SCOPES if s in stored and s in allowed)
+
 
 @dataclass
 class User:
@@ -41,12 +62,15 @@ class ApiKey:
     last_used_at: str | None = None
     revoked_at: str | None = None
     expires_at: str | None = None  # set when rolled with a grace period
+    scopes: list[str] | None = None  # None: made before scopes existed (see key_scopes)
 
-    def public(self) -> dict[str, Any]:
+    def public(self, role: Role = "user") -> dict[str, Any]:
+        """What the owner sees; ``scopes`` is what the key can do for an account of ``role``."""
         return {
             "id": self.id,
             "name": self.name,
             "prefix": self.display_prefix,
+            "scopes": list(key_scopes(self.scopes, role)),
             "created_at": self.created_at,
             "last_used_at": self.last_used_at,
             "revoked_at": self.revoked_at,

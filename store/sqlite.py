@@ -26,7 +26,7 @@ CREATE TABLE IF NOT EXISTS users (
 CREATE TABLE IF NOT EXISTS api_keys (
     id TEXT PRIMARY KEY, user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
     name TEXT NOT NULL, digest TEXT NOT NULL UNIQUE, display_prefix TEXT NOT NULL,
-    created_at TEXT NOT NULL, last_used_at TEXT, revoked_at TEXT, expires_at TEXT
+    created_at TEXT NOT NULL, last_used_at TEXT, revoked_at TEXT, expires_at TEXT, scopes TEXT
 );
 CREATE INDEX IF NOT EXISTS api_keys_user ON api_keys(user_id);
 CREATE TABLE IF NOT EXISTS counters (
@@ -70,7 +70,10 @@ def _user(row: sqlite3.Row | None) -> User | None:
 def _key(row: sqlite3.Row | None) -> ApiKey | None:
     if row is None:
         return None
-    return ApiKey(**{k: row[k] for k in row.keys()})  # noqa: SIM118 - sqlite3.Row is not a Mapping
+    fields = {k: row[k] for k in row.keys()}  # noqa: SIM118 - sqlite3.Row is not a Mapping
+    # A JSON list; NULL for keys made before scopes existed (they keep every scope of their role).
+    fields["scopes"] = json.loads(fields["scopes"]) if fields.get("scopes") is not None else None
+    return ApiKey(**fields)
 
 
 def _detection(row: sqlite3.Row) -> Detection:
@@ -155,8 +158,24 @@ class SQLiteStore(SQLiteDatabase, Store):
         try:
             self._allow_null_probability()
             self._counters_outlive_users()
+            self._keys_have_scopes()
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open the SQLite store at {self.path}: {exc}") from exc
+
+    def _keys_have_scopes(self) -> None:
+        """Databases made before API key scopes lack ``api_keys.scopes``: the column is added,
+        NULL for every existing key, which keeps the scopes it needs (store.records.key_scopes)."""
+
+        def has_column(db: sqlite3.Connection) -> bool:
+            return any(row["name"] == "scopes" for row in db.execute("PRAGMA table_info(api_keys)"))
+
+        if has_column(self._connection()):
+            return
+        with self._tx(immediate=True) as tx:
+            if has_column(tx):  # another process migrated it meanwhile
+                return
+            tx.execute("ALTER TABLE api_keys ADD COLUMN scopes TEXT")
+        log.info("migrated %s: api_keys.scopes added (existing keys keep their scopes)", self.path)
 
     def _counters_outlive_users(self) -> None:
         """Databases made before declared ``counters.user_id`` a foreign key with ON DELETE
@@ -262,7 +281,8 @@ class SQLiteStore(SQLiteDatabase, Store):
     @staticmethod
     def _insert_key(db: sqlite3.Connection, key: ApiKey) -> None:
         db.execute(
-            "INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO api_keys (id, user_id, name, digest, display_prefix, created_at, "
+            "last_used_at, revoked_at, expires_at, scopes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 key.id,
                 key.user_id,
@@ -273,6 +293,7 @@ class SQLiteStore(SQLiteDatabase, Store):
                 key.last_used_at,
                 key.revoked_at,
                 key.expires_at,
+                json.dumps(key.scopes) if key.scopes is not None else None,
             ),
         )
 

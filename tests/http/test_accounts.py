@@ -235,7 +235,10 @@ def test_named_key_is_shown_once_and_listed_without_secrets(client, api: Caller,
     assert set(keys) == {k.id for k in accounts.store.list_keys(api.account.user_id)}
     assert keys[new["id"]]["name"] == "ci runner"
     for key in keys.values():
-        assert set(key) == {"id", "name", "prefix", "created_at", "last_used_at", "revoked_at", "expires_at"}
+        assert set(key) == {
+            "id", "name", "prefix", "scopes", "created_at", "last_used_at", "revoked_at", "expires_at"
+        }  # fmt: skip
+        assert key["scopes"] == ["detect", "read", "keys"]  # a user's keys by default: all but admin
         assert key["prefix"].startswith("vk_live_") and len(key["prefix"]) == 14
     # Neither secret nor digest ever comes back.
     for stored in accounts.store.list_keys(api.account.user_id):

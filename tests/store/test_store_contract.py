@@ -154,6 +154,60 @@ def test_keys_add_find_list(store):
     assert {k.name for k in listed} == {"default", "ci"}
 
 
+def test_key_scopes_round_trip(store):
+    """A key stores its scopes (a list); a key stored without them (made before scopes existed)
+    reads back as None, which keeps every scope of its role (store.records.key_scopes)."""
+    user, first, _ = new_user(store)
+    scoped, _ = make_key(user.id, "ci")
+    scoped.scopes = ["detect", "read"]
+    store.add_key(scoped)
+    assert store.get_key_by_digest(scoped.digest).scopes == ["detect", "read"]
+    assert store.get_key_by_digest(first.digest).scopes is None
+    assert {k.name: k.scopes for k in store.list_keys(user.id)} == {"default": None, "ci": ["detect", "read"]}
+    rolled = store.revoke_key(user.id, scoped.id, NOW, expires_at="2030-01-01T13:00:00Z")
+    assert rolled.scopes == ["detect", "read"]  # writes to a key leave its scopes alone
+    store.touch_key(scoped.id, scoped.digest, NOW)
+    assert store.get_key_by_digest(scoped.digest).scopes == ["detect", "read"]
+
+
+def test_sqlite_keys_from_before_scopes_are_migrated_and_keep_working(tmp_path):
+    import sqlite3
+
+    from store.records import key_scopes
+    from store.sqlite import SQLiteStore
+
+    path = tmp_path / "old.db"
+    user = make_user()
+    key, _ = make_key(user.id)
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE users (id TEXT PRIMARY KEY, email TEXT NOT NULL UNIQUE,"
+        " password_hash TEXT NOT NULL, created_at TEXT NOT NULL, role TEXT NOT NULL,"
+        " daily_limit INTEGER, disabled INTEGER NOT NULL);"
+        "CREATE TABLE api_keys (id TEXT PRIMARY KEY,"
+        " user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,"
+        " name TEXT NOT NULL, digest TEXT NOT NULL UNIQUE, display_prefix TEXT NOT NULL,"
+        " created_at TEXT NOT NULL, last_used_at TEXT, revoked_at TEXT, expires_at TEXT);"
+        f"INSERT INTO users VALUES ('{user.id}', '{user.email}', 'x', '{NOW}', 'admin', NULL, 0);"
+        f"INSERT INTO api_keys VALUES ('{key.id}', '{user.id}', 'old', '{key.digest}',"
+        f" '{key.display_prefix}', '{NOW}', NULL, NULL, NULL);"
+    )
+    old.commit()
+    old.close()
+    store = SQLiteStore(path)
+    migrated = store.get_key_by_digest(key.digest)
+    assert migrated is not None and migrated.name == "old" and migrated.scopes is None
+    assert key_scopes(migrated.scopes, "admin") == ("detect", "read", "keys", "admin")
+    new, _ = make_key(user.id, "new")
+    new.scopes = ["read"]
+    store.add_key(new)
+    assert [k.scopes for k in store.list_keys(user.id)] == [None, ["read"]]
+    store.close()
+    reopened = SQLiteStore(path)  # an already migrated file is left as it is
+    assert reopened.get_key_by_digest(new.digest).scopes == ["read"]
+    reopened.close()
+
+
 def test_revoke_key(store):
     user, key, _ = new_user(store)
     revoked = store.revoke_key(user.id, key.id, "2030-01-01T12:05:00Z")
