@@ -180,7 +180,12 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "invalid_json": (400, "the body is not valid JSON"),
     "invalid_upload_form": (
         400,
-        "the upload form is not multipart, lacks its `file` field (last) or has too many fields",
+        "the upload form is not multipart or does not parse, lacks its `file` field (last) or has too many "
+        "fields",
+    ),
+    "invalid_multipart": (
+        400,
+        "a multipart body that does not parse: no boundary, broken framing, too many parts or fields",
     ),
     "unauthenticated": (401, "no `x-api-key` and no `Authorization: Bearer`"),
     "invalid_api_key": (401, "unknown key, or a typo (refused by its checksum before any lookup)"),

@@ -13,7 +13,13 @@ from api.openapi import ACCOUNT_ERRORS
 from auth.accounts import Accounts, normalise_email
 from auth.invites import check_invite, make_invite
 from auth.principal import Principal
-from auth.quotas import daily_limit_of, next_midnight
+from auth.quotas import (
+    AUDIO_UNITS_PER_MINUTE,
+    EXPLAIN_UNITS,
+    VIDEO_UNITS_PER_MINUTE,
+    daily_limit_of,
+    next_midnight,
+)
 from auth.throttle import AuthThrottle, client_address
 from errors import Forbidden, NotFound, ServiceUnavailable, Unauthorized
 from store.records import SCOPES, iso_epoch
@@ -253,6 +259,15 @@ async def roll_key(
 # --- usage, history, stats -------------------------------------------------------------------
 
 
+# What each kind of request costs in units of the daily limit (auth/quotas.py).
+COSTS = {
+    "image": 1,
+    "image_explain": 1 + EXPLAIN_UNITS,
+    "audio_per_started_minute": AUDIO_UNITS_PER_MINUTE,
+    "video_per_started_minute": VIDEO_UNITS_PER_MINUTE,
+}
+
+
 @router.get("/v1/usage", tags=["usage"])
 async def usage(principal: ReadPrincipal, accounts: AccountsDep) -> dict[str, Any]:
     now = accounts.clock()
@@ -260,10 +275,14 @@ async def usage(principal: ReadPrincipal, accounts: AccountsDep) -> dict[str, An
     limit = daily_limit_of(principal.user, accounts.settings)
     return {
         "date": now.strftime("%Y-%m-%d"),
-        "requests_today": today,
+        "units_today": today,
         "daily_limit": limit,
         "remaining": max(limit - today, 0),
         "reset_at": next_midnight(now).isoformat().replace("+00:00", "Z"),
+        "total_units": total,
+        "costs": COSTS,
+        # The names before quotas counted cost units; the same numbers.
+        "requests_today": today,
         "total_requests": total,
     }
 

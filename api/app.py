@@ -30,6 +30,7 @@ from api.uploaded import detect_uploaded
 from auth.accounts import Accounts
 from auth.middleware import AuthMiddleware
 from auth.principal import Principal
+from auth.quotas import cost_units
 from blobs.local import LOCAL_UPLOAD_PATH
 from config import Settings
 from detect.audio import detect_audio, detect_audio_file
@@ -119,8 +120,12 @@ def engine_of(request: Request) -> Engine:
     return engine
 
 
-async def record_detection(accounts: Accounts, principal: Principal, result: dict[str, Any]) -> None:
-    """Every detection lands in its caller's history; the result's id is the history id."""
+async def record_detection(
+    request: Request, accounts: Accounts, principal: Principal, result: dict[str, Any]
+) -> None:
+    """Every detection lands in its caller's history; the result's id is the history id. What
+    it cost is in the result, and the auth middleware charges it when the answer starts."""
+    result["cost_units"] = request.scope.setdefault("state", {})["cost_units"] = cost_units(result)
     detection = Detection(
         id=result["id"],
         user_id=principal.user_id,
@@ -304,17 +309,19 @@ def create_app(settings: Settings) -> FastAPI:
         or a raw `image/*` body."""
         engine = engine_of(request)
         engine.image_model(model)  # unknown model: fail before reading a large body
-        data = await read_media_payload(request, "image")
-        if isinstance(data, UploadReference):
+        # An explanation is ~50 model calls: heavy work, admitted (or shed) before the body is read.
+        async with engine.heavy_gate.admit() if explain else contextlib.nullcontext():
+            data = await read_media_payload(request, "image")
+            if isinstance(data, UploadReference):
 
-            async def on_file(path: Path) -> dict[str, Any]:
-                image = await anyio.to_thread.run_sync(read_image_file, path, settings.max_image_bytes)
-                return await detect_image(engine, image, model_id=model, explain=explain, faces=faces)
+                async def on_file(path: Path) -> dict[str, Any]:
+                    image = await anyio.to_thread.run_sync(read_image_file, path, settings.max_image_bytes)
+                    return await detect_image(engine, image, model_id=model, explain=explain, faces=faces)
 
-            result = await detect_uploaded(request, principal, data.upload_id, on_file)
-        else:
-            result = await detect_image(engine, data, model_id=model, explain=explain, faces=faces)
-        await record_detection(accounts, principal, result)
+                result = await detect_uploaded(request, principal, data.upload_id, on_file)
+            else:
+                result = await detect_image(engine, data, model_id=model, explain=explain, faces=faces)
+        await record_detection(request, accounts, principal, result)
         return JSONResponse(result)
 
     @app.post(
@@ -334,18 +341,19 @@ def create_app(settings: Settings) -> FastAPI:
         raw `audio/*` body. WAV, FLAC, OGG/Opus, MP3, M4A/AAC."""
         engine = engine_of(request)
         engine.audio_model(model)
-        data = await read_media_payload(request, "audio")
-        if isinstance(data, UploadReference):
+        async with engine.heavy_gate.admit():  # shed (503) before the body is read, not after
+            data = await read_media_payload(request, "audio")
+            if isinstance(data, UploadReference):
 
-            async def on_file(path: Path) -> dict[str, Any]:
-                return await detect_audio_file(
-                    engine, path, model_id=model, max_duration_s=settings.max_audio_duration_s
-                )
+                async def on_file(path: Path) -> dict[str, Any]:
+                    return await detect_audio_file(
+                        engine, path, model_id=model, max_duration_s=settings.max_audio_duration_s
+                    )
 
-            result = await detect_uploaded(request, principal, data.upload_id, on_file)
-        else:
-            result = await detect_audio(engine, data, model_id=model)
-        await record_detection(accounts, principal, result)
+                result = await detect_uploaded(request, principal, data.upload_id, on_file)
+            else:
+                result = await detect_audio(engine, data, model_id=model)
+        await record_detection(request, accounts, principal, result)
         return JSONResponse(result)
 
     @app.post(
@@ -378,26 +386,27 @@ def create_app(settings: Settings) -> FastAPI:
             raise InvalidInput(
                 f"max_frames is at most {engine.settings.video_max_frames_cap}", code="invalid_max_frames"
             )
-        data = await read_media_payload(request, "video")
-        if isinstance(data, UploadReference):
+        async with engine.heavy_gate.admit():  # shed (503) before the body is read, not after
+            data = await read_media_payload(request, "video")
+            if isinstance(data, UploadReference):
 
-            async def on_file(path: Path) -> dict[str, Any]:
-                return await detect_video_file(
-                    engine,
-                    path,
-                    fps=fps,
-                    max_frames=max_frames,
-                    strategy=strategy,
-                    model_id=model,
-                    max_duration_s=settings.max_video_duration_s,
+                async def on_file(path: Path) -> dict[str, Any]:
+                    return await detect_video_file(
+                        engine,
+                        path,
+                        fps=fps,
+                        max_frames=max_frames,
+                        strategy=strategy,
+                        model_id=model,
+                        max_duration_s=settings.max_video_duration_s,
+                    )
+
+                result = await detect_uploaded(request, principal, data.upload_id, on_file)
+            else:
+                result = await detect_video(
+                    engine, data, fps=fps, max_frames=max_frames, strategy=strategy, model_id=model
                 )
-
-            result = await detect_uploaded(request, principal, data.upload_id, on_file)
-        else:
-            result = await detect_video(
-                engine, data, fps=fps, max_frames=max_frames, strategy=strategy, model_id=model
-            )
-        await record_detection(accounts, principal, result)
+        await record_detection(request, accounts, principal, result)
         return JSONResponse(result)
 
     @app.get("/", include_in_schema=False)

@@ -5,12 +5,19 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from dataclasses import dataclass
 
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
 from errors import BadRequest, InvalidInput, UnsupportedMedia
+
+# The shape of the ids the API hands out (prefix_ULID), as for ids in paths: anything else (a lone
+# surrogate, NUL, a path) is refused here rather than reaching the store or a blob key.
+UPLOAD_ID = re.compile(r"[A-Za-z0-9_]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -39,7 +46,16 @@ async def read_media_payload(request: Request, kind: str) -> bytes | UploadRefer
     fields = (kind, "file")
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
-        form = await request.form(max_files=2, max_fields=20)
+        try:
+            form = await request.form(max_files=2, max_fields=20)
+        except (HTTPException, MultiPartException) as exc:
+            # Starlette refuses a body without a boundary, with broken framing or with too many
+            # parts as its own HTTPException (MultiPartException outside an app), which would
+            # reach the client under a code the error table does not list.
+            detail = exc.detail if isinstance(exc, HTTPException) else exc.message
+            raise BadRequest(
+                f"the multipart body does not parse: {detail}", code="invalid_multipart"
+            ) from exc
         try:
             upload = next((form[k] for k in fields if isinstance(form.get(k), UploadFile)), None)
             if upload is None:
@@ -52,7 +68,9 @@ async def read_media_payload(request: Request, kind: str) -> bytes | UploadRefer
     if content_type == "application/json":
         try:
             body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except ValueError as exc:
+            # JSONDecodeError and UnicodeDecodeError are ValueErrors, and so is an integer past
+            # Python's 4300-digit conversion limit, which the parser raises as a bare ValueError.
             raise BadRequest(f"body is not valid JSON: {exc}", code="invalid_json") from exc
         except RecursionError as exc:  # [[[[...]]]] deeper than the parser's stack
             raise BadRequest("body is JSON nested too deeply", code="invalid_json") from exc
@@ -60,7 +78,7 @@ async def read_media_payload(request: Request, kind: str) -> bytes | UploadRefer
             raise InvalidInput("JSON body must be an object", code="invalid_input")
         if "upload_id" in body and kind not in body:
             upload_id = body["upload_id"]
-            if not isinstance(upload_id, str) or not 0 < len(upload_id) <= 64:
+            if not isinstance(upload_id, str) or not UPLOAD_ID.fullmatch(upload_id):
                 raise InvalidInput("upload_id must be the id POST /v1/uploads gave", code="invalid_upload_id")
             return UploadReference(upload_id)
         value = body.get(kind)

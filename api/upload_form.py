@@ -15,6 +15,7 @@ from typing import Any
 import anyio
 from fastapi import Request
 from python_multipart import MultipartParser
+from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import parse_options_header
 
 from api.account_routes import run
@@ -36,10 +37,15 @@ async def receive_form(request: Request, backend: JobsBackend, blobs: LocalBlobs
     state = _FormState(blobs)
     parser = MultipartParser(boundary, state.callbacks())
     try:
-        async for chunk in request.stream():
-            parser.write(chunk)
-            await state.flush()
-        parser.finalize()
+        try:
+            async for chunk in request.stream():
+                parser.write(chunk)
+                await state.flush()
+            parser.finalize()
+        except FormParserError as exc:
+            # Broken framing (a boundary line that does not match, a header without CRLF): the
+            # client's mistake, not ours.
+            raise BadRequest(f"the form is not valid multipart: {exc}", code="invalid_upload_form") from exc
         await state.finish(backend)
     except Exception:
         state.discard()

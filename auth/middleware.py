@@ -8,13 +8,15 @@ paths are listed explicitly; everything else needs ``x-api-key`` or ``Authorizat
 from __future__ import annotations
 
 import logging
+from datetime import datetime
+from typing import Any
 
 import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from auth.accounts import Accounts
 from auth.principal import Principal
-from auth.quotas import consume, meter_for
+from auth.quotas import QuotaOutcome, consume, meter_for, settle
 from errors import QuotaExceeded, ServiceUnavailable, Unauthorized, VerityError, send_error
 
 log = logging.getLogger(__name__)
@@ -52,22 +54,22 @@ class AuthMiddleware:
         if scope["type"] != "http" or is_public(scope["path"]):  # lifespan, public routes
             await self.app(scope, receive, send)
             return
-        extra_headers: dict[str, str] = {}
+        outcome: QuotaOutcome | None = None
         try:
             accounts, principal = await self._principal(scope)
             path = scope["path"].rstrip("/") or "/"
             meter = meter_for(scope["method"], path, accounts.settings)
-            # Meter only endpoints this app serves: a POST to a route that does not exist yet
-            # (audio, video, jobs arrive in later issues) is a 404, not a spent request.
+            # Meter only endpoints this app serves: a POST to a route that does not exist
+            # is a 404, not a spent request.
             if meter is not None and path in scope["app"].state.route_paths:
+                admitted_at = accounts.clock()
                 outcome = await anyio.to_thread.run_sync(
-                    consume, accounts.store, principal.user, meter, accounts.settings, accounts.clock()
+                    consume, accounts.store, principal.user, meter, accounts.settings, admitted_at
                 )
-                extra_headers = outcome.headers
                 if not outcome.decision.allowed:
                     daily = outcome.decision.scope == "daily"
                     what = (
-                        f"daily request limit ({outcome.decision.daily_limit})"
+                        f"daily limit of {outcome.decision.daily_limit} units"
                         if daily
                         else f"{meter.endpoint} limit of {meter.per_minute} requests per minute"
                     )
@@ -79,17 +81,46 @@ class AuthMiddleware:
         except VerityError as exc:
             await send_error(scope, send, exc)
             return
-        scope.setdefault("state", {})["principal"] = principal
+        state = scope.setdefault("state", {})
+        state["principal"] = principal
+        if outcome is None:
+            await self.app(scope, receive, send)
+            return
 
         async def send_with_limits(message: Message) -> None:
-            if message["type"] == "http.response.start" and extra_headers:
+            if message["type"] == "http.response.start":
+                settled = await self._settle(accounts, principal, outcome, admitted_at, message, state)
                 message["headers"] = [
                     *message.get("headers", []),
-                    *((k.lower().encode(), v.encode()) for k, v in extra_headers.items()),
+                    *((k.lower().encode(), v.encode()) for k, v in settled.headers.items()),
                 ]
             await send(message)
 
         await self.app(scope, receive, send_with_limits)
+
+    @staticmethod
+    async def _settle(
+        accounts: Accounts,
+        principal: Principal,
+        outcome: QuotaOutcome,
+        admitted_at: datetime,
+        start: Message,
+        state: dict[str, Any],
+    ) -> QuotaOutcome:
+        """What the answered request costs: the units its route counted (``state["cost_units"]``,
+        1 when it counted none), or nothing for a failure on the server's side (5xx) or a replay
+        of a job already submitted. Settling never fails the response: a store error is logged
+        and the admission's own count stands."""
+        headers = start.get("headers", [])
+        replayed = any(k.lower() == b"idempotent-replayed" and v == b"true" for k, v in headers)
+        units = 0 if start["status"] >= 500 or replayed else int(state.get("cost_units", 1))
+        try:
+            return await anyio.to_thread.run_sync(
+                settle, accounts.store, principal.user, outcome, units, admitted_at
+            )
+        except Exception:  # the answer is ready; the count is best effort now
+            log.exception("could not settle the cost of a request", extra={"units": units})
+            return outcome
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A WebSocket is authenticated like a request (x-api-key or Bearer in the handshake);

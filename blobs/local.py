@@ -103,7 +103,9 @@ class LocalBlobs(BlobStore):
         policy_b64, signature = fields.get("policy", ""), fields.get(SIGNATURE_FIELD, "")
         if not policy_b64 or not signature:
             raise Forbidden("the form has no policy or signature", code="upload_signature_invalid")
-        if not hmac.compare_digest(self._sign(policy_b64), signature):
+        # As bytes: compare_digest raises TypeError on a str with non-ASCII characters (any byte
+        # a client puts in the field), which would surface as a 500 instead of this 403.
+        if not hmac.compare_digest(self._sign(policy_b64).encode(), signature.encode()):
             raise Forbidden("the form's signature does not match its policy", code="upload_signature_invalid")
         try:
             document = json.loads(base64.b64decode(policy_b64, validate=True))

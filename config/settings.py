@@ -99,12 +99,26 @@ class Settings(BaseSettings):
         ge=256,
         description="address-space cap of each decoder process (ffmpeg, ffprobe, the OpenCV child)",
     )
+    image_decode_timeout_s: float = Field(
+        10.0, gt=0, description="time limit for decoding one image (422 decode_timeout past it)"
+    )
+    decode_threads: int = Field(
+        4, ge=1, description="decodes running at once per process, on threads of their own"
+    )
+    heavy_concurrency: int = Field(
+        2, ge=1, description="audio, video and explain requests running at once per process"
+    )
+    heavy_queue: int = Field(
+        16, ge=0, description="heavy requests that may wait for a slot; more are shed (503 server_busy)"
+    )
     video_max_frames: int = Field(64, ge=1, description="frames sampled when the request names none")
     video_max_frames_cap: int = Field(
         128, ge=1, description="hard cap on sampled frames per video, whatever the request asks"
     )
+    # 1280 is what face detection looks at anyway (face_max_side), and it keeps the worst inline
+    # clip (128 frames) at 128 x 1280 x 720 x 3 = 354 MB, in the child and again in the API process.
     video_frame_max_side: int = Field(
-        1920, ge=64, description="sampled frames with a longer side are downscaled (memory per frame)"
+        1280, ge=64, description="sampled frames with a longer side are downscaled (memory per frame)"
     )
 
     # Store: embedded SQLite by default, DynamoDB by setting -------------------------------------------
@@ -175,6 +189,14 @@ class Settings(BaseSettings):
         description='JSON list: [{"issuer", "jwks_url", "audience", "algorithms": ["RS256"]}]',
     )
     jwks_refetch_cooldown_s: float = Field(60.0, ge=0)
+    jwks_cache_ttl_s: float = Field(
+        3600.0, gt=0, description="JWKS keys are refetched after this, even for a known kid"
+    )
+    jwks_insecure_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="hosts whose JWKS URL may be plain http (a loopback issuer in tests and "
+        "development only); every other JWKS URL must be https",
+    )
     max_keys_per_user: int = Field(20, ge=1, description="unrevoked API keys an account may hold")
     api_key_pepper: SecretStr | None = Field(None, description="HMAC pepper for key digests")
     dev_secret_path: Path | None = Field(
@@ -189,14 +211,6 @@ class Settings(BaseSettings):
     auth_per_ip_per_min: int = Field(20, ge=1, description="signups + logins per client address per minute")
     login_per_email_per_hour: int = Field(30, ge=1, description="logins per email per hour")
     login_lockout_after: int = Field(5, ge=1, description="consecutive failed logins before an email locks")
-    jwks_cache_ttl_s: float = Field(
-        3600.0, gt=0, description="JWKS keys are refetched after this, even for a known kid"
-    )
-    jwks_insecure_hosts: Annotated[list[str], NoDecode] = Field(
-        default_factory=list,
-        description="hosts whose JWKS URL may be plain http (a loopback issuer in tests and "
-        "development only); every other JWKS URL must be https",
-    )
     login_lockout_base_s: int = Field(
         30, ge=1, description="first lockout; doubles with each further failure, at most an hour"
     )

@@ -68,7 +68,7 @@ async def detect_audio(engine: Engine, data: bytes, *, model_id: str | None) -> 
     served = engine.audio_model(model_id)
     stored = served.stored
     spec = stored.audio_spec
-    decoded = await anyio.to_thread.run_sync(
+    decoded = await engine.decode_pool.run(
         lambda: decode_audio(
             data,
             target_rate=spec.sample_rate,
@@ -122,7 +122,7 @@ async def detect_audio_file(
     settings = engine.settings
     served = engine.audio_model(model_id)
     spec = served.stored.audio_spec
-    stream = await anyio.to_thread.run_sync(
+    stream = await engine.decode_pool.run(
         lambda: open_audio_file(
             Path(path),
             target_rate=spec.sample_rate,
@@ -183,7 +183,7 @@ async def score_audio_stream(
 
     while True:
         mark = time.perf_counter()
-        block = await anyio.to_thread.run_sync(stream.read_block)
+        block = await engine.decode_pool.run(stream.read_block)
         timing["decode"] += _ms(mark)
         if block is None:
             break

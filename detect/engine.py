@@ -10,6 +10,7 @@ import anyio
 import numpy as np
 
 from config import Settings
+from detect.admission import DecodePool, WorkGate
 from detect.model_clients import ModelClient
 from errors import InvalidInput, NotFound, ServiceUnavailable
 from media import sandbox
@@ -90,6 +91,9 @@ class Engine:
         # One cascade at a time: its ONNX sessions already use every core, and a second one
         # would only interleave with it.
         self.face_limiter = anyio.CapacityLimiter(1)
+        # Decoding on its own threads, heavy requests admitted a few at a time (detect/admission).
+        self.decode_pool = DecodePool(settings.decode_threads)
+        self.heavy_gate = WorkGate("heavy requests", settings.heavy_concurrency, settings.heavy_queue)
         self.default_image_model = settings.image_model
         for served in self.audio_models.values():
             audio_hop_s(settings, served.stored.audio_spec)  # a bad VERITY_AUDIO_HOP_S fails at start

@@ -22,6 +22,7 @@ from detect.engine import Engine
 from detect.explain import occlusion_heatmap
 from detect.faces import crops_for, face_entry, find_faces
 from media.image import DecodedImage, decode_image
+from media.tools import decode_timeout
 from models.postprocess import fake_probabilities, verdict_for
 from models.preprocess import preprocess_image
 from store.ids import new_id
@@ -40,8 +41,10 @@ async def detect_image(
     settings: Settings = engine.settings
     served = engine.image_model(model_id)
     stored = served.stored
-    decoded: DecodedImage = await anyio.to_thread.run_sync(
-        lambda: decode_image(data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+    decoded: DecodedImage = await engine.decode_pool.run(
+        lambda: decode_image(data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels),
+        timeout_s=settings.image_decode_timeout_s,
+        on_timeout=lambda: decode_timeout("image", settings.image_decode_timeout_s),
     )
     decode_ms = _ms(started)
     spec = stored.input_spec

@@ -79,3 +79,6 @@ class DetectionResult(BaseModel):
     warnings: list[ResultWarning]
     audio: dict[str, Any] | None = Field(None, description="video: its audio track's result")
     fusion: dict[str, Any] | None = Field(None, description="video: the rule that fused video and audio")
+    cost_units: int | None = Field(
+        None, ge=1, description="units of the daily limit this detection cost (see GET /v1/usage)"
+    )

@@ -254,7 +254,7 @@ async def _audio_track_file(
     settings = engine.settings
     served = engine.audio_model(None)
     try:
-        stream = await anyio.to_thread.run_sync(
+        stream = await engine.decode_pool.run(
             lambda: open_audio_track(
                 path,
                 max_duration_s=max_duration_s,
@@ -441,7 +441,7 @@ async def detect_video(
     started = time.perf_counter()
     settings = engine.settings
     want_audio = bool(engine.audio_models)
-    decoded: DecodedVideo = await anyio.to_thread.run_sync(
+    decoded: DecodedVideo = await engine.decode_pool.run(
         lambda: decode_video(
             data,
             max_bytes=settings.max_video_bytes,
@@ -507,7 +507,7 @@ async def detect_video_file(
     else:
         engine.video_models()
     report = Progress(progress)
-    stream = await anyio.to_thread.run_sync(
+    stream = await engine.decode_pool.run(
         lambda: open_video_file(
             path,
             max_bytes=settings.max_upload_bytes,
@@ -591,7 +591,7 @@ async def _analyze_stream(
         async with send:
             while True:
                 try:
-                    chunk = await anyio.to_thread.run_sync(stream.read_chunk)
+                    chunk = await engine.decode_pool.run(stream.read_chunk)
                 except Exception as exc:  # noqa: BLE001 - handed to the scorer, which raises it
                     if not stream.aborted:
                         await send.send(exc)

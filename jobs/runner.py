@@ -28,6 +28,7 @@ from typing import Any
 
 import anyio
 
+from auth.quotas import cost_units, counter_expiry
 from detect.engine import Engine
 from errors import BadMedia, VerityError
 from jobs.backend import JobsBackend, iso_now
@@ -49,6 +50,8 @@ class Outcome:
 
 
 DONE = Outcome()
+# A job that failed with one of these failed on the server's side, not because of its media.
+SERVER_FAILURES = frozenset({"worker_error", "attempts_exhausted"})
 JOB_RETRY_BASE_S = 10.0  # a run stopped by an outage is retried after ~10 s, ~20 s, ... (jittered)
 
 
@@ -112,6 +115,8 @@ class JobRunner:
                 jobs.fail_exhausted, user_id, job_id, self.backend.clock(), iso_now(), error
             )
             if failed:
+                assert claim.job is not None
+                await self._settle(claim.job, 0)  # the server's failure: the job costs nothing
                 await self._after_finish(user_id, job_id)
             return DONE
         job = claim.job
@@ -138,6 +143,8 @@ class JobRunner:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
+        if result is not None:
+            result["cost_units"] = cost_units(result)
         finished = await anyio.to_thread.run_sync(
             lambda: jobs.finish_job(
                 user_id, job_id, self.worker, status=status, at=iso_now(), result=result, error=error
@@ -147,6 +154,10 @@ class JobRunner:
             log.info("job %s was canceled or taken over meanwhile; its outcome is dropped", job.id)
             await self._release_media(job)
             return DONE
+        # The submission paid one unit: a result pays the rest of its cost, the server's own
+        # failure gets that unit back, and media that could not be read keeps it spent.
+        server_failure = error is not None and error.get("code") in SERVER_FAILURES
+        await self._settle(job, 0 if server_failure else result["cost_units"] if result else 1)
         if result is not None:
             await anyio.to_thread.run_sync(self._record_history, job, result)
         await self._after_finish(user_id, job_id)
@@ -234,6 +245,23 @@ class JobRunner:
             if not held:
                 log.info("job %s: lease lost (canceled or taken over)", job.id)
                 return
+
+    async def _settle(self, job: Job, units: int) -> None:
+        """Charge the job's cost on the day it was submitted (the one unit it paid then counts)."""
+        if units == 1:
+            return
+        store = self.backend.accounts
+        try:
+            await anyio.to_thread.run_sync(
+                lambda: store.charge(
+                    job.user_id,
+                    day=job.created_at[:10],
+                    units=units - 1,
+                    expires_at=counter_expiry(datetime.now(UTC)),
+                )
+            )
+        except Exception:  # the job's outcome stands; the count is best effort
+            log.exception("could not settle the cost of job %s", job.id)
 
     def _record_history(self, job: Job, result: dict[str, Any]) -> None:
         self.backend.accounts.add_detection(

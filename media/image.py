@@ -40,9 +40,24 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         # 16/32-bit grey: PIL's convert("RGB") clips at 255 instead of scaling, which turns a
         # normal 16-bit photo into a white sheet. Scale the real range down to 8 bits.
-        grey = np.asarray(image, dtype=np.float64)
-        full_scale = 65535.0 if mode.startswith("I;16") or grey.max() > 255 else 255.0
-        grey8 = np.clip(np.rint(grey * (255.0 / full_scale)), 0, 255).astype(np.uint8)
+        # In place at 4 bytes a pixel: float64 would cost 8 a pixel for each temporary (~1 GB for a
+        # 40-megapixel picture). 32-bit float pictures are scaled in float32.
+        grey = np.asarray(image)
+        if grey.dtype.kind == "f":
+            peak = 65535.0 if float(np.nanmax(grey, initial=0)) > 255 else 255.0
+            work = np.nan_to_num(grey.astype(np.float32), copy=False)
+            work *= np.float32(255.0 / peak)
+            grey8 = np.clip(np.rint(work, out=work), 0, 255, out=work).astype(np.uint8)
+        else:
+            peak = 65535 if mode.startswith("I;16") or int(grey.max(initial=0)) > 255 else 255
+            if grey.dtype == np.uint16:
+                work = grey.astype(np.uint32)
+            else:  # 32-bit integers: out-of-range values saturate, as a viewer shows them
+                work = np.clip(grey, 0, peak).astype(np.uint32, copy=False)
+            work *= 255
+            work += peak // 2  # round to nearest
+            work //= peak
+            grey8 = work.astype(np.uint8)
         return Image.fromarray(grey8, mode="L").convert("RGB")
     if mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")

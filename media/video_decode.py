@@ -200,6 +200,11 @@ def sampled_frames(
             if not ok or bgr is None or bgr.ndim != 3:
                 seen.retrieve_failures += 1
                 continue
+            # The header's size is not the frames' size: a stream may change resolution midway,
+            # so every sampled frame is held to the pixel cap and scaled by its own size.
+            frame_h, frame_w = bgr.shape[:2]
+            check_pixels(kind, frame_w, frame_h, job.max_pixels)
+            scale = min(1.0, job.max_side / max(frame_w, frame_h)) if job.max_side else 1.0
             frame = VideoFrame(index=count - 1, t_s=round(t, 6), rgb=_upright_rgb(bgr, rotation, scale))
             sampler.keep(frame)
             yield frame

@@ -89,7 +89,12 @@ class Store(ABC):
 
     @abstractmethod
     def usage(self, user_id: str, day: str) -> tuple[int, int]:
-        """(requests on ``day``, requests ever)."""
+        """(units used on ``day``, units used ever)."""
+
+    @abstractmethod
+    def charge(self, user_id: str, *, day: str, units: int, expires_at: int) -> int:
+        """Add ``units`` (negative: give back) to the day's and the lifetime count, never taking
+        either below 0 and never refusing (the work is done); the day's new count."""
 
     # history ---------------------------------------------------------------------------------
     @abstractmethod

@@ -396,6 +396,30 @@ class DynamoDBStore(DynamoTable, Store):
     def usage(self, user_id: str, day: str) -> tuple[int, int]:
         return self._count(f"USER#{user_id}", f"DAY#{day}"), self._count(f"USER#{user_id}", "TOTAL")
 
+    def charge(self, user_id: str, *, day: str, units: int, expires_at: int) -> int:
+        pk = f"USER#{user_id}"
+        used = 0
+        for sk, ttl in ((f"DAY#{day}", expires_at), ("TOTAL", None)):
+            kwargs: dict[str, Any] = {
+                "Key": {"pk": pk, "sk": sk},
+                "UpdateExpression": "ADD #c :units" + (" SET #t = if_not_exists(#t, :ttl)" if ttl else ""),
+                "ExpressionAttributeNames": {"#c": "count", **({"#t": "ttl"} if ttl else {})},
+                "ExpressionAttributeValues": {":units": units, **({":ttl": ttl} if ttl else {})},
+                "ReturnValues": "UPDATED_NEW",
+            }
+            if units < 0:  # a give-back never takes a count below 0
+                kwargs["ConditionExpression"] = "#c >= :need"
+                kwargs["ExpressionAttributeValues"][":need"] = -units
+            try:
+                count = int(self._call(self.table.update_item, **kwargs)["Attributes"]["count"])
+            except ClientError as exc:
+                if not _condition_failed(exc):
+                    raise
+                count = self._count(pk, sk)  # holds less than the give-back: left as it is
+            if sk.startswith("DAY#"):
+                used = count
+        return used
+
     # history ---------------------------------------------------------------------------------
     def add_detection(self, detection: Detection) -> None:
         pk = f"USER#{detection.user_id}"

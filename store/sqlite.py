@@ -384,6 +384,20 @@ class SQLiteStore(SQLiteDatabase, Store):
         )
         return counts.get(f"day:{day}", 0), counts.get(TOTAL, 0)
 
+    def charge(self, user_id: str, *, day: str, units: int, expires_at: int) -> int:
+        day_bucket = f"day:{day}"
+        with self._tx(immediate=True) as db:
+            for bucket, expiry in ((day_bucket, expires_at), (TOTAL, None)):
+                db.execute(
+                    "INSERT INTO counters VALUES (?, ?, MAX(?, 0), ?) "
+                    "ON CONFLICT(user_id, bucket) DO UPDATE SET count = MAX(count + ?, 0)",
+                    (user_id, bucket, units, expiry, units),
+                )
+            row = db.execute(
+                "SELECT count FROM counters WHERE user_id = ? AND bucket = ?", (user_id, day_bucket)
+            ).fetchone()
+        return int(row[0])
+
     # history ---------------------------------------------------------------------------------
     def add_detection(self, detection: Detection) -> None:
         with self._tx() as db:

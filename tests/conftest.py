@@ -42,8 +42,13 @@ os.environ["VERITY_WEBHOOK_BACKOFF_S"] = "0.2"
 os.environ["VERITY_AUTH_PER_IP_PER_MIN"] = "1000000"
 os.environ["VERITY_BCRYPT_QUEUE"] = "1000"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Hypothesis keeps caches (and, with a database, examples) in .hypothesis/ of the working directory:
+# the session's temporary directory instead, so a test run writes nothing into the checkout.
+os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", str(_TEST_STATE / "hypothesis"))
 
 import pytest  # noqa: E402
+from hypothesis import HealthCheck  # noqa: E402
+from hypothesis import settings as hypothesis_settings  # noqa: E402
 
 from tests.tiny import TINY_SIGLIP, TINY_VIT, TINY_WAV2VEC2  # noqa: E402
 
@@ -58,6 +63,26 @@ TINY_CNN_LSTM = {
     "lstm_units": 8,
     "dropout": 0.5,
 }
+
+# Property-based tests (hypothesis; the fuzzers of tests/*/test_fuzz_*.py). The "ci" profile runs
+# in `make test`: the same examples on every run (derandomize), so a failure in CI reproduces
+# anywhere; no example database, so nothing is written into the checkout; no deadline, since a
+# decoder child or a shared CPU makes single examples slow without being wrong. The fuzz tests
+# size their own budgets against CI_EXAMPLES (tests/fuzz.py), so "deep" (random, 20x the examples:
+# `pytest --hypothesis-profile=deep tests/unit/test_fuzz_media.py`) scales every one of them.
+hypothesis_settings.register_profile(
+    "ci",
+    max_examples=100,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+hypothesis_settings.register_profile(
+    "deep", hypothesis_settings.get_profile("ci"), max_examples=2000, derandomize=False
+)
+hypothesis_settings.load_profile("ci")
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 TEST_PASSWORD = "correct horse battery staple"

@@ -277,3 +277,40 @@ def decoder_children() -> list[str]:
         except psutil.NoSuchProcess:  # exited while we looked: not left behind
             continue
     return left
+
+
+def resolution_change_avi(small: tuple[int, int] = (160, 120), large: tuple[int, int] = (1280, 720)) -> bytes:
+    """One second of MJPEG frames at ``small`` then one at ``large``, joined without re-encoding:
+    the header declares the small size, and the stream changes resolution midway."""
+    with tempfile.TemporaryDirectory() as tmp:
+        parts = []
+        for name, (width, height) in (("a", small), ("b", large)):
+            part = Path(tmp) / f"{name}.avi"
+            source = f"testsrc=size={width}x{height}:rate=10:duration=1"
+            subprocess.run(
+                [
+                    ffmpeg_path(),
+                    "-loglevel",
+                    "error",
+                    "-f",
+                    "lavfi",
+                    "-i",
+                    source,
+                    "-c:v",
+                    "mjpeg",
+                    str(part),
+                ],
+                check=True,
+                timeout=60,
+            )
+            parts.append(part)
+        listing = Path(tmp) / "parts.txt"
+        listing.write_text("".join(f"file '{p}'\n" for p in parts))
+        out = Path(tmp) / "joined.avi"
+        subprocess.run(
+            [ffmpeg_path(), "-loglevel", "error", "-f", "concat", "-safe", "0", "-i", str(listing)]
+            + ["-c", "copy", str(out)],
+            check=True,
+            timeout=60,
+        )
+        return out.read_bytes()

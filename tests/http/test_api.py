@@ -423,9 +423,12 @@ def test_503_when_starting_and_when_model_service_is_down(service_module, accoun
     client = BentoModelClient("vit-dima806", dead)
     app.state.engine = Engine(settings, {"vit-dima806": ServedModel(stored=stored, client=client)})
     with TestClient(app) as down:
+        before = down.get("/v1/usage", headers=auth_headers).json()["units_today"]
         response = post_image(Caller(down, auth_headers), jpeg_bytes())
         assert_error(response, 503, "model_unavailable")
         assert int(response.headers["retry-after"]) > 0
+        # The server's failure costs the caller nothing.
+        assert down.get("/v1/usage", headers=auth_headers).json()["units_today"] == before
         assert_error(down.get("/health/ready"), 503, "not_ready")
 
 

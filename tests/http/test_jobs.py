@@ -169,9 +169,12 @@ def test_idempotency_key(api, client):
     body = {"upload_id": upload_id, "modality": "image"}
     headers = {"Idempotency-Key": "7d1c-abc"}
     first = api.post("/v1/jobs", json=body, headers=headers)
+    wait_for(api, first.json()["id"])
+    spent = api.get("/v1/usage").json()["units_today"]
     again = api.post("/v1/jobs", json=body, headers=headers)
     assert first.status_code == again.status_code == 202
     assert again.json()["id"] == first.json()["id"] and again.headers["idempotent-replayed"] == "true"
+    assert api.get("/v1/usage").json()["units_today"] == spent  # a replay does no new work: free
     changed = api.post("/v1/jobs", json={**body, "options": {"explain": True}}, headers=headers)
     assert_error(changed, 409, "idempotency_key_reused")
 
@@ -342,7 +345,7 @@ def test_jobs_count_against_the_jobs_per_minute_limit(api):
     assert [c.status_code for c in codes[:10]] == [404] * 10
     limited = assert_error(codes[10], 429, "rate_limited")
     assert "jobs" in limited["message"] and codes[10].headers["retry-after"]
-    assert api.get("/v1/usage").json()["requests_today"] == 10
+    assert api.get("/v1/usage").json()["units_today"] == 10
 
 
 def test_list_jobs_pages_newest_first(api, client):
@@ -443,3 +446,47 @@ def test_detect_on_an_upload_keeps_its_checks(api, client, signup):
     busy = uploaded(api, client, jpeg_bytes(seed=53))
     assert api.post("/v1/jobs", json={"upload_id": busy, "modality": "image"}).status_code == 202
     assert api.post("/v1/detect/image", json={"upload_id": busy}).status_code in (404, 409)  # its job's
+
+
+def test_a_job_is_charged_its_cost_when_it_finishes(api, client):
+    """Submission pays one unit; a 61 s audio job costs two (one per started minute), paid
+    when it succeeds, and shown in its result."""
+    from tests.audio_factory import encode as encode_audio
+    from tests.audio_factory import speech_like
+
+    upload_id = uploaded(
+        api, client, encode_audio(speech_like(61.0), 16_000, "wav"), content_type="audio/wav"
+    )
+    job = api.post("/v1/jobs", json={"upload_id": upload_id, "modality": "audio"}).json()
+    done = wait_for(api, job["id"])
+    assert done["status"] == "succeeded", done
+    assert done["result"]["cost_units"] == 2
+    assert api.get("/v1/usage").json()["units_today"] == 2
+
+
+def test_a_job_that_fails_on_the_servers_side_costs_nothing(api, client, service_module, monkeypatch):
+    """The image model service is down (a real BentoML client for a port where nothing listens)
+    and a job gets one run: it fails with worker_error, and the unit its submission paid comes
+    back."""
+    import socket
+
+    from _bentoml_impl.client import RemoteProxy
+
+    from detect.engine import ServedModel
+    from detect.model_clients import BentoModelClient
+
+    engine = service_module.app.state.engine
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    dead = RemoteProxy(f"http://127.0.0.1:{port}", service=service_module.ImageDetector).as_service()
+    model_id = engine.default_image_model
+    down = ServedModel(stored=engine.image_models[model_id].stored, client=BentoModelClient(model_id, dead))
+    monkeypatch.setitem(engine.image_models, model_id, down)
+    monkeypatch.setattr(service_module.app.state.jobs.settings, "job_max_attempts", 1)
+
+    upload_id = uploaded(api, client, jpeg_bytes(seed=11))
+    job = api.post("/v1/jobs", json={"upload_id": upload_id, "modality": "image"}).json()
+    failed = wait_for(api, job["id"])
+    assert failed["status"] == "failed" and failed["error"]["code"] == "worker_error", failed
+    assert api.get("/v1/usage").json()["units_today"] == 0

@@ -183,10 +183,18 @@ def test_midnight_rollover(engine, backend_store):
     usage = send(app, "GET", "/v1/usage", headers={"x-api-key": key}).json()
     assert usage == {
         "date": "2030-01-01",
-        "requests_today": 3,
+        "units_today": 3,
         "daily_limit": 3,
         "remaining": 0,
         "reset_at": "2030-01-02T00:00:00Z",
+        "total_units": 3,
+        "costs": {
+            "image": 1,
+            "image_explain": 6,
+            "audio_per_started_minute": 1,
+            "video_per_started_minute": 2,
+        },
+        "requests_today": 3,
         "total_requests": 3,
     }
 
@@ -197,7 +205,7 @@ def test_midnight_rollover(engine, backend_store):
     assert response.headers["ratelimit-reset"] == str(24 * 3600 - 5)
     usage = send(app, "GET", "/v1/usage", headers={"x-api-key": key}).json()
     assert usage["date"] == "2030-01-02" and usage["reset_at"] == "2030-01-03T00:00:00Z"
-    assert (usage["requests_today"], usage["remaining"], usage["total_requests"]) == (1, 2, 4)
+    assert (usage["units_today"], usage["remaining"], usage["total_units"]) == (1, 2, 4)
     assert app.state.accounts.store.usage(user.id, "2030-01-01") == (3, 4)
 
 
@@ -334,3 +342,77 @@ def test_503_when_the_quota_counter_is_throttled(engine, moto_server):
         assert store.usage(user.id, "2030-01-01") == (2, 2)
     finally:
         store._resource.meta.client.delete_table(TableName=store.table_name)
+
+
+# --- cost units ---------------------------------------------------------------------------------
+
+
+def _usage(app, key: str) -> dict:
+    return send(app, "GET", "/v1/usage", headers={"x-api-key": key}).json()
+
+
+def test_requests_are_charged_their_cost_in_units(engine, backend_store):
+    """An explanation costs 6 units, audio 1 per started minute: the result, /v1/usage and the
+    RateLimit headers all say the same."""
+    from tests.audio_factory import encode as encode_audio
+    from tests.audio_factory import speech_like
+
+    clock = FakeClock(utc(2030, 1, 1, 12, 0, 0))
+    app = build_app(engine, backend_store, quota_settings(daily_limit=10), clock)
+    user, key = signup(app.state.accounts)
+
+    explained = send(
+        app, "POST", "/v1/detect/image?explain=true", files=image_file(), headers={"x-api-key": key}
+    )
+    assert explained.status_code == 200, explained.text
+    assert explained.json()["cost_units"] == 6
+    assert explained.headers["ratelimit-remaining"] == "4"
+    assert _usage(app, key)["units_today"] == 6
+
+    clip = encode_audio(speech_like(61.0), 16_000, "wav")  # 61 s: two started minutes
+    audio = send(
+        app,
+        "POST",
+        "/v1/detect/audio",
+        files={"audio": ("a.wav", clip, "audio/wav")},
+        headers={"x-api-key": key},
+    )
+    assert audio.status_code == 200, audio.text
+    assert audio.json()["cost_units"] == 2
+    assert audio.headers["ratelimit-remaining"] == "2"
+    usage = _usage(app, key)
+    assert (usage["units_today"], usage["remaining"], usage["total_units"]) == (8, 2, 8)
+    history = send(app, "GET", f"/v1/history/{audio.json()['id']}", headers={"x-api-key": key}).json()
+    assert history["cost_units"] == 2
+
+    # A request admitted with units left finishes even when it costs more than are left; the
+    # day is then spent and the next request is refused.
+    assert (
+        send(
+            app, "POST", "/v1/detect/image?explain=true", files=image_file(), headers={"x-api-key": key}
+        ).status_code
+        == 200
+    )
+    assert _usage(app, key)["units_today"] == 14
+    assert_error(detect(app, key), 429, "daily_quota_exceeded")
+
+
+def test_client_errors_cost_one_unit_and_shed_requests_none(engine, backend_store, monkeypatch):
+    clock = FakeClock(utc(2030, 1, 1, 12, 0, 0))
+    app = build_app(engine, backend_store, quota_settings(daily_limit=10), clock)
+    user, key = signup(app.state.accounts)
+    bad = send(
+        app,
+        "POST",
+        "/v1/detect/image",
+        files={"image": ("x.jpg", b"not an image", "image/jpeg")},
+        headers={"x-api-key": key},
+    )
+    assert bad.status_code == 415, bad.text
+    assert _usage(app, key)["units_today"] == 1
+    monkeypatch.setattr(engine.heavy_gate, "capacity", 0)
+    monkeypatch.setattr(engine.heavy_gate, "queue", 0)
+    shed = send(app, "POST", "/v1/detect/image?explain=true", files=image_file(), headers={"x-api-key": key})
+    assert_error(shed, 503, "server_busy")
+    assert shed.headers["ratelimit-remaining"] == "9"
+    assert _usage(app, key)["units_today"] == 1

@@ -357,3 +357,36 @@ def test_pil_has_no_second_bomb_limit():
     assert Image.MAX_IMAGE_PIXELS is None
     data = encode(Image.new("L", (6000, 6000), 90), "PNG", compress_level=1)  # 36 MP, PIL warns at 89 MP
     assert decode(data, max_pixels=40_000_000).width == 6000
+
+
+def test_16_bit_png_is_scaled_in_small_integers():
+    """A 16-bit grey picture is scaled in place at 4 bytes a pixel, not in float64 temporaries
+    (~1 GB for 40 megapixels): numpy's own allocations while decoding stay under 10 bytes a
+    pixel (uint16 view 2 + uint32 work 4 + uint8 result 1)."""
+    import tracemalloc
+
+    width, height = 2000, 1500
+    values = (np.arange(width * height, dtype=np.uint32) % 65536).astype(np.uint16).reshape(height, width)
+    data = encode(Image.fromarray(values), "PNG")
+    tracemalloc.start()
+    try:
+        decoded = decode(data)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert decoded.image.size == (width, height)
+    assert peak / (width * height) < 10, f"{peak / (width * height):.1f} bytes per pixel"
+    got = np.asarray(decoded.image)[..., 0]
+    want = (values.astype(np.uint64) * 255 + 32767) // 65535
+    assert np.array_equal(got, want.astype(np.uint8))
+
+
+@pytest.mark.parametrize("mode", ["I", "F"])
+def test_32_bit_grey_is_scaled_like_16_bit(mode):
+    values = np.array([[0, 255, 40000, 70000, -5]], dtype=np.int32 if mode == "I" else np.float32)
+    image = Image.fromarray(values, mode=mode)
+    from media.image import _to_rgb
+
+    grey = np.asarray(_to_rgb(image))[0, :, 0]
+    # Max above 255: the 16-bit scale; out-of-range values saturate.
+    assert grey.tolist() == [0, 1, 156, 255, 0]

@@ -47,6 +47,7 @@ from tests.video_factory import (
     pattern_frames,
     raw_avi,
     read_index,
+    resolution_change_avi,
     variable_frame_rate_mkv,
     write_opencv,
 )
@@ -696,3 +697,50 @@ def test_audio_track_decodes_alongside_the_frames(isolated, private_tmp):
     assert decode(data, fps=2, isolated=isolated).audio_wav is None  # only when asked for
     assert leftovers(private_tmp) == []
     assert decoder_children() == []
+
+
+# --- every frame's size, not only the header's ------------------------------------------------------
+
+
+@pytest.mark.parametrize("isolated", [False, True])
+def test_mid_stream_resolution_change_stays_within_the_header_size(isolated):
+    """The header says 160x120, the second half of the stream is 1280x720: the pixel cap is set
+    to the header's size, and no frame handed on is larger (OpenCV scales to the opened size)."""
+    data = resolution_change_avi()
+    decoded = decode(data, fps=10, max_pixels=160 * 120, isolated=isolated)
+    assert decoded.frames and {f.rgb.shape for f in decoded.frames} == {(120, 160, 3)}
+
+
+class _GrowingCapture:
+    """The real capture, except that sampled frames after the first are 4 times larger: what a
+    decoder that follows a mid-stream resolution change would hand back."""
+
+    def __init__(self, *args):
+        self._capture = _REAL_CAPTURE(*args)
+        self._retrieved = 0
+
+    def retrieve(self):
+        ok, frame = self._capture.retrieve()
+        self._retrieved += 1
+        if ok and self._retrieved > 1:
+            frame = cv2.resize(frame, (frame.shape[1] * 2, frame.shape[0] * 2))
+        return ok, frame
+
+    def __getattr__(self, name):
+        return getattr(self._capture, name)
+
+
+_REAL_CAPTURE = cv2.VideoCapture
+
+
+def test_a_frame_larger_than_the_pixel_cap_is_refused_even_after_a_good_header(clip_4s, monkeypatch):
+    monkeypatch.setattr(media.video_decode.cv2, "VideoCapture", _GrowingCapture)
+    with pytest.raises(TooLarge) as caught:
+        decode(clip_4s, fps=2, max_pixels=128 * 96)  # the header's size passes
+    assert caught.value.code == "too_many_pixels"
+
+
+def test_each_frame_is_downscaled_by_its_own_size(clip_4s, monkeypatch):
+    monkeypatch.setattr(media.video_decode.cv2, "VideoCapture", _GrowingCapture)
+    decoded = decode(clip_4s, fps=2, max_side=128)
+    assert {max(f.rgb.shape[:2]) for f in decoded.frames} == {128}
