@@ -289,6 +289,10 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
         503,
         "an external issuer's JWKS cannot be fetched and no cached key fits the token: retry shortly",
     ),
+    "server_busy": (
+        503,
+        "too many audio, video or explain requests already run or wait: retry after `Retry-After`",
+    ),
     "blobs_unavailable": (503, "the blob store (S3) does not answer"),
     "queue_unavailable": (503, "the jobs queue (SQS) does not answer"),
     "internal_error": (500, "a bug, never bad input: please report it with the request id"),
