@@ -26,13 +26,14 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 QUIET_PIP := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: help system-deps setup setup-runtime serve models test test-fast lint bench build clean
+.PHONY: help system-deps setup setup-runtime serve models test test-fast lint bench soak build clean
 
 help:
 	@echo "make serve   install, build the default models, serve on http://$(HOST):$(PORT)"
 	@echo "make test    install and run the whole test suite"
 	@echo "make models  export the served models into bentos/ (hub, or dev weights offline)"
 	@echo "make bench   benchmarks (results printed and written under bench/results/)"
+	@echo "make soak    a mixed load for SOAK_S seconds (default 300): 5xx, p50/p99, RSS over time"
 	@echo "make build   bentoml build (offline)"
 	@echo "make lint    ruff"
 	@echo "make system-deps  ffmpeg (M4A/AAC audio), with apt-get when it is missing"
@@ -90,6 +91,12 @@ test-fast: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+# A mixed load (media, hostile files, a login flood, reads) for SOAK_S seconds against a served
+# API started the way `make serve` starts it; passes with no 5xx, no connection error, flat RSS.
+SOAK_S ?= 300
+soak: setup models
+	$(PY) -m bench.soak --duration-s $(SOAK_S)
 
 bench: setup models
 	$(PY) -m bench.image
