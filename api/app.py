@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 MULTIPART_OVERHEAD = 64 * 1024
 
 DOCS_ASSETS = "/docs/assets"
+FASTAPI_BODY_PARSE_ERROR = "There was an error parsing the body"  # fastapi.routing's own words
 READY_TIMEOUT_S = 5.0
 
 _STATUS_CODES = {
@@ -104,6 +105,10 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.detail == FASTAPI_BODY_PARSE_ERROR:
+            # FastAPI could not parse a JSON body (nested past the parser's stack, an integer past
+            # 4300 digits, bytes that are not UTF-8): the same answer the detection routes give.
+            return error_response(request, 400, "invalid_json", "request body is not valid JSON")
         code = _STATUS_CODES.get(exc.status_code, "http_error")
         return error_response(request, exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import hmac
@@ -23,6 +24,9 @@ from store.ids import new_id
 from store.records import SCOPES, ApiKey, User, key_scopes, role_scopes
 
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]{2,}$")
+# Characters an unquoted address never holds (RFC 5322 specials and quotes): an address with them
+# is markup or a header injection waiting for the first page or mail that shows it.
+_SPECIALS = frozenset('<>()[]\\,;:"')
 MAX_KEY_NAME = 64
 MAX_GRACE_S = 7 * 86400
 # Verifying against a real hash when the email is unknown keeps login timing uniform.
@@ -41,7 +45,7 @@ def _iso(moment: datetime) -> str:
 
 def normalise_email(email: str) -> str:
     email = email.strip().lower()
-    if not _EMAIL.match(email) or len(email) > 254:
+    if not _EMAIL.match(email) or len(email) > 254 or not email.isprintable() or _SPECIALS & set(email):
         raise InvalidInput("email is not a valid address", code="invalid_email")
     return email
 
@@ -205,7 +209,10 @@ class Accounts:
         synthetic = f"{claims.subject}@{user_id}.external".lower()
         flag = claims.raw.get("email_verified")
         verified = flag is True or flag == "true"  # some issuers (Cognito) send the string
-        addresses = [claims.email.lower(), synthetic] if verified and claims.email else [synthetic]
+        addresses = [synthetic]
+        if verified and isinstance(claims.email, str):
+            with contextlib.suppress(InvalidInput):  # held to the same rules as a signup's address
+                addresses.insert(0, normalise_email(claims.email))
         for email in addresses:
             user = User(id=user_id, email=email, password_hash="!", created_at=_iso(self.clock()))
             try:

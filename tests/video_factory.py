@@ -307,9 +307,9 @@ def resolution_change_avi(small: tuple[int, int] = (160, 120), large: tuple[int,
         listing = Path(tmp) / "parts.txt"
         listing.write_text("".join(f"file '{p}'\n" for p in parts))
         out = Path(tmp) / "joined.avi"
+        joining = ["-f", "concat", "-safe", "0", "-i", str(listing), "-c", "copy", str(out)]
         subprocess.run(
-            [ffmpeg_path(), "-loglevel", "error", "-f", "concat", "-safe", "0", "-i", str(listing)]
-            + ["-c", "copy", str(out)],
+            [ffmpeg_path(), "-loglevel", "error", *joining],
             check=True,
             timeout=60,
         )

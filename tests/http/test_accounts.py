@@ -138,7 +138,19 @@ def test_signup_duplicate_email_is_409(client, signup) -> None:
     assert login(client, account.email)  # the first account is untouched
 
 
-@pytest.mark.parametrize("email", ["not-an-email", "a@b", "", "two@@example.com", "sp ace@example.com"])
+@pytest.mark.parametrize(
+    "email",
+    [
+        "not-an-email",
+        "a@b",
+        "",
+        "two@@example.com",
+        "sp ace@example.com",
+        "a\x00@b.co",
+        "a@b.co\x00<script>",
+        "x<y@example.com",
+    ],
+)
 def test_signup_bad_email_is_422(client, email: str) -> None:
     response = client.post("/v1/auth/signup", json={"email": email, "password": TEST_PASSWORD})
     assert_error(response, 422, "invalid_email")

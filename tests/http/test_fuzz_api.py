@@ -104,17 +104,6 @@ ROUTES: dict[str, tuple[bool, st.SearchStrategy]] = {
 }
 
 
-# api/app.py answers FastAPI's own 400 for a JSON body it cannot parse (deeper than the parser's
-# stack, an integer past Python's 4300-digit limit, bytes that are not UTF-8) with the code
-# `bad_request`, which the error table does not list (the detection routes, which parse their own
-# bodies, say `invalid_json`). api/app.py is being changed by another engineer: until it maps that
-# answer to `invalid_json`, the JSON-route fuzzer lets exactly this answer through, and the strict
-# xfail test_unparsable_json_is_invalid_json_on_every_route holds the reproducers. Fixing it makes
-# that test pass (XPASS fails, strict): then delete the xfail and this allowance.
-FASTAPI_PARSE_ERROR = ("bad_request", "There was an error parsing the body")
-FASTAPI_BODY_ROUTES = {"/v1/auth/signup", "/v1/auth/login", "/v1/keys", "/v1/uploads", "/v1/jobs"}
-
-
 @budget(60)
 @given(
     route=st.sampled_from(sorted(ROUTES)),
@@ -130,19 +119,9 @@ def test_json_routes_answer_any_body_with_a_result_or_a_4xx(fresh, client, route
     sender = fresh() if authenticated else client
     headers = {"content-type": content_type} if content_type else {}
     response = sender.post(route, content=body, headers=headers)
-    if route in FASTAPI_BODY_ROUTES and response.status_code == 400:
-        error = response.json()["error"]
-        if (error["code"], error["message"]) == FASTAPI_PARSE_ERROR:
-            event("400 bad_request (known, see FASTAPI_PARSE_ERROR)")
-            return
     assert_answer(response)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="api/app.py answers FastAPI's body-parsing 400 as `bad_request`, a code errors.ERROR_CODES "
-    "does not list; once it says `invalid_json`, remove this xfail and FASTAPI_PARSE_ERROR",
-)
 @pytest.mark.parametrize(
     "body",
     [b"[" * 100_000, b'{"name": ' + b"1" * 5000 + b"}", b'{"name": "\xff"}'],
@@ -150,8 +129,9 @@ def test_json_routes_answer_any_body_with_a_result_or_a_4xx(fresh, client, route
 )
 @pytest.mark.parametrize("route", ["/v1/auth/login", "/v1/keys"])
 def test_unparsable_json_is_invalid_json_on_every_route(client, auth_headers, route, body) -> None:
-    """Reproducer: ``python3 -c 'print("[" * 100000)' | curl -H 'content-type: application/json'
-    --data-binary @- localhost:3000/v1/auth/login`` answers 400 ``bad_request``."""
+    """FastAPI's own body parsing (the account and job routes) answers as the detection routes
+    do: ``python3 -c 'print("[" * 100000)' | curl -H 'content-type: application/json'
+    --data-binary @- localhost:3000/v1/auth/login`` is 400 ``invalid_json`` (was ``bad_request``)."""
     response = client.post(route, content=body, headers={**auth_headers, **JSON})
     assert_error(response, 400, "invalid_json")
 

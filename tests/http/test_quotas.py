@@ -359,7 +359,7 @@ def test_requests_are_charged_their_cost_in_units(engine, backend_store):
 
     clock = FakeClock(utc(2030, 1, 1, 12, 0, 0))
     app = build_app(engine, backend_store, quota_settings(daily_limit=10), clock)
-    user, key = signup(app.state.accounts)
+    _, key = signup(app.state.accounts)
 
     explained = send(
         app, "POST", "/v1/detect/image?explain=true", files=image_file(), headers={"x-api-key": key}
@@ -400,7 +400,7 @@ def test_requests_are_charged_their_cost_in_units(engine, backend_store):
 def test_client_errors_cost_one_unit_and_shed_requests_none(engine, backend_store, monkeypatch):
     clock = FakeClock(utc(2030, 1, 1, 12, 0, 0))
     app = build_app(engine, backend_store, quota_settings(daily_limit=10), clock)
-    user, key = signup(app.state.accounts)
+    _, key = signup(app.state.accounts)
     bad = send(
         app,
         "POST",
