@@ -133,9 +133,21 @@ class Server:
         assert self.proc is not None
         deadline = time.monotonic() + timeout_s
         started = time.monotonic()
+        respawned = False
         with httpx.Client(base_url=self.base_url, timeout=10.0) as client:
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
+                    if not respawned and self._lost_a_port_race():
+                        # BentoML's supervisor picks its control ports at random; another
+                        # process can take one between the pick and the bind. Start once more.
+                        log.warning("bentoml serve lost a port race at start; starting it again")
+                        respawned = True
+                        self.stop()
+                        self.port = free_port()
+                        self.base_url = f"http://127.0.0.1:{self.port}"
+                        client.base_url = httpx.URL(self.base_url)
+                        self.__enter__()
+                        continue
                     raise RuntimeError(
                         f"bentoml serve exited with {self.proc.returncode}; see {self.log_path}"
                     )
@@ -149,6 +161,12 @@ class Server:
                     pass
                 time.sleep(poll_s)
         raise TimeoutError(f"server not ready after {timeout_s:.0f}s; see {self.log_path}")
+
+    def _lost_a_port_race(self) -> bool:
+        try:
+            return b"Address already in use" in self.log_path.read_bytes()[-20_000:]
+        except OSError:
+            return False
 
     def stop(self) -> None:
         """SIGTERM to the process group this object started; SIGKILL to the group if it lingers,
