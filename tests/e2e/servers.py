@@ -107,17 +107,27 @@ class ServerProcess:
         environment["VERITY_SQLITE_PATH"] = str(self.sqlite_path)
         environment["VERITY_DEV_SECRET_PATH"] = str(log_path.parent / "dev-secret")
         environment["VERITY_BLOB_DIR"] = str(log_path.parent / "blobs")
-        environment = with_env(environment, env or {})
-        log.info("starting %s (log: %s)", " ".join(argv), log_path)
-        self.proc = subprocess.Popen(
-            argv,
+        self._environment = with_env(environment, env or {})
+        self._respawned = False
+        self.proc = self._spawn()
+
+    def _spawn(self) -> subprocess.Popen:
+        log.info("starting %s (log: %s)", " ".join(self.argv), self.log_path)
+        return subprocess.Popen(
+            self.argv,
             cwd=PROJECT_ROOT,
-            env=environment,
+            env=self._environment,
             stdin=subprocess.DEVNULL,
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # our own process group: stopping it touches nothing else
         )
+
+    def _lost_a_port_race(self) -> bool:
+        """BentoML's supervisor binds control ports it picked at random; another process can take
+        one first ("Address already in use"): a start-up accident, not what a test checks."""
+        self._log_file.flush()
+        return b"Address already in use" in self.log_path.read_bytes()[-20_000:]
 
     @property
     def pid(self) -> int:
@@ -150,6 +160,11 @@ class ServerProcess:
         last = "no answer yet"
         with httpx.Client(base_url=self.url, timeout=5.0) as client:
             while time.monotonic() - started < timeout_s:
+                if self.proc.poll() is not None and not self._respawned and self._lost_a_port_race():
+                    log.warning("%s lost a port race at start; starting it once more", self.url)
+                    self._respawned = True
+                    self.proc = self._spawn()
+                    continue
                 if self.proc.poll() is not None:
                     pytest.fail(
                         f"{' '.join(self.argv)} exited with {self.proc.returncode} before it was ready; "
