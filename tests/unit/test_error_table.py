@@ -21,7 +21,6 @@ pytestmark = pytest.mark.unit
 RUNTIME_DIRS = (
     "api",
     "auth",
-    "batch",
     "blobs",
     "config",
     "detect",
