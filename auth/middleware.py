@@ -114,6 +114,8 @@ class AuthMiddleware:
         headers = start.get("headers", [])
         replayed = any(k.lower() == b"idempotent-replayed" and v == b"true" for k, v in headers)
         units = 0 if start["status"] >= 500 or replayed else int(state.get("cost_units", 1))
+        if units == 1:  # the admission's unit is the whole cost (most images): no store call, no thread
+            return outcome
         try:
             return await anyio.to_thread.run_sync(
                 settle, accounts.store, principal.user, outcome, units, admitted_at
