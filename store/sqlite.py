@@ -7,7 +7,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -150,75 +150,85 @@ class SQLiteDatabase:
             self._local.db = None
 
 
+# Migrations of databases made by earlier versions (SQLiteStore._migrate runs them) ----------------
+
+
+def _probability_not_null(db: sqlite3.Connection) -> bool:
+    """Made before NO_FACE results (``fake_probability`` null): the column is NOT NULL."""
+    columns = {row["name"]: row for row in db.execute("PRAGMA table_info(detections)")}
+    return bool(columns["fake_probability"]["notnull"])
+
+
+def _allow_null_probability(tx: sqlite3.Connection) -> None:
+    # SQLite cannot drop a constraint: the table is rebuilt, every row copied (nothing a user
+    # stored is lost).
+    tx.execute("ALTER TABLE detections RENAME TO detections_old")
+    tx.execute(_DETECTIONS_TABLE)
+    tx.execute("INSERT INTO detections SELECT * FROM detections_old")
+    tx.execute("DROP TABLE detections_old")
+    tx.execute(_DETECTIONS_INDEX)
+
+
+def _counters_cascade(db: sqlite3.Connection) -> bool:
+    """Made before: ``counters.user_id`` a foreign key with ON DELETE CASCADE, which wiped the
+    day's quota with the account."""
+    return bool(db.execute("PRAGMA foreign_key_list(counters)").fetchall())
+
+
+def _counters_outlive_users(tx: sqlite3.Connection) -> None:
+    tx.execute("ALTER TABLE counters RENAME TO counters_old")
+    tx.execute(_COUNTERS_TABLE)
+    tx.execute(
+        "INSERT INTO counters (user_id, bucket, count, expires_at) "
+        "SELECT user_id, bucket, count, expires_at FROM counters_old"
+    )
+    tx.execute("DROP TABLE counters_old")
+
+
+def _keys_lack_scopes(db: sqlite3.Connection) -> bool:
+    """Made before API key scopes: no ``api_keys.scopes`` column."""
+    return not any(row["name"] == "scopes" for row in db.execute("PRAGMA table_info(api_keys)"))
+
+
+def _add_key_scopes(tx: sqlite3.Connection) -> None:
+    # NULL for every existing key, which keeps the scopes it needs (store.records.key_scopes).
+    tx.execute("ALTER TABLE api_keys ADD COLUMN scopes TEXT")
+
+
 class SQLiteStore(SQLiteDatabase, Store):
     schema = _SCHEMA
 
     def __init__(self, path: Path) -> None:
         super().__init__(path)
         try:
-            self._allow_null_probability()
-            self._counters_outlive_users()
-            self._keys_have_scopes()
+            self._migrate(
+                _probability_not_null, _allow_null_probability, "detections.fake_probability may now be null"
+            )
+            self._migrate(
+                _counters_cascade, _counters_outlive_users, "quota counters no longer go with their account"
+            )
+            self._migrate(
+                _keys_lack_scopes, _add_key_scopes, "api_keys.scopes added (existing keys keep their scopes)"
+            )
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open the SQLite store at {self.path}: {exc}") from exc
 
-    def _keys_have_scopes(self) -> None:
-        """Databases made before API key scopes lack ``api_keys.scopes``: the column is added,
-        NULL for every existing key, which keeps the scopes it needs (store.records.key_scopes)."""
-
-        def has_column(db: sqlite3.Connection) -> bool:
-            return any(row["name"] == "scopes" for row in db.execute("PRAGMA table_info(api_keys)"))
-
-        if has_column(self._connection()):
+    def _migrate(
+        self,
+        needed: Callable[[sqlite3.Connection], bool],
+        apply: Callable[[sqlite3.Connection], None],
+        what: str,
+    ) -> None:
+        """One schema migration of a database made by an earlier version: checked first without
+        a write lock (the usual case: nothing to do), then again inside the write transaction that
+        applies it, since another process may have migrated the file meanwhile."""
+        if not needed(self._connection()):
             return
         with self._tx(immediate=True) as tx:
-            if has_column(tx):  # another process migrated it meanwhile
+            if not needed(tx):
                 return
-            tx.execute("ALTER TABLE api_keys ADD COLUMN scopes TEXT")
-        log.info("migrated %s: api_keys.scopes added (existing keys keep their scopes)", self.path)
-
-    def _counters_outlive_users(self) -> None:
-        """Databases made before declared ``counters.user_id`` a foreign key with ON DELETE
-        CASCADE, which wiped the day's quota with the account; the table is rebuilt without it in
-        one transaction, every row copied."""
-
-        def cascades(db: sqlite3.Connection) -> bool:
-            return bool(db.execute("PRAGMA foreign_key_list(counters)").fetchall())
-
-        if not cascades(self._connection()):
-            return
-        with self._tx(immediate=True) as tx:
-            if not cascades(tx):  # another process migrated it meanwhile
-                return
-            tx.execute("ALTER TABLE counters RENAME TO counters_old")
-            tx.execute(_COUNTERS_TABLE)
-            tx.execute(
-                "INSERT INTO counters (user_id, bucket, count, expires_at) "
-                "SELECT user_id, bucket, count, expires_at FROM counters_old"
-            )
-            tx.execute("DROP TABLE counters_old")
-        log.info("migrated %s: quota counters no longer go with their account", self.path)
-
-    def _allow_null_probability(self) -> None:
-        """Databases made before NO_FACE results (``fake_probability`` null) declared the column
-        NOT NULL; SQLite cannot drop a constraint, so such a table is rebuilt in one transaction,
-        every row copied (nothing a user stored is lost)."""
-
-        def nullable(db: sqlite3.Connection) -> bool:
-            columns = {row["name"]: row for row in db.execute("PRAGMA table_info(detections)")}
-            return not columns["fake_probability"]["notnull"]
-
-        if nullable(self._connection()):
-            return
-        with self._tx(immediate=True) as tx:
-            if nullable(tx):  # another process migrated it meanwhile
-                return
-            tx.execute("ALTER TABLE detections RENAME TO detections_old")
-            tx.execute(_DETECTIONS_TABLE)
-            tx.execute("INSERT INTO detections SELECT * FROM detections_old")
-            tx.execute("DROP TABLE detections_old")
-            tx.execute(_DETECTIONS_INDEX)
-        log.info("migrated %s: detections.fake_probability may now be null", self.path)
+            apply(tx)
+        log.info("migrated %s: %s", self.path, what)
 
     # accounts --------------------------------------------------------------------------------
     def create_user(self, user: User, first_key: ApiKey | None) -> None:
