@@ -16,7 +16,8 @@ import subprocess
 import sys
 from collections import Counter
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import jwt
 import pytest
@@ -24,6 +25,9 @@ import pytest
 from auth.api_keys import digest_key, generate_key, well_formed
 from tests.conftest import PROJECT_ROOT, TEST_PASSWORD, Account, Caller, assert_error, login, unique_email
 from tests.media_factory import jpeg_bytes
+
+if TYPE_CHECKING:
+    from config import Settings
 
 pytestmark = pytest.mark.http
 
@@ -735,6 +739,20 @@ def test_ops_cli_creates_an_admin_and_a_key_without_http(client) -> None:
 # --- an external JWKS issuer through the HTTP layer ---------------------------------------------------
 
 
+def local_issuer_settings(tmp_path: Path, issuers: list[dict[str, Any]], **extra: Any) -> Settings:
+    """Settings of their own (SQLite file, development secret) that accept ``issuers``, whose
+    JWKS endpoints are plain http on loopback (allowed for 127.0.0.1 only)."""
+    from config import Settings  # at run time, as the tests here import it
+
+    return Settings(
+        sqlite_path=tmp_path / "verity.db",
+        dev_secret_path=tmp_path / "dev-secret",
+        jwt_external_issuers=issuers,
+        jwks_insecure_hosts=["127.0.0.1"],
+        **extra,
+    )
+
+
 def test_external_issuer_tokens_over_http(tmp_path) -> None:
     """An app configured with an external issuer (a real JWKS endpoint on 127.0.0.1): its users get
     an account on first sight, forged kids cost at most one JWKS fetch, and every failure is the
@@ -744,7 +762,6 @@ def test_external_issuer_tokens_over_http(tmp_path) -> None:
 
     from api.app import create_app
     from auth.accounts import Accounts
-    from config import Settings
     from store.sqlite import SQLiteStore
     from tests.jwks import rsa_jwk, serving
 
@@ -759,12 +776,10 @@ def test_external_issuer_tokens_over_http(tmp_path) -> None:
 
     with serving() as endpoint:
         endpoint.reset([rsa_jwk(key, "k1")])
-        settings = Settings(
-            sqlite_path=tmp_path / "verity.db",
-            dev_secret_path=tmp_path / "dev-secret",
-            jwt_external_issuers=[{"issuer": issuer, "jwks_url": endpoint.url, "audience": audience}],
+        settings = local_issuer_settings(
+            tmp_path,
+            [{"issuer": issuer, "jwks_url": endpoint.url, "audience": audience}],
             jwks_refetch_cooldown_s=60,
-            jwks_insecure_hosts=["127.0.0.1"],  # the test issuer is plain http on loopback
         )
         app = create_app(settings)
         store = SQLiteStore(settings.sqlite_path)
@@ -814,7 +829,6 @@ def test_an_unreachable_or_broken_issuer_is_a_503_over_http(tmp_path) -> None:
 
     from api.app import create_app
     from auth.accounts import Accounts
-    from config import Settings
     from store.sqlite import SQLiteStore
     from tests.jwks import rsa_jwk, serving
 
@@ -836,12 +850,7 @@ def test_an_unreachable_or_broken_issuer_is_a_503_over_http(tmp_path) -> None:
             {"issuer": broken, "jwks_url": garbage.url, "audience": "verity-external"},
             {"issuer": healthy, "jwks_url": good.url, "audience": "verity-external"},
         ]
-        settings = Settings(
-            sqlite_path=tmp_path / "verity.db",
-            dev_secret_path=tmp_path / "dev-secret",
-            jwt_external_issuers=issuers,
-            jwks_insecure_hosts=["127.0.0.1"],
-        )
+        settings = local_issuer_settings(tmp_path, issuers)
         app = create_app(settings)
         store = SQLiteStore(settings.sqlite_path)
         app.state.accounts = Accounts(store, settings)
@@ -867,7 +876,6 @@ def external_issuer_app(tmp_path):
 
     from api.app import create_app
     from auth.accounts import Accounts
-    from config import Settings
     from store.sqlite import SQLiteStore
     from tests.jwks import rsa_jwk, serving
 
@@ -883,11 +891,8 @@ def external_issuer_app(tmp_path):
 
     with serving() as endpoint:
         endpoint.reset([rsa_jwk(key, "k1")])
-        settings = Settings(
-            sqlite_path=tmp_path / "verity.db",
-            dev_secret_path=tmp_path / "dev-secret",
-            jwt_external_issuers=[{"issuer": issuer, "jwks_url": endpoint.url, "audience": audience}],
-            jwks_insecure_hosts=["127.0.0.1"],
+        settings = local_issuer_settings(
+            tmp_path, [{"issuer": issuer, "jwks_url": endpoint.url, "audience": audience}]
         )
         app = create_app(settings)
         store = SQLiteStore(settings.sqlite_path)
