@@ -17,13 +17,14 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import Field, ValidationError
+from pydantic import Field
 
 from api.account_routes import DetectPrincipal, KeysPrincipal, ReadPrincipal, RecordId, StrictBody, run
 from api.openapi import error_responses
 from api.upload_form import receive_form
 from blobs.base import upload_key
 from blobs.local import LOCAL_UPLOAD_PATH, LocalBlobs
+from detect.files import check_models, parse_options
 from errors import (
     Conflict,
     InvalidInput,
@@ -157,26 +158,6 @@ async def receive_local_upload(request: Request) -> Response:
 # --- jobs ------------------------------------------------------------------------------------------
 
 
-class ImageOptions(StrictBody):
-    model: str | None = None
-    explain: bool = False
-    faces: Literal["auto", "off"] = "off"
-
-
-class AudioOptions(StrictBody):
-    model: str | None = None
-
-
-class VideoOptions(StrictBody):
-    fps: float | None = Field(None, gt=0, le=30, description="frames sampled per second")
-    max_frames: int | None = Field(None, ge=1, description="most frames sampled")
-    strategy: Literal["temporal", "frames"] = "temporal"
-    model: str | None = Field(None, description="image model for strategy=frames")
-
-
-_OPTIONS = {"image": ImageOptions, "audio": AudioOptions, "video": VideoOptions}
-
-
 class JobRequest(StrictBody):
     upload_id: str = Field(max_length=64)
     modality: Literal["image", "video", "audio"]
@@ -185,24 +166,12 @@ class JobRequest(StrictBody):
 
 
 def _options(request: Request, body: JobRequest) -> dict[str, Any]:
-    try:
-        options = _OPTIONS[body.modality].model_validate(body.options)
-    except ValidationError as exc:
-        problems = "; ".join(f"options.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise InvalidInput(problems, code="invalid_input") from exc
-    engine = getattr(request.app.state, "engine", None)
     settings = backend_of(request).settings
-    if isinstance(options, VideoOptions):
-        if options.max_frames is not None and options.max_frames > settings.job_video_max_frames_cap:
-            raise InvalidInput(
-                f"max_frames is at most {settings.job_video_max_frames_cap} in a job",
-                code="invalid_max_frames",
-            )
-        if engine is not None:
-            engine.image_model(options.model) if options.strategy == "frames" else engine.video_models()
-    elif engine is not None:
-        getattr(engine, f"{body.modality}_model")(options.model)  # unknown model: 404 now, not later
-    return options.model_dump(exclude_defaults=True)
+    options = parse_options(body.modality, body.options, max_frames_cap=settings.job_video_max_frames_cap)
+    engine = getattr(request.app.state, "engine", None)
+    if engine is not None:
+        check_models(engine, body.modality, options)  # unknown model: 404 now, not later
+    return options
 
 
 @router.post("/v1/jobs", status_code=202, tags=["jobs"])

@@ -30,9 +30,9 @@ import anyio
 
 from auth.quotas import cost_units, counter_expiry
 from detect.engine import Engine
-from errors import BadMedia, VerityError
+from detect.files import detect_file, modality_of
+from errors import VerityError
 from jobs.backend import JobsBackend, iso_now
-from media.sniff import AUDIO_FORMATS, IMAGE_FORMATS, SNIFF_BYTES, VIDEO_FORMATS, sniff
 from store.ids import new_id
 from store.records import Detection, Job
 from webhooks.delivery import deliver, is_retryable, retry_delay_s
@@ -57,18 +57,6 @@ JOB_RETRY_BASE_S = 10.0  # a run stopped by an outage is retried after ~10 s, ~2
 
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{new_id('w')[-8:]}"
-
-
-def modality_of(path: Path) -> str | None:
-    with path.open("rb") as handle:
-        kind = sniff(handle.read(SNIFF_BYTES))
-    if kind in IMAGE_FORMATS:
-        return "image"
-    if kind in VIDEO_FORMATS:
-        return "video"  # an mp4 may be audio only: the video decoder's probe says so
-    if kind in AUDIO_FORMATS:
-        return "audio"
-    return None
 
 
 class JobRunner:
@@ -191,42 +179,8 @@ class JobRunner:
 
     async def _detect(self, job: Job, path: Path, progress: _Progress) -> dict[str, Any]:
         detected = await anyio.to_thread.run_sync(modality_of, path)
-        if detected is None or (
-            detected != job.modality and not (detected == "video" and job.modality == "audio")
-        ):
-            raise BadMedia(
-                f"the upload is not {job.modality} by its content (detected: {detected or 'unknown'})",
-                code="modality_mismatch",
-            )
-        options = job.options
-        if job.modality == "image":
-            from detect.image import detect_image
-            from media.image import read_image_file
-
-            data = await anyio.to_thread.run_sync(read_image_file, path, self.settings.max_image_bytes)
-            return await detect_image(
-                self.engine,
-                data,
-                model_id=options.get("model"),
-                explain=bool(options.get("explain", False)),
-                faces=options.get("faces", "off"),
-            )
-        if job.modality == "audio":
-            from detect.audio import detect_audio_file
-
-            return await detect_audio_file(
-                self.engine, path, model_id=options.get("model"), progress=progress
-            )
-        from detect.video import detect_video_file
-
-        return await detect_video_file(
-            self.engine,
-            path,
-            fps=options.get("fps"),
-            max_frames=options.get("max_frames"),
-            strategy=options.get("strategy", "temporal"),
-            model_id=options.get("model"),
-            progress=progress,
+        return await detect_file(
+            self.engine, path, job.modality, job.options, detected=detected, progress=progress
         )
 
     async def _heartbeat(self, job: Job, progress: _Progress) -> None:

@@ -1,0 +1,144 @@
+"""Detection on a media file at a path, whatever runs it: a job's worker (``jobs/runner.py``) and
+the batch runner (``batch/``) both come here, so a file gets the same checks, options and result
+whichever of them reads it.
+
+* ``modality_of``: what a file is by its magic bytes (never its name).
+* ``parse_options``: the options a job or a manifest line may give per modality (those of the
+  inline routes), validated, with defaults dropped; ``check_models`` says early when one names a
+  model that is not served.
+* ``detect_file``: the file's result, with the job limits (durations, frames, bytes) of
+  ``detect_audio_file`` / ``detect_video_file`` and the inline image cap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import anyio
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from detect.engine import Engine
+from errors import BadMedia, InvalidInput
+from media.sniff import AUDIO_FORMATS, IMAGE_FORMATS, SNIFF_BYTES, VIDEO_FORMATS, sniff
+
+MODALITIES = ("image", "audio", "video")
+
+
+class _Options(BaseModel):
+    # An unknown option is refused, naming it: a misspelt "fsp" must not quietly run at the default.
+    model_config = ConfigDict(extra="forbid")
+
+
+class ImageOptions(_Options):
+    model: str | None = None
+    explain: bool = False
+    faces: Literal["auto", "off"] = "off"
+
+
+class AudioOptions(_Options):
+    model: str | None = None
+
+
+class VideoOptions(_Options):
+    fps: float | None = Field(None, gt=0, le=30, description="frames sampled per second")
+    max_frames: int | None = Field(None, ge=1, description="most frames sampled")
+    strategy: Literal["temporal", "frames"] = "temporal"
+    model: str | None = Field(None, description="image model for strategy=frames")
+
+
+OPTIONS: dict[str, type[_Options]] = {"image": ImageOptions, "audio": AudioOptions, "video": VideoOptions}
+
+
+def parse_options(modality: str, raw: dict[str, Any], *, max_frames_cap: int) -> dict[str, Any]:
+    """``raw`` validated for ``modality``, defaults left out; ``InvalidInput`` naming the field."""
+    try:
+        options = OPTIONS[modality].model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"options.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise InvalidInput(problems, code="invalid_input") from exc
+    if isinstance(options, VideoOptions) and (options.max_frames or 0) > max_frames_cap:
+        raise InvalidInput(
+            f"max_frames is at most {max_frames_cap} for a file read in full", code="invalid_max_frames"
+        )
+    return options.model_dump(exclude_defaults=True)
+
+
+def check_models(engine: Engine, modality: str, options: dict[str, Any]) -> None:
+    """Raise now (404 ``model_not_found``, 422 ``model_not_served``, 503 ``modality_unavailable``)
+    rather than after the file was read, when ``options`` (parsed) need a model not served here."""
+    if modality == "video":
+        if options.get("strategy", "temporal") == "frames":
+            engine.image_model(options.get("model"))
+        else:
+            engine.video_models()
+    elif modality == "image":
+        engine.image_model(options.get("model"))
+    else:
+        engine.audio_model(options.get("model"))
+
+
+def modality_of(path: Path) -> str | None:
+    """The file's modality by its magic bytes ("image", "video", "audio"), or None."""
+    with path.open("rb") as handle:
+        kind = sniff(handle.read(SNIFF_BYTES))
+    if kind in IMAGE_FORMATS:
+        return "image"
+    if kind in VIDEO_FORMATS:
+        return "video"  # an mp4 may be audio only: the video decoder's probe says so
+    if kind in AUDIO_FORMATS:
+        return "audio"
+    return None
+
+
+def check_modality(detected: str | None, modality: str) -> None:
+    """``BadMedia`` (``modality_mismatch``) unless a file detected as ``detected`` can be run as
+    ``modality``. A video container may be run as audio (its audio track)."""
+    if detected is None or (detected != modality and not (detected == "video" and modality == "audio")):
+        raise BadMedia(
+            f"the file is not {modality} by its content (detected: {detected or 'unknown'})",
+            code="modality_mismatch",
+        )
+
+
+async def detect_file(
+    engine: Engine,
+    path: Path,
+    modality: str,
+    options: dict[str, Any],
+    *,
+    detected: str | None,
+    progress: Callable[[float], None] | None = None,
+) -> dict[str, Any]:
+    """The result for the file at ``path`` run as ``modality`` with parsed ``options``.
+    ``detected`` is what ``modality_of`` said of the file (the caller has asked it already, to
+    choose a modality or to report it); it must fit ``modality``. Bad media raises its typed error."""
+    check_modality(detected, modality)
+    if modality == "image":
+        from detect.image import detect_image
+        from media.image import read_image_file
+
+        data = await anyio.to_thread.run_sync(read_image_file, path, engine.settings.max_image_bytes)
+        return await detect_image(
+            engine,
+            data,
+            model_id=options.get("model"),
+            explain=bool(options.get("explain", False)),
+            faces=options.get("faces", "off"),
+        )
+    if modality == "audio":
+        from detect.audio import detect_audio_file
+
+        return await detect_audio_file(engine, path, model_id=options.get("model"), progress=progress)
+    from detect.video import detect_video_file
+
+    return await detect_video_file(
+        engine,
+        path,
+        fps=options.get("fps"),
+        max_frames=options.get("max_frames"),
+        strategy=options.get("strategy", "temporal"),
+        model_id=options.get("model"),
+        progress=progress,
+    )
