@@ -219,6 +219,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "user_not_found": (404, "admin: no such user"),
     "upload_not_found": (404, "no such upload of yours (or it expired)"),
     "job_not_found": (404, "no such job of yours"),
+    "file_not_found": (404, "(batch) an item's path or S3 object does not exist"),
     "method_not_allowed": (405, "the route exists for other methods (listed in `Allow`)"),
     "email_taken": (409, "the email is already registered (signups are throttled per address)"),
     "too_many_keys": (409, "the account holds `VERITY_MAX_KEYS_PER_USER` unrevoked keys already"),

@@ -2,8 +2,8 @@
 
 Both hostings start from ``served_models(settings)``: ``service.py`` declares one BentoML model
 service per entry and wraps each dependency in a ``BentoModelClient``; ``build_inprocess_engine``
-opens one ONNX Runtime session per entry in this process (``api.app.create_inprocess_app``, for
-the AWS Lambda handler, and later the job worker and the batch runner). A missing model stops
+opens one ONNX Runtime session per entry in this process (``api.app.create_inprocess_app`` for
+the AWS Lambda handler, ``python -m jobs.worker``, ``python -m batch``). A missing model stops
 start-up with the command that exports it.
 """
 

@@ -21,6 +21,7 @@ pytestmark = pytest.mark.unit
 RUNTIME_DIRS = (
     "api",
     "auth",
+    "batch",
     "blobs",
     "config",
     "detect",

@@ -32,9 +32,10 @@ def test_bentofile_pins_equal_pyproject_runtime_group():
 
 
 def test_serving_imports_no_torch_or_tensorflow(model_store):
-    """Import the whole serving graph in a fresh interpreter and list the heavy modules loaded."""
+    """Import the whole serving graph (the server and the batch runner, which the same image
+    runs) in a fresh interpreter and list the heavy modules loaded."""
     probe = (
-        "import sys, json, service; "
+        "import sys, json, service, batch.cli, batch.runner; "
         "sys.stdout.write(json.dumps(sorted(m for m in sys.modules "
         "if m.split('.')[0] in ('torch', 'tensorflow', 'transformers', 'keras', 'tf2onnx'))))"
     )

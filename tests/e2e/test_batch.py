@@ -1,0 +1,249 @@
+"""``python -m batch`` as a user runs it: a subprocess over real media (images, a WAV, an MP4
+and hostile files) with the session's tiny models, its output read back. Killed with SIGKILL in
+the middle and run again, every item is answered exactly once; an S3 prefix is read from a real
+``moto_server``. Runs that need no model (dry runs, refusals) stop before any model is opened."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from detect.results import DetectionResult
+from tests.audio_factory import encode as encode_audio
+from tests.audio_factory import speech_like
+from tests.e2e.servers import BIN_DIR, PROJECT_ROOT, server_env, with_env
+from tests.media_factory import jpeg_bytes, png_header_only
+from tests.store import conftest as store_fixtures
+from tests.video_factory import pattern_frames, write_opencv
+
+pytestmark = pytest.mark.e2e
+
+aws_env = store_fixtures.aws_env
+moto_server = store_fixtures.moto_server
+
+RUN_TIMEOUT_S = 120
+# Hostile files and what their lines must say.
+HOSTILE = {
+    "hostile/noise.jpg": "unsupported_media_type",  # a .jpg name, random bytes
+    "hostile/empty.jpg": "unsupported_media_type",
+    "hostile/truncated.jpg": "corrupt_image",
+    "hostile/bomb.png": "too_many_pixels",  # a header claiming 50000 x 50000 pixels
+}
+
+
+def _files(root: Path, files: dict[str, bytes]) -> Path:
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    return root
+
+
+@pytest.fixture(scope="module")
+def env(model_store, bentoml_home: Path) -> dict[str, str]:
+    return server_env(bentoml_home)
+
+
+def batch(env: dict[str, str], *args: str, **kwargs: Any) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(BIN_DIR / "python"), "-m", "batch", *args],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+        **kwargs,
+    )
+
+
+def lines_of(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_a_folder_of_mixed_and_hostile_media(env: dict[str, str], tmp_path: Path) -> None:
+    media = _files(
+        tmp_path / "media",
+        {
+            "a.jpg": jpeg_bytes(64, 48, seed=1),
+            "people/b.jpg": jpeg_bytes(80, 60, seed=2),
+            "call.wav": encode_audio(speech_like(1.0), 16_000, "wav"),
+            "clip.mp4": write_opencv(pattern_frames(6), fps=5),
+            "hostile/noise.jpg": os.urandom(2048),
+            "hostile/empty.jpg": b"",
+            "hostile/truncated.jpg": jpeg_bytes(64, 48)[:300],
+            "hostile/bomb.png": png_header_only(50_000, 50_000),
+        },
+    )
+    output = tmp_path / "out" / "results.jsonl"
+    run = batch(env, "--input", str(media), "--output", str(output))
+    assert run.returncode == 0, run.stderr[-3000:]  # bad items do not fail the run
+
+    lines = {line["id"]: line for line in lines_of(output)}
+    assert sorted(lines) == sorted(["a.jpg", "people/b.jpg", "call.wav", "clip.mp4", *HOSTILE])
+    for item_id, code in HOSTILE.items():
+        assert lines[item_id]["error"]["code"] == code, lines[item_id]
+        assert lines[item_id]["error"]["message"]
+        assert "result" not in lines[item_id]
+    for item_id, modality in {"a.jpg": "image", "people/b.jpg": "image", "call.wav": "audio"}.items():
+        line = lines[item_id]
+        assert line["source"] == str(media / item_id) and line["modality"] == modality
+        DetectionResult.model_validate(line["result"])  # the API's own result shape
+        assert line["result"]["modality"] == modality
+    video = lines["clip.mp4"]["result"]
+    assert video["modality"] == "video" and video["media"]["frames_analyzed"] > 0
+
+    summary = json.loads((tmp_path / "out" / "results.summary.json").read_text())
+    assert summary["status"] == "completed" and summary["shard"] == "0/1"
+    assert summary["items"] == summary["answered"] == 8 and summary["remaining"] == 0
+    assert summary["errors_by_code"] == {
+        "unsupported_media_type": 2,
+        "corrupt_image": 1,
+        "too_many_pixels": 1,
+    }
+    assert sum(summary["by_modality"]["image"].values()) == 4  # 2 pictures, the truncated one, the bomb
+    assert summary["by_modality"]["image"]["error"] == 2
+    assert summary["by_modality"]["unknown"] == {"error": 2}
+    assert summary["this_run"]["answered"] == 8 and summary["this_run"]["items_per_s"] > 0
+
+    # Not a terminal: every log line is JSON, progress and the summary among them.
+    logged = [json.loads(line) for line in run.stderr.splitlines() if line.strip()]
+    assert any(entry["message"] == "progress 8/8" for entry in logged)
+    assert logged[-1]["summary"]["answered"] == 8
+
+    again = batch(env, "--input", str(media), "--output", str(output))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len(lines_of(output)) == 8  # nothing answered twice
+    assert "8 already answered" in again.stderr and "onnx session ready" not in again.stderr
+
+
+def test_killed_mid_run_then_resumed_answers_every_item_once(env: dict[str, str], tmp_path: Path) -> None:
+    count = 120
+    media = _files(tmp_path / "media", {f"{i:03d}.jpg": jpeg_bytes(48, 48, seed=i) for i in range(count)})
+    output = tmp_path / "results.jsonl"
+    args = [str(BIN_DIR / "python"), "-m", "batch", "--input", str(media), "--output", str(output)]
+    first = subprocess.Popen(
+        [*args, "--concurrency", "2"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own group: the kill reaches any decoder child too
+    )
+    try:
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        while not (output.exists() and output.read_bytes().count(b"\n") >= 3):
+            assert first.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline, "no results appeared"
+            time.sleep(0.01)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=30)
+    before = output.read_bytes().count(b"\n")
+    assert 3 <= before < count, "the kill must land mid-run"
+    with output.open("ab") as handle:
+        handle.write(b'{"id": "119.jpg", "source": "x", "res')  # as if killed inside a write
+
+    again = batch(env, "--input", str(media), "--output", str(output))
+    assert again.returncode == 0, again.stderr[-3000:]
+    ids = [line["id"] for line in lines_of(output)]  # every line parses: the torn one is gone
+    assert sorted(ids) == [f"{i:03d}.jpg" for i in range(count)]  # each exactly once
+    assert "dropped a partial last line" in again.stderr
+    summary = json.loads((tmp_path / "results.summary.json").read_text())
+    assert summary["answered"] == count and summary["this_run"]["skipped_as_answered"] == before
+
+
+def test_dry_runs_list_each_shard_and_run_nothing(env: dict[str, str], tmp_path: Path) -> None:
+    media = _files(tmp_path / "media", {f"{i}.jpg": jpeg_bytes(32, 32, seed=i) for i in range(12)})
+    (tmp_path / "media" / "note.txt").write_text("not media")
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text(
+        "".join(
+            json.dumps({"id": f"item-{i}", "path": f"media/{i}.jpg", "modality": "image"}) + "\n"
+            for i in range(12)
+        )
+    )
+    whole = batch(env, "--input", str(media), "--output", str(tmp_path / "out.jsonl"), "--dry-run")
+    assert whole.returncode == 0, whole.stderr
+    listed = [json.loads(line) for line in whole.stdout.splitlines()]
+    assert [entry["id"] for entry in listed] == sorted([*(f"{i}.jpg" for i in range(12)), "note.txt"])
+    assert {entry["id"]: entry["modality"] for entry in listed}["note.txt"] is None
+    assert {entry["modality"] for entry in listed if entry["id"] != "note.txt"} == {"image"}
+
+    shards: list[set[str]] = []
+    for index in range(3):  # as three Cloud Run tasks see it
+        task = with_env(env, {"CLOUD_RUN_TASK_INDEX": str(index), "CLOUD_RUN_TASK_COUNT": "3"})
+        run = batch(task, "--input", str(manifest), "--output", str(tmp_path / "out.jsonl"), "--dry-run")
+        assert run.returncode == 0, run.stderr
+        assert f"out.shard-000{index}-of-0003.jsonl" in run.stderr
+        shards.append({json.loads(line)["id"] for line in run.stdout.splitlines()})
+    assert set.union(*shards) == {f"item-{i}" for i in range(12)}
+    assert sum(len(shard) for shard in shards) == 12  # disjoint
+
+    limited = batch(
+        env, "--input", str(manifest), "--output", str(tmp_path / "out.jsonl"), "--dry-run", "--limit", "5"
+    )
+    assert len(limited.stdout.splitlines()) == 5
+    assert not list(tmp_path.glob("out*"))  # nothing written
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--input", "{tmp}/nope", "--output", "{tmp}/r.jsonl"], "no such file or folder"),
+        (["--input", "{tmp}", "--output", "{tmp}/r.jsonl", "--shard", "7/4"], "0..count-1"),
+        (["--input", "{tmp}/media", "--output", "{tmp}/file/r.jsonl"], "cannot write"),
+        (["--input", "{tmp}/media", "--output", "{tmp}/media/r.jsonl"], "lies inside --input"),
+        (["--input", "{tmp}/bad.jsonl", "--output", "{tmp}/r.jsonl"], "bad.jsonl:2: not JSON"),
+        (["--input", "{tmp}", "--output", "s3://bucket/out/"], "S3 is not supported yet"),
+    ],
+)
+def test_a_command_that_cannot_run_exits_2_with_one_line(
+    env: dict[str, str], tmp_path: Path, args: list[str], says: str
+) -> None:
+    (tmp_path / "media").mkdir()
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "bad.jsonl").write_text('{"id": "a", "path": "a.jpg"}\n{"id": \n')
+    run = batch(env, *(arg.format(tmp=tmp_path) for arg in args))
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.count("\n") == 1 and says in run.stderr, run.stderr
+
+
+def test_an_s3_prefix(env: dict[str, str], moto_server, tmp_path: Path) -> None:
+    s3 = boto3.client("s3", region_name=store_fixtures.REGION, endpoint_url=moto_server.endpoint)
+    s3.create_bucket(Bucket="media")
+    for key, data in {
+        "run/a.jpg": jpeg_bytes(64, 48, seed=1),
+        "run/sub/b.jpg": jpeg_bytes(64, 48, seed=2),
+        "run/junk.bin": b"\x00" * 64,
+        "run/": b"",  # a console's folder marker
+        "other/c.jpg": jpeg_bytes(64, 48, seed=3),
+    }.items():
+        s3.put_object(Bucket="media", Key=key, Body=data)
+    credentials = {name: os.environ[name] for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    task = {
+        **env,
+        **credentials,  # moto's fake ones (aws_env)
+        "VERITY_S3_ENDPOINT_URL": moto_server.endpoint,
+        "AWS_BATCH_JOB_ARRAY_INDEX": "0",
+    }
+    # One shard of one: an AWS Batch array child with --shards 1 runs everything.
+    run = batch(task, "--input", "s3://media/run", "--output", str(tmp_path), "--shards", "1")
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = {line["id"]: line for line in lines_of(tmp_path / "results.jsonl")}
+    assert sorted(lines) == ["a.jpg", "junk.bin", "sub/b.jpg"]
+    assert lines["sub/b.jpg"]["source"] == "s3://media/run/sub/b.jpg"
+    assert lines["sub/b.jpg"]["result"]["verdict"] in ("REAL", "FAKE", "UNCERTAIN")
+    assert lines["junk.bin"]["error"]["code"] == "unsupported_media_type"
+
+    missing = tmp_path / "manifest.jsonl"
+    missing.write_text(json.dumps({"id": "gone", "uri": "s3://media/run/gone.jpg"}) + "\n")
+    run = batch(task, "--input", str(missing), "--output", str(tmp_path / "m.jsonl"), "--shards", "1")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert lines_of(tmp_path / "m.jsonl")[0]["error"]["code"] == "file_not_found"
