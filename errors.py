@@ -212,6 +212,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
         "a local upload form whose key or Content-Type differs from what its policy signed",
     ),
     "upload_expired": (403, "the upload form (or its upload) has expired: ask for a new one"),
+    "file_unreadable": (403, "(batch) an item's file exists but cannot be read (permissions, I/O error)"),
     "route_not_found": (404, "no such route"),
     "model_not_found": (404, "`model=` names no catalog model"),
     "key_not_found": (404, "no such key among yours"),

@@ -27,6 +27,7 @@ import anyio
 from batch.items import Item, collect, is_s3
 from batch.progress import Progress, configure_logging
 from batch.results import ResultsFile, scan
+from batch.s3_output import DEFAULT_FLUSH_S, S3Results, s3_results_uri
 from batch.shards import Shard, choose_shard, results_path, summary_path
 from batch.sources import Sources
 from batch.summary import Tally, summary_document, write_summary
@@ -51,8 +52,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--output",
         required=True,
-        help="the results file (JSONL; a folder gets results.jsonl); a shard writes "
-        "<stem>.shard-IIII-of-NNNN.jsonl beside it",
+        help="the results file (JSONL; a folder gets results.jsonl), or s3://bucket/prefix/; a "
+        "shard writes <stem>.shard-IIII-of-NNNN.jsonl beside it",
     )
     p.add_argument(
         "--modality",
@@ -82,6 +83,14 @@ def parser() -> argparse.ArgumentParser:
         metavar="N",
         help=f"items in flight at once (default {DEFAULT_CONCURRENCY})",
     )
+    p.add_argument(
+        "--publish-every",
+        type=float,
+        default=DEFAULT_FLUSH_S,
+        metavar="SECONDS",
+        help=f"with an s3:// output: put the results so far every SECONDS (default {DEFAULT_FLUSH_S:g}); "
+        "a killed task redoes at most the items since the last put",
+    )
     return p
 
 
@@ -91,9 +100,14 @@ class Plan:
 
     input: str
     shard: Shard
-    results: Path
+    results: Path | None  # the local results file, or None for S3
+    results_uri: str | None  # the S3 object of the results, for an s3:// output
     items: list[Item]
     default_options: dict[str, dict[str, Any]]
+
+    @property
+    def output(self) -> str:
+        return self.results_uri or str(self.results)
 
 
 def plan(args: argparse.Namespace, settings: Settings, sources: Sources) -> Plan:
@@ -101,11 +115,17 @@ def plan(args: argparse.Namespace, settings: Settings, sources: Sources) -> Plan
         raise UsageError("--limit must be 0 or more")
     if args.concurrency < 1:
         raise UsageError("--concurrency must be 1 or more")
+    if args.publish_every <= 0:
+        raise UsageError("--publish-every must be more than 0 seconds")
     shard = choose_shard(args.shard, args.shards, os.environ)
+    results: Path | None = None
+    results_uri: str | None = None
     if is_s3(args.output):
-        raise UsageError("--output: S3 is not supported yet; write to a local file and copy it")
-    results = results_path(args.output, shard)
-    _check_outside_input(args.input, results)
+        results_uri = s3_results_uri(args.output, shard)
+        _check_outside_s3_input(args.input, results_uri)
+    else:
+        results = results_path(args.output, shard)
+        _check_outside_input(args.input, results)
     everything = collect(
         args.input,
         modality=None if args.modality == "auto" else args.modality,
@@ -116,6 +136,7 @@ def plan(args: argparse.Namespace, settings: Settings, sources: Sources) -> Plan
         input=args.input,
         shard=shard,
         results=results,
+        results_uri=results_uri,
         items=[item for item in everything if shard.holds(item.id)],
         default_options=_model_defaults(args.model),
     )
@@ -126,6 +147,13 @@ def _check_outside_input(location: str, results: Path) -> None:
     if not is_s3(location) and folder.is_dir() and results.resolve().is_relative_to(folder.resolve()):
         raise UsageError(
             f"--output {results} lies inside --input {location}: the next run would read it as media"
+        )
+
+
+def _check_outside_s3_input(location: str, results_uri: str) -> None:
+    if is_s3(location) and results_uri.startswith(location.rstrip("/") + "/"):
+        raise UsageError(
+            f"--output {results_uri} lies under --input {location}: the next run would read it as media"
         )
 
 
@@ -143,12 +171,19 @@ def _model_defaults(model: str | None) -> dict[str, dict[str, Any]]:
     return {entry.modality: {"model": model}}
 
 
-def dry_run(the_plan: Plan, limit: int | None) -> int:
+def dry_run(the_plan: Plan, sources: Sources, limit: int | None) -> int:
     """One JSON line per item that would run, on stdout; the counts in the log."""
     answered: set[str] = set()
-    if the_plan.results.exists():
+    if the_plan.results_uri is not None:
+        remote = S3Results(sources, the_plan.results_uri)
+        try:
+            if remote.fetch(create=False):
+                scan(remote.local, lambda line: answered.add(line["id"]))
+        finally:
+            remote.close(keep_local=False)
+    elif the_plan.results is not None and the_plan.results.exists():
         scan(the_plan.results, lambda line: answered.add(line["id"]))
-    else:
+    elif the_plan.results is not None:
         _check_creatable(the_plan.results)
     todo = _todo(the_plan.items, answered, limit)
     for item in todo:
@@ -165,7 +200,7 @@ def dry_run(the_plan: Plan, limit: int | None) -> int:
         the_plan.shard,
         len(the_plan.items),
         sum(item.id in answered for item in the_plan.items),
-        the_plan.results,
+        the_plan.output,
         len(todo),
     )
     return 0
@@ -257,8 +292,41 @@ async def _run(
 
 
 def execute(args: argparse.Namespace, settings: Settings, the_plan: Plan, sources: Sources, tty: bool) -> int:
+    remote: S3Results | None = None
+    if the_plan.results_uri is not None:
+        remote = S3Results(sources, the_plan.results_uri, flush_s=args.publish_every)
+        try:
+            remote.fetch(create=True)
+        except BaseException:
+            remote.close(keep_local=False)
+            raise
+        local = remote.local
+    else:
+        assert the_plan.results is not None
+        local = the_plan.results
+    published = False
+    try:
+        code = _answer(args, settings, the_plan, sources, tty, local, remote)
+        published = True
+        return code
+    finally:
+        if remote is not None:
+            remote.close(keep_local=not published)
+
+
+def _answer(
+    args: argparse.Namespace,
+    settings: Settings,
+    the_plan: Plan,
+    sources: Sources,
+    tty: bool,
+    local: Path,
+    remote: S3Results | None,
+) -> int:
+    """Run the shard's remaining items into ``local`` (published to ``remote`` as they come and at
+    the end), then write the summary; the exit status."""
     tally = Tally()
-    results = ResultsFile.open(the_plan.results, tally.add)
+    results = ResultsFile.open(local, tally.add)
     try:
         todo = _todo(the_plan.items, tally.ids, args.limit)
         skipped = sum(item.id in tally.ids for item in the_plan.items)
@@ -267,19 +335,24 @@ def execute(args: argparse.Namespace, settings: Settings, the_plan: Plan, source
             the_plan.shard,
             len(the_plan.items),
             skipped,
-            the_plan.results,
+            the_plan.output,
             len(todo),
         )
+        if remote is not None:
+            remote.start()
         outcome = asyncio.run(
             _run(the_plan, settings, sources, results, tally, todo, concurrency=args.concurrency, tty=tty)
         )
     finally:
         results.close()
+    if remote is not None:
+        remote.close_publisher()
+        remote.publish()  # the last lines; a failure here fails the run (the copy is kept)
     remaining = sum(item.id not in tally.ids for item in the_plan.items)
     document = summary_document(
         tally,
         input_location=the_plan.input,
-        results=the_plan.results,
+        results=the_plan.output,
         shard=str(the_plan.shard),
         items=len(the_plan.items),
         remaining=remaining,
@@ -289,18 +362,19 @@ def execute(args: argparse.Namespace, settings: Settings, the_plan: Plan, source
         run_s=outcome.run_s,
         status="stopped" if outcome.stopped_by else "completed",
     )
-    summary = summary_path(the_plan.results)
+    summary = summary_path(local)
     write_summary(summary, document)
+    summary_location = remote.publish_summary(summary) if remote is not None else str(summary)
     log.info(
         "done, shard %s: %d answered now (%s items/s), %d in %s, %d errors, %d remaining; summary in %s",
         the_plan.shard,
         outcome.answered,
         document["this_run"]["items_per_s"] or 0,
         document["answered"],
-        the_plan.results,
+        the_plan.output,
         document["errors"],
         remaining,
-        summary,
+        summary_location,
         extra={"summary": document},
     )
     return 128 + outcome.stopped_by if outcome.stopped_by else 0
@@ -314,12 +388,12 @@ def run(argv: list[str] | None = None) -> int:
     try:
         the_plan = plan(args, settings, sources)
         if args.dry_run:
-            return dry_run(the_plan, args.limit)
+            return dry_run(the_plan, sources, args.limit)
         return execute(args, settings, the_plan, sources, tty)
     except UsageError as exc:
         sys.stderr.write(f"python -m batch: error: {exc}\n")
         return USAGE_EXIT
-    except VerityError as exc:  # an outage before any item ran (listing S3)
+    except VerityError as exc:  # an outage: listing S3, or writing the results there
         sys.stderr.write(f"python -m batch: the run failed: {exc.message}\n")
         return 1
 

@@ -41,6 +41,9 @@ def configure_logging(level: str, stream: TextIO) -> bool:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # boto's INFO lines ("Found credentials in environment variables") say nothing about the run.
+    for noisy in ("botocore", "boto3", "s3transfer"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
     return tty
 
 

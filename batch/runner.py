@@ -1,10 +1,10 @@
 """Items through the detection pipelines, a few at a time, each answered by one line.
 
 The pipelines are the API's, in this process (``detect.files.detect_file``, as a job runs them):
-the same checks, limits and result. A few items run at once (``concurrency``) so one item's
-decoding overlaps another's inference; the engine's own decode pool and per-model limits bound
-the work. Each model call still carries one item's rows: batching rows of many items into one
-ONNX Runtime call is not done yet.
+the same checks, limits and result. Several items run at once (``concurrency``): while one
+item's rows are in a model, the others decode (on the engine's decode pool) and queue their rows,
+which the in-process client then runs together in one ONNX Runtime call
+(``detect.model_clients.InProcessModelClient``): pictures and face crops of many files per call.
 
 Nothing an item does stops the run: its media's typed error (``errors.VerityError``) becomes its
 error line, and so does anything unexpected (``internal_error``, with the traceback in the log).
@@ -23,7 +23,7 @@ from batch.results import ResultsFile
 from batch.sources import Sources
 from detect.engine import Engine
 from detect.files import detect_file, modality_of, parse_options
-from errors import UnsupportedMedia, VerityError
+from errors import Forbidden, UnsupportedMedia, VerityError
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,11 @@ async def answer(
             await anyio.to_thread.run_sync(copy.__exit__, None, None, None)
     except VerityError as exc:
         line["error"] = {"code": exc.code, "message": exc.message}
+    except OSError as exc:  # there, but not readable: permissions, an I/O error, a vanished mount
+        unreadable = Forbidden(
+            f"cannot read {item.source}: {exc.strerror or type(exc).__name__}", code="file_unreadable"
+        )
+        line["error"] = {"code": unreadable.code, "message": unreadable.message}
     except Exception as exc:
         log.exception("item %s failed unexpectedly", item.id)
         line["error"] = {"code": "internal_error", "message": f"{type(exc).__name__} (details in the log)"}

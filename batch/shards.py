@@ -83,17 +83,23 @@ def choose_shard(shard: str | None, shards: int | None, env: Mapping[str, str]) 
     return WHOLE
 
 
+def shard_file_name(name: str, shard: Shard) -> str:
+    """``results.jsonl`` for an unsharded run, ``results.shard-0003-of-0010.jsonl`` for a shard:
+    no two shards ever write one file."""
+    if shard.count == 1:
+        return name
+    path = Path(name)
+    suffix = path.suffix or ".jsonl"
+    return f"{path.stem}.shard-{shard.index:04d}-of-{shard.count:04d}{suffix}"
+
+
 def results_path(output: str, shard: Shard) -> Path:
-    """The results file of ``shard``: ``--output`` itself for an unsharded run (``results.jsonl``
-    inside it when it names a folder), else ``<stem>.shard-0003-of-0010<suffix>``, so that no two
-    shards ever write one file."""
+    """The local results file of ``shard``: ``--output`` itself (``results.jsonl`` inside it when it
+    names a folder), named for the shard by ``shard_file_name``."""
     path = Path(output)
     if output.endswith(("/", "\\")) or path.is_dir():
         path = path / DEFAULT_NAME
-    if shard.count == 1:
-        return path
-    suffix = path.suffix or ".jsonl"
-    return path.with_name(f"{path.stem}.shard-{shard.index:04d}-of-{shard.count:04d}{suffix}")
+    return path.with_name(shard_file_name(path.name, shard))
 
 
 def summary_path(results: Path) -> Path:

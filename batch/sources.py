@@ -8,6 +8,7 @@ import contextlib
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -30,13 +31,17 @@ class Sources:
         # boto3's default session is not safe to make clients from on several threads at once.
         self._lock = threading.Lock()
 
-    def _bucket(self, bucket: str) -> S3Blobs:
+    def _bucket(self, bucket: str) -> S3Blobs:  # one client per bucket, made once
         with self._lock:
             if bucket not in self._buckets:
                 self._buckets[bucket] = S3Blobs(
                     bucket, region=self.settings.aws_region, endpoint_url=self.settings.s3_endpoint_url
                 )
             return self._buckets[bucket]
+
+    def s3_client(self, bucket: str) -> Any:
+        """The boto3 S3 client this run uses for ``bucket`` (the results' writer shares it)."""
+        return self._bucket(bucket).client
 
     @contextlib.contextmanager
     def local_file(self, source: str) -> Iterator[Path]:

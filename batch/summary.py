@@ -38,7 +38,7 @@ def summary_document(
     tally: Tally,
     *,
     input_location: str,
-    results: Path,
+    results: str,
     shard: str,
     items: int,
     remaining: int,
@@ -51,7 +51,7 @@ def summary_document(
     return {
         "status": status,
         "input": input_location,
-        "results": str(results),
+        "results": results,
         "shard": shard,
         "items": items,
         "answered": len(tally.ids),

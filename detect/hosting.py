@@ -86,7 +86,10 @@ def build_engine(
 
 
 def build_inprocess_engine(settings: Settings, models: ServedModels | None = None) -> Engine:
-    """Every served model as an ONNX Runtime session of this process, opened once."""
+    """Every served model as an ONNX Runtime session of this process, opened once; the rows of
+    concurrent callers share its runs (``InProcessModelClient``)."""
+    models = models or served_models(settings)
+    audio = {stored.tag for stored in models.audio.values()}
 
     def in_process(stored: StoredModel) -> ModelClient:
         return InProcessModelClient(
@@ -94,9 +97,11 @@ def build_inprocess_engine(settings: Settings, models: ServedModels | None = Non
             stored.onnx_path,
             intra_op_threads=settings.intra_op_threads,
             inter_op_threads=settings.ort_inter_op_threads,
+            # The bounds of the served model services' batches: audio windows are large.
+            max_batch_rows=settings.audio_batch_max_size if stored.tag in audio else settings.batch_max_size,
         )
 
-    return build_engine(settings, models or served_models(settings), in_process)
+    return build_engine(settings, models, in_process)
 
 
 def face_detector(settings: Settings, stored: StoredModel) -> FaceDetector:

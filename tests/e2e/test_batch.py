@@ -201,7 +201,8 @@ def test_dry_runs_list_each_shard_and_run_nothing(env: dict[str, str], tmp_path:
         (["--input", "{tmp}/media", "--output", "{tmp}/file/r.jsonl"], "cannot write"),
         (["--input", "{tmp}/media", "--output", "{tmp}/media/r.jsonl"], "lies inside --input"),
         (["--input", "{tmp}/bad.jsonl", "--output", "{tmp}/r.jsonl"], "bad.jsonl:2: not JSON"),
-        (["--input", "{tmp}", "--output", "s3://bucket/out/"], "S3 is not supported yet"),
+        (["--input", "{tmp}", "--output", "s3:///out/"], "no bucket named"),
+        (["--input", "{tmp}", "--output", "{tmp}/r.jsonl", "--publish-every", "0"], "--publish-every"),
     ],
 )
 def test_a_command_that_cannot_run_exits_2_with_one_line(
@@ -215,6 +216,18 @@ def test_a_command_that_cannot_run_exits_2_with_one_line(
     assert run.stderr.count("\n") == 1 and says in run.stderr, run.stderr
 
 
+def s3_env(env: dict[str, str], moto_server) -> dict[str, str]:
+    """The run's environment with moto's fake credentials (``aws_env``) and endpoint."""
+    credentials = {name: os.environ[name] for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    return {**env, **credentials, "VERITY_S3_ENDPOINT_URL": moto_server.endpoint}
+
+
+def s3_lines(s3: Any, bucket: str, key: str) -> list[dict[str, Any]]:
+    body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    assert body == b"" or body.endswith(b"\n")  # only whole lines, ever
+    return [json.loads(line) for line in body.splitlines()]
+
+
 def test_an_s3_prefix(env: dict[str, str], moto_server, tmp_path: Path) -> None:
     s3 = boto3.client("s3", region_name=store_fixtures.REGION, endpoint_url=moto_server.endpoint)
     s3.create_bucket(Bucket="media")
@@ -226,13 +239,7 @@ def test_an_s3_prefix(env: dict[str, str], moto_server, tmp_path: Path) -> None:
         "other/c.jpg": jpeg_bytes(64, 48, seed=3),
     }.items():
         s3.put_object(Bucket="media", Key=key, Body=data)
-    credentials = {name: os.environ[name] for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
-    task = {
-        **env,
-        **credentials,  # moto's fake ones (aws_env)
-        "VERITY_S3_ENDPOINT_URL": moto_server.endpoint,
-        "AWS_BATCH_JOB_ARRAY_INDEX": "0",
-    }
+    task = {**s3_env(env, moto_server), "AWS_BATCH_JOB_ARRAY_INDEX": "0"}
     # One shard of one: an AWS Batch array child with --shards 1 runs everything.
     run = batch(task, "--input", "s3://media/run", "--output", str(tmp_path), "--shards", "1")
     assert run.returncode == 0, run.stderr[-3000:]
@@ -247,3 +254,141 @@ def test_an_s3_prefix(env: dict[str, str], moto_server, tmp_path: Path) -> None:
     run = batch(task, "--input", str(missing), "--output", str(tmp_path / "m.jsonl"), "--shards", "1")
     assert run.returncode == 0, run.stderr[-3000:]
     assert lines_of(tmp_path / "m.jsonl")[0]["error"]["code"] == "file_not_found"
+
+
+def test_a_manifest_to_an_s3_output_as_the_readme_runs_it(
+    env: dict[str, str], moto_server, tmp_path: Path
+) -> None:
+    s3 = boto3.client("s3", region_name=store_fixtures.REGION, endpoint_url=moto_server.endpoint)
+    s3.create_bucket(Bucket="bucket")
+    media = _files(
+        tmp_path / "media",
+        {"a.jpg": jpeg_bytes(64, 48, seed=1), "b.jpg": jpeg_bytes(64, 48, seed=2), "bad.jpg": b"nope"},
+    )
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text(
+        "".join(
+            json.dumps({"id": name, "path": str(media / name)}) + "\n" for name in sorted(os.listdir(media))
+        )
+        # There, but every read fails (EIO): unreadable even to root, which ignores permissions.
+        + json.dumps({"id": "unreadable", "path": "/proc/self/mem"})
+        + "\n"
+    )
+    task = {**s3_env(env, moto_server), "TMPDIR": str(tmp_path)}
+    # The README's command, word for word (the bucket is moto's).
+    command = ["--input", str(manifest), "--output", "s3://bucket/runs/2026-11-30/", "--modality", "auto"]
+    run = batch(task, *command)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+    lines = {line["id"]: line for line in s3_lines(s3, "bucket", "runs/2026-11-30/results.jsonl")}
+    assert sorted(lines) == ["a.jpg", "b.jpg", "bad.jpg", "unreadable"]
+    DetectionResult.model_validate(lines["a.jpg"]["result"])
+    assert lines["bad.jpg"]["error"]["code"] == "unsupported_media_type"
+    assert lines["unreadable"]["error"] == {
+        "code": "file_unreadable",
+        "message": "cannot read /proc/self/mem: Input/output error",
+    }
+    summary = json.loads(
+        s3.get_object(Bucket="bucket", Key="runs/2026-11-30/results.summary.json")["Body"].read()
+    )
+    assert summary["results"] == "s3://bucket/runs/2026-11-30/results.jsonl"
+    assert summary["answered"] == 4
+    assert summary["errors_by_code"] == {"unsupported_media_type": 1, "file_unreadable": 1}
+    assert not list(tmp_path.glob("verity-batch-*")), "the working copy was left behind"
+
+    again = batch(task, *command)  # the rerun answers nothing twice
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "4 already answered" in again.stderr and "onnx session ready" not in again.stderr
+    assert len(s3_lines(s3, "bucket", "runs/2026-11-30/results.jsonl")) == 4
+
+    dry = batch(task, *command, "--dry-run")
+    assert dry.returncode == 0 and dry.stdout == "", dry.stderr
+
+
+def test_cloud_run_tasks_from_an_s3_prefix_to_an_s3_prefix(env: dict[str, str], moto_server) -> None:
+    s3 = boto3.client("s3", region_name=store_fixtures.REGION, endpoint_url=moto_server.endpoint)
+    s3.create_bucket(Bucket="bucket")
+    names = [f"m/{i}.jpg" for i in range(9)]
+    for i, name in enumerate(names):
+        s3.put_object(Bucket="bucket", Key=f"media/{name}", Body=jpeg_bytes(40, 40, seed=i))
+    task_env = s3_env(env, moto_server)
+    seen: list[str] = []
+    for index in range(3):  # every task of a three-task Cloud Run Job
+        task = with_env(task_env, {"CLOUD_RUN_TASK_INDEX": str(index), "CLOUD_RUN_TASK_COUNT": "3"})
+        run = batch(task, "--input", "s3://bucket/media/", "--output", "s3://bucket/out/")
+        assert run.returncode == 0, run.stderr[-3000:]
+        key = f"out/results.shard-000{index}-of-0003.jsonl"
+        seen += [line["id"] for line in s3_lines(s3, "bucket", key)]
+        s3.head_object(Bucket="bucket", Key=f"out/results.shard-000{index}-of-0003.summary.json")
+    assert sorted(seen) == sorted(names)  # disjoint and complete
+
+    # The README's own task, 3 of 10: its one object, holding exactly its shard's items.
+    task = with_env(task_env, {"CLOUD_RUN_TASK_INDEX": "3", "CLOUD_RUN_TASK_COUNT": "10"})
+    run = batch(task, "--input", "s3://bucket/media/", "--output", "s3://bucket/out/")
+    assert run.returncode == 0, run.stderr[-3000:]
+    from batch.shards import shard_of
+
+    shard = s3_lines(s3, "bucket", "out/results.shard-0003-of-0010.jsonl")
+    assert sorted(line["id"] for line in shard) == sorted(n for n in names if shard_of(n, 10) == 3)
+
+
+def test_an_s3_output_killed_mid_run_then_resumed_answers_every_item_once(
+    env: dict[str, str], moto_server, tmp_path: Path
+) -> None:
+    s3 = boto3.client("s3", region_name=store_fixtures.REGION, endpoint_url=moto_server.endpoint)
+    s3.create_bucket(Bucket="bucket")
+    count = 80
+    media = _files(tmp_path / "media", {f"{i:03d}.jpg": jpeg_bytes(48, 48, seed=i) for i in range(count)})
+    args = ["--input", str(media), "--output", "s3://bucket/out/", "--publish-every", "0.2"]
+    first = subprocess.Popen(
+        [str(BIN_DIR / "python"), "-m", "batch", *args, "--concurrency", "2"],
+        cwd=PROJECT_ROOT,
+        env={**s3_env(env, moto_server), "TMPDIR": str(tmp_path)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        while (
+            len(s3_lines(s3, "bucket", "out/results.jsonl") if _exists(s3, "out/results.jsonl") else []) < 3
+        ):
+            assert first.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline, "no results were published"
+            time.sleep(0.05)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=30)
+    before = len(s3_lines(s3, "bucket", "out/results.jsonl"))
+    assert 3 <= before < count, "the kill must land mid-run"
+
+    assert len(list(tmp_path.glob("verity-batch-*"))) == 1  # what the killed task could not remove
+    again = batch({**s3_env(env, moto_server), "TMPDIR": str(tmp_path)}, *args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert not list(tmp_path.glob("verity-batch-*"))  # the rerun cleared it
+    ids = [line["id"] for line in s3_lines(s3, "bucket", "out/results.jsonl")]
+    assert sorted(ids) == [f"{i:03d}.jpg" for i in range(count)]  # each exactly once
+    summary = json.loads(s3.get_object(Bucket="bucket", Key="out/results.summary.json")["Body"].read())
+    assert summary["answered"] == count and summary["this_run"]["skipped_as_answered"] == before
+
+
+def _exists(s3: Any, key: str) -> bool:
+    return "Contents" in s3.list_objects_v2(Bucket="bucket", Prefix=key)
+
+
+@pytest.mark.parametrize(
+    ("output", "says"),
+    [
+        ("s3://no-such-bucket/out/", "no such bucket"),
+        ("s3://media/run/out/", "lies under --input"),
+    ],
+)
+def test_an_s3_output_that_cannot_be_written_exits_2(
+    env: dict[str, str], moto_server, output: str, says: str
+) -> None:
+    s3 = boto3.client("s3", region_name=store_fixtures.REGION, endpoint_url=moto_server.endpoint)
+    s3.create_bucket(Bucket="media")
+    s3.put_object(Bucket="media", Key="run/a.jpg", Body=jpeg_bytes(32, 32))
+    run = batch(s3_env(env, moto_server), "--input", "s3://media/run/", "--output", output)
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.count("\n") == 1 and says in run.stderr, run.stderr

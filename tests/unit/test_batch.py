@@ -20,6 +20,7 @@ from batch.cli import parser
 from batch.items import collect, list_folder, read_manifest
 from batch.progress import Progress, configure_logging
 from batch.results import ResultsFile, scan
+from batch.s3_output import s3_results_uri, summary_uri
 from batch.shards import WHOLE, Shard, choose_shard, parse_shard, results_path, shard_of, summary_path
 from batch.summary import Tally
 from batch.usage import UsageError
@@ -90,6 +91,23 @@ def test_each_shard_writes_its_own_file(tmp_path: Path) -> None:
     assert summary_path(Path("out/results.shard-0003-of-0010.jsonl")) == Path(
         "out/results.shard-0003-of-0010.summary.json"
     )
+
+
+@pytest.mark.parametrize(
+    ("output", "shard", "uri"),
+    [
+        ("s3://b/runs/2026-11-30/", WHOLE, "s3://b/runs/2026-11-30/results.jsonl"),
+        ("s3://b/runs/2026-11-30", WHOLE, "s3://b/runs/2026-11-30/results.jsonl"),  # a folder too
+        ("s3://b/out/", Shard(3, 10), "s3://b/out/results.shard-0003-of-0010.jsonl"),
+        ("s3://b/", WHOLE, "s3://b/results.jsonl"),
+        ("s3://b", Shard(0, 2), "s3://b/results.shard-0000-of-0002.jsonl"),
+        ("s3://b/runs/out.jsonl", WHOLE, "s3://b/runs/out.jsonl"),
+        ("s3://b/out.jsonl", Shard(1, 4), "s3://b/out.shard-0001-of-0004.jsonl"),
+    ],
+)
+def test_each_shard_writes_its_own_s3_object(output: str, shard: Shard, uri: str) -> None:
+    assert s3_results_uri(output, shard) == uri
+    assert summary_uri(uri) == uri.removesuffix(".jsonl") + ".summary.json"
 
 
 # --- items ------------------------------------------------------------------------------------------
