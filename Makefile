@@ -104,6 +104,7 @@ bench: setup models
 	$(PY) -m bench.video
 	$(PY) -m bench.lambda_cold
 	$(PY) -m bench.jobs
+	$(PY) -m bench.batch
 
 # `bentoml build` prints only the tag: say what the bento holds and where it went.
 build: models

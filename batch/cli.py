@@ -382,7 +382,7 @@ def _answer(
 
 def run(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)  # argparse's own usage errors: exit 2 with its message
-    settings = settings_or_exit(check_store=False)
+    settings = settings_or_exit(check_store=False, serves_auth=False)
     tty = configure_logging(settings.log_level, sys.stderr)
     sources = Sources(settings)
     try:

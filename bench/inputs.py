@@ -37,12 +37,44 @@ def make_jpegs() -> list[bytes]:
 
 def write_jpegs(images: list[bytes], directory: Path) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
+    digits = max(2, len(str(len(images) - 1)))  # names sort in input order
     paths = []
     for index, data in enumerate(images):
-        path = directory / f"img{index:02d}.jpg"
+        path = directory / f"img{index:0{digits}d}.jpg"
         path.write_bytes(data)
         paths.append(path)
     return paths
+
+
+# --- a folder of mixed pictures (the batch runner's bench) ---------------------------------------
+
+# SIZES plus smaller and larger pictures (a phone photo, full HD): decoding and resizing them
+# costs more or less than the 640x480 ones, as in a real folder.
+MIXED_SIZES = [*SIZES, (320, 240), (1280, 720), (1920, 1080), (2048, 1536), (1080, 1920)]
+FACE_EVERY = 4  # every 4th picture: a face (the astronaut's head) on a background
+
+
+def mixed_jpeg(index: int) -> tuple[bytes, str]:
+    """Picture ``index`` of a mixed folder and what it is (``photo`` or ``face``): the size cycles
+    through ``MIXED_SIZES``, every ``FACE_EVERY``-th holds one face (``tests.face_factory``) of
+    a third to a half of its shorter side at a seeded place, the others are
+    ``tests.media_factory.photo`` pictures; the same bytes for every configuration."""
+    from PIL import Image
+
+    width, height = MIXED_SIZES[index % len(MIXED_SIZES)]
+    if index % FACE_EVERY == FACE_EVERY - 1:
+        from tests.face_factory import Paste, compose
+
+        rng = np.random.default_rng(index)
+        size = int(min(width, height) * rng.uniform(0.33, 0.5))
+        x, y = int(rng.integers(0, width - size)), int(rng.integers(0, height - size))
+        picture = Image.fromarray(compose([Paste(x, y, size)], seed=index, width=width, height=height))
+        return encode(picture, "JPEG", quality=JPEG_QUALITY), "face"
+    return encode(photo(width, height, seed=index), "JPEG", quality=JPEG_QUALITY), "photo"
+
+
+def make_mixed_jpegs(count: int) -> list[bytes]:
+    return [mixed_jpeg(index)[0] for index in range(count)]
 
 
 def read_jpegs(directory: Path) -> list[bytes]:

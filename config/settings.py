@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -14,6 +17,24 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 MB = 1024 * 1024
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _PLACEHOLDERS = ("changeme", "change-me", "secret", "placeholder", "xxx", "dev")
+
+# Whether the settings being loaded are for a process that serves auth (issues or checks tokens,
+# signs upload forms or invites). Only such a process needs VERITY_JWT_SECRET; one that does none
+# of it (``python -m batch``) loads its settings inside ``without_auth()`` and is not handed a
+# token-signing secret it would never use.
+_SERVES_AUTH: contextvars.ContextVar[bool] = contextvars.ContextVar("verity_serves_auth", default=True)
+
+
+@contextlib.contextmanager
+def without_auth() -> Iterator[None]:
+    """Settings made inside this block do not demand VERITY_JWT_SECRET in production. Nothing
+    else changes: the auth code (``auth.accounts.build_token_verifier``) still refuses to issue or
+    check a token in production without it."""
+    token = _SERVES_AUTH.set(False)
+    try:
+        yield
+    finally:
+        _SERVES_AUTH.reset(token)
 
 
 class Settings(BaseSettings):
@@ -234,8 +255,9 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _secrets_outside_development(self) -> Settings:
-        # Required secrets have no defaults outside development; placeholders are refused.
-        if self.environment == "production" and self.jwt_algorithm == "HS256":
+        # Required secrets have no defaults outside development; placeholders are refused. A
+        # process that serves no auth (``without_auth``) needs none.
+        if self.environment == "production" and self.jwt_algorithm == "HS256" and _SERVES_AUTH.get():
             secret = self.jwt_secret.get_secret_value() if self.jwt_secret else ""
             if len(secret.encode()) < 32 or secret.lower().startswith(_PLACEHOLDERS):
                 raise ValueError(

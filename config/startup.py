@@ -8,12 +8,13 @@ behind "Failed to import module ..." and, on a worker, restarts the process in a
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import TypeVar
 
 from pydantic import ValidationError
 
-from config.settings import Settings, get_settings
+from config.settings import Settings, get_settings, without_auth
 
 T = TypeVar("T")
 
@@ -68,9 +69,10 @@ def startup_or_exit(step: Callable[[], T]) -> T:
         raise SystemExit(f"Verity cannot start: {exc}") from None
 
 
-def _settings(check_store: bool) -> Settings:
+def _settings(check_store: bool, serves_auth: bool) -> Settings:
     try:
-        settings = get_settings()
+        with contextlib.nullcontext() if serves_auth else without_auth():
+            settings = get_settings()
     except ValidationError as exc:
         raise StartupError(describe_validation_error(exc)) from None
     if check_store:
@@ -78,7 +80,9 @@ def _settings(check_store: bool) -> Settings:
     return settings
 
 
-def settings_or_exit(*, check_store: bool = True) -> Settings:
+def settings_or_exit(*, check_store: bool = True, serves_auth: bool = True) -> Settings:
     """The process's settings, or ``SystemExit`` (status 1) with the reason in plain words
-    (Python prints a SystemExit's message on stderr, whether or not logging is set up yet)."""
-    return startup_or_exit(lambda: _settings(check_store))
+    (Python prints a SystemExit's message on stderr, whether or not logging is set up yet).
+    ``serves_auth=False``: for a process that never issues or checks a token (``python -m
+    batch``), which then runs in production without VERITY_JWT_SECRET."""
+    return startup_or_exit(lambda: _settings(check_store, serves_auth))

@@ -2,12 +2,16 @@
 cfn-lint (offline) and matches the code (the table the store creates, real settings, handlers that
 exist, exactly the permissions each function needs and no wildcards, a private uploads bucket, a
 jobs queue that outlasts its worker); the Lambda image recipe installs only the runtime group,
-copies files that exist, and names a handler that exists."""
+copies files that exist, and names a handler that exists. The batch runner's specs (the Cloud Run
+Job, the AWS Batch array job) run a command its own parser accepts, shard, retry, stop, and reach
+only the media and results prefixes, without the token secret."""
 
 from __future__ import annotations
 
+import argparse
 import ast
 import importlib.util
+import json
 import re
 import subprocess
 import sys
@@ -17,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from batch.shards import Shard, choose_shard
 from config import Settings
 from store import dynamodb
 from tests.conftest import PROJECT_ROOT
@@ -486,3 +491,373 @@ def probe_paths() -> set[str]:
                 if probe in container:
                     paths.add(container[probe]["httpGet"]["path"])
     return paths
+
+
+# --- python -m batch: a Cloud Run Job and an AWS Batch array job -------------------------------------
+
+CLOUD_RUN_JOB = PROJECT_ROOT / "infra" / "cloudrun" / "job.yaml"
+BATCH_RESOURCES = {
+    "BatchComputeEnvironment": "AWS::Batch::ComputeEnvironment",
+    "BatchJobQueue": "AWS::Batch::JobQueue",
+    "BatchExecutionRole": "AWS::IAM::Role",
+    "BatchJobRole": "AWS::IAM::Role",
+    "BatchJobDefinition": "AWS::Batch::JobDefinition",
+}
+# The job role's grants: exactly these actions on exactly these ARNs (the Fn::Sub strings).
+MEDIA_BUCKET = "arn:${AWS::Partition}:s3:::${BatchMediaBucket}"
+MEDIA_OBJECTS = "arn:${AWS::Partition}:s3:::${BatchMediaBucket}/${BatchMediaPrefix}*"
+RESULT_OBJECTS = "arn:${AWS::Partition}:s3:::${BatchOutputBucket}/${BatchOutputPrefix}*"
+BATCH_JOB_PERMISSIONS = {
+    MEDIA_BUCKET: {"s3:ListBucket"},
+    MEDIA_OBJECTS: {"s3:GetObject"},
+    RESULT_OBJECTS: {"s3:GetObject", "s3:PutObject"},
+}
+# What a batch container sets besides settings: where the bento's image keeps the code and models.
+BATCH_ENV_EXTRA = {"PYTHONPATH", "BENTOML_HOME"}
+# Fargate's task sizes: vCPU -> (least, most, step) memory in MiB.
+FARGATE_MEMORY = {
+    1: (2048, 8192, 1024),
+    2: (4096, 16384, 1024),
+    4: (8192, 30720, 1024),
+    8: (16384, 61440, 4096),
+    16: (32768, 122880, 8192),
+}
+
+
+def _cloud_run_job() -> dict[str, Any]:
+    (job,) = _yaml_documents(CLOUD_RUN_JOB)
+    return job
+
+
+def _job_container() -> dict[str, Any]:
+    (container,) = _cloud_run_job()["spec"]["template"]["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def _bento_path() -> str:
+    """Where the bento's image keeps the bento (BentoML's ``BENTO_PATH``): src/ and models/."""
+    from bentoml._internal.container.generate import BENTO_PATH
+
+    return BENTO_PATH
+
+
+def _checks_bento_layout(env: dict[str, Any]) -> None:
+    # `python -m batch` imports the bento's source and reads $BENTOML_HOME/models: the bento's own
+    # models/ (bentoml serve is handed the folder; a plain command is not).
+    assert env["PYTHONPATH"] == f"{_bento_path()}/src"
+    assert env["BENTOML_HOME"] == _bento_path()
+    include = (PROJECT_ROOT / "bentofile.yaml").read_text(encoding="utf-8")
+    assert '"/batch/*.py"' in include  # the image carries the batch runner
+
+
+def _production_settings_without_auth(env: dict[str, Any]) -> Settings:
+    """The container's settings as ``python -m batch`` loads them; they would not load for a
+    process that serves auth (no token secret is given to these containers)."""
+    from pydantic import ValidationError
+
+    from config.settings import without_auth
+
+    values = {name[len("VERITY_") :].lower(): v for name, v in env.items() if name.startswith("VERITY_")}
+    assert "jwt_secret" not in values
+    with pytest.raises(ValidationError, match="VERITY_JWT_SECRET"):
+        Settings(**values)
+    with without_auth():
+        settings = Settings(**values)
+    assert settings.environment == "production"
+    return settings
+
+
+def _checks_batch_command(arguments: list[str]) -> argparse.Namespace:
+    """The runner's own parser accepts them; S3 in and out, the output outside the input."""
+    from batch.cli import parser
+    from batch.s3_output import s3_results_uri
+
+    args = parser().parse_args(arguments)  # an unknown or malformed flag exits the test
+    assert args.input.startswith("s3://") and args.output.startswith("s3://"), arguments
+    assert not s3_results_uri(args.output, Shard(0, 2)).startswith(args.input.rstrip("/") + "/")
+    assert not args.dry_run and args.limit is None
+    return args
+
+
+def test_cloud_run_job_is_sharded_retried_and_bounded() -> None:
+    job = _cloud_run_job()
+    assert (job["apiVersion"], job["kind"]) == ("run.googleapis.com/v1", "Job")
+    execution = job["spec"]["template"]["spec"]
+    assert set(execution) <= {"taskCount", "parallelism", "template"}, sorted(execution)
+    tasks, parallelism = execution["taskCount"], execution["parallelism"]
+    assert isinstance(tasks, int) and isinstance(parallelism, int)
+    assert 2 <= tasks <= 10_000 and 1 <= parallelism <= tasks
+    task = execution["template"]["spec"]
+    assert set(task) <= {"containers", "maxRetries", "timeoutSeconds", "serviceAccountName", "volumes"}
+    # Retries are safe (a rerun resumes), and needed: a preempted or timed-out task runs again.
+    assert 1 <= task["maxRetries"] <= 10
+    # Longer than Cloud Run's 10-minute default, within its 7-day most.
+    assert 600 < int(task["timeoutSeconds"]) <= 7 * 86400
+
+
+def test_cloud_run_job_container_is_a_valid_container() -> None:
+    import json
+
+    import jsonschema
+
+    # A job's container is the same v1 Container as a service's: the Knative schema's definition.
+    schema = json.loads(KNATIVE_SCHEMA.read_text(encoding="utf-8"))
+    container_schema = schema["properties"]["spec"]["properties"]["template"]["properties"]["spec"][
+        "properties"
+    ]["containers"]["items"]
+    container = _job_container()
+    jsonschema.validate(container, container_schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**container, "comand": ["python"]}, container_schema)
+    # No server here: nothing listens, so no port and no probe.
+    assert not {"ports", "startupProbe", "readinessProbe", "livenessProbe"} & set(container)
+
+
+def test_cloud_run_job_runs_the_batch_cli_on_each_tasks_shard() -> None:
+    container = _job_container()
+    (service_container,) = _containers(_yaml_documents(CLOUD_RUN)[0])
+    assert container["image"] == service_container["image"]  # the bento's image, as the service
+    assert container["command"] == ["python", "-m", "batch"]
+    args = _checks_batch_command(container["args"])
+    # Cloud Run gives every task its index and the count: a --shard or --shards would override
+    # them (every task would run the same shard) or be refused.
+    assert args.shard is None and args.shards is None
+    tasks = _cloud_run_job()["spec"]["template"]["spec"]["taskCount"]
+    env = {"CLOUD_RUN_TASK_INDEX": str(tasks - 1), "CLOUD_RUN_TASK_COUNT": str(tasks)}
+    assert choose_shard(args.shard, args.shards, env) == Shard(tasks - 1, tasks)
+
+
+def test_cloud_run_job_environment_is_production_without_the_token_secret() -> None:
+    container = _job_container()
+    names = [e["name"] for e in container["env"]]
+    assert len(names) == len(set(names))
+    assert {n for n in names if n.startswith("VERITY_")} <= SETTINGS, sorted(set(names) - SETTINGS)
+    assert set(names) - SETTINGS <= AWS_CREDENTIALS | BATCH_ENV_EXTRA
+    for credential in AWS_CREDENTIALS:  # from Secret Manager, never in the file
+        entry = next(e for e in container["env"] if e["name"] == credential)
+        assert "value" not in entry and entry["valueFrom"]["secretKeyRef"]["name"]
+    values = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    _checks_bento_layout(values)
+    settings = _production_settings_without_auth(values)
+    # Sized like the service (the same models, in this one process), threads = its vCPUs.
+    (service_container,) = _containers(_yaml_documents(CLOUD_RUN)[0])
+    assert container["resources"]["limits"] == service_container["resources"]["limits"]
+    assert settings.ort_intra_op_threads == int(container["resources"]["limits"]["cpu"])
+
+
+def test_batch_runner_starts_in_production_without_the_token_secret(tmp_path: Path) -> None:
+    """The Cloud Run Job and the AWS Batch job give no VERITY_JWT_SECRET: ``python -m batch``
+    must load its settings without demanding one (``settings_or_exit(serves_auth=False)``)."""
+    import os
+
+    media = tmp_path / "media"
+    media.mkdir()
+    env = {**os.environ, "VERITY_ENVIRONMENT": "production"}
+    env.pop("VERITY_JWT_SECRET", None)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "batch",
+            "--input",
+            str(media),
+            "--output",
+            str(tmp_path / "out.jsonl"),
+            "--dry-run",
+        ],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_batch_resources_exist_only_with_a_batch_image() -> None:
+    template = _template()
+    resources = template["Resources"]
+    for name, kind in BATCH_RESOURCES.items():
+        assert resources[name]["Type"] == kind
+        assert resources[name]["Condition"] == "BatchEnabled", name
+    assert {n for n, r in resources.items() if r["Type"].startswith("AWS::Batch::")} <= set(BATCH_RESOURCES)
+    assert template["Conditions"]["BatchEnabled"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "BatchImageUri"}, ""]}]
+    }
+    # An existing deployment needs none of the new parameters: each has a default.
+    batch_parameters = {n: p for n, p in template["Parameters"].items() if n.startswith("Batch")}
+    assert all("Default" in p for p in batch_parameters.values()), batch_parameters
+    assert batch_parameters["BatchImageUri"]["Default"] == ""
+    # With an image, the empty defaults that mean "no Batch" are refused.
+    (rule,) = template["Rules"].values()
+    assert rule["RuleCondition"] == template["Conditions"]["BatchEnabled"]
+    refused = {json_dump(assertion["Assert"]) for assertion in rule["Assertions"]}
+    for name in ("BatchMediaBucket", "BatchOutputBucket"):
+        assert json_dump({"Fn::Not": [{"Fn::Equals": [{"Ref": name}, ""]}]}) in refused
+    for name in ("BatchSubnetIds", "BatchSecurityGroupIds"):
+        assert json_dump({"Fn::Not": [{"Fn::Contains": [{"Ref": name}, ""]}]}) in refused
+    outputs = template["Outputs"]
+    for output, resource in (
+        ("BatchJobQueueArn", "BatchJobQueue"),
+        ("BatchJobDefinitionArn", "BatchJobDefinition"),
+    ):
+        assert outputs[output]["Value"] == {"Ref": resource}  # Ref of either is its ARN
+        assert outputs[output]["Condition"] == "BatchEnabled"
+
+
+def test_batch_lint_exceptions_are_only_the_empty_defaults() -> None:
+    """cfn-lint checks the Batch resources with the parameters' empty defaults (meaning "no
+    Batch"); exactly two warnings about those are ignored, on exactly two resources."""
+    ignored = {
+        name: resource["Metadata"]["cfn-lint"]["config"]["ignore_checks"]
+        for name, resource in _template()["Resources"].items()
+        if "cfn-lint" in resource.get("Metadata", {})
+    }
+    assert ignored == {"BatchComputeEnvironment": ["W1030"], "BatchJobRole": ["W1031"]}
+
+
+def _job_definition() -> dict[str, Any]:
+    return _properties("BatchJobDefinition")
+
+
+def _substituted(value: Any) -> str:
+    """A job-definition default as a deployment gives it: ``Fn::Sub`` with the stack's parameter
+    defaults, and made-up bucket names for the buckets (whose default is empty)."""
+    made_up = {"BatchMediaBucket": "verity-media", "BatchOutputBucket": "verity-results"}
+    parameters = _template()["Parameters"]
+
+    def one(match: re.Match[str]) -> str:
+        name = match[1]
+        return made_up.get(name) or str(parameters[name]["Default"])
+
+    return re.sub(r"\$\{(\w+)\}", one, value["Fn::Sub"])
+
+
+def test_batch_job_definition_runs_the_batch_cli_as_an_array_child() -> None:
+    from batch.cli import parser
+
+    definition = _job_definition()
+    assert definition["Type"] == "container" and definition["PlatformCapabilities"] == ["FARGATE"]
+    command = definition["ContainerProperties"]["Command"]
+    assert command[:3] == ["python", "-m", "batch"]
+    placeholders = {word.removeprefix("Ref::") for word in command if word.startswith("Ref::")}
+    assert placeholders == {"input", "output", "shards"}
+    # A child learns only its index: the count must be passed, and only the submitter knows it
+    # (the array size), so `shards` has no default to go stale.
+    assert command[command.index("--shards") + 1] == "Ref::shards"
+    defaults = {name: _substituted(value) for name, value in definition["Parameters"].items()}
+    assert set(defaults) == {"input", "output"}
+    submitted = {**defaults, "shards": "10"}  # aws batch submit-job --parameters shards=10
+    words = [submitted[w.removeprefix("Ref::")] if w.startswith("Ref::") else w for w in command]
+    args = _checks_batch_command(words[3:])
+    assert args.shards == 10 and args.shard is None
+    assert choose_shard(args.shard, args.shards, {"AWS_BATCH_JOB_ARRAY_INDEX": "9"}) == Shard(9, 10)
+    # Submitted without shards, the placeholder is no number: the runner refuses it (exit 2).
+    with pytest.raises(SystemExit) as refused:
+        parser().parse_args([*words[3:-1], "Ref::shards"])
+    assert refused.value.code == 2
+
+
+def test_batch_job_retries_resume_and_attempts_are_bounded() -> None:
+    from batch.usage import USAGE_EXIT
+
+    definition = _job_definition()
+    retry = definition["RetryStrategy"]
+    # Retries resume where the attempt stopped; AWS Batch allows 1-10 attempts.
+    assert 2 <= retry["Attempts"] <= 10
+    # A command refused as given fails alike every time: that exit status ends the job; every
+    # other exit (an outage, SIGTERM, a lost task) matches no rule, and AWS Batch retries it.
+    assert retry["EvaluateOnExit"] == [{"OnExitCode": str(USAGE_EXIT), "Action": "EXIT"}]
+    # At least AWS Batch's 60 s, and under Fargate's 14 days a task may live.
+    assert 60 <= definition["Timeout"]["AttemptDurationSeconds"] < 14 * 86400
+
+
+def test_batch_job_container_is_a_fargate_size_in_production_without_the_token_secret() -> None:
+    container = _job_definition()["ContainerProperties"]
+    assert container["Image"] == {"Ref": "BatchImageUri"}  # the bento's image, not the Lambda one
+    assert container["JobRoleArn"] == {"Fn::GetAtt": ["BatchJobRole", "Arn"]}
+    assert container["ExecutionRoleArn"] == {"Fn::GetAtt": ["BatchExecutionRole", "Arn"]}
+    sizes = {r["Type"]: int(r["Value"]) for r in container["ResourceRequirements"]}
+    vcpus, memory = sizes["VCPU"], sizes["MEMORY"]
+    least, most, step = FARGATE_MEMORY[vcpus]
+    assert least <= memory <= most and memory % step == 0, sizes
+    # Sized like the Cloud Run job: the same models in one process, the same items in flight.
+    limits = _job_container()["resources"]["limits"]
+    assert (vcpus, memory) == (int(limits["cpu"]), int(limits["memory"].removesuffix("Gi")) * 1024)
+    env = {e["Name"]: e["Value"] for e in container["Environment"]}
+    assert {n for n in env if n.startswith("VERITY_")} <= SETTINGS, sorted(set(env) - SETTINGS)
+    assert set(env) - SETTINGS <= BATCH_ENV_EXTRA  # credentials come from the job role
+    assert env["VERITY_AWS_REGION"] == {"Ref": "AWS::Region"}
+    _checks_bento_layout(env)
+    settings = _production_settings_without_auth({**env, "VERITY_AWS_REGION": "eu-west-1"})
+    assert settings.ort_intra_op_threads == vcpus
+
+
+def test_batch_job_role_reads_the_media_and_writes_the_results_and_nothing_else() -> None:
+    role = _properties("BatchJobRole")
+    (trust,) = role["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Principal"] == {"Service": "ecs-tasks.amazonaws.com"}
+    assert trust["Action"] == "sts:AssumeRole"
+    assert "ManagedPolicyArns" not in role
+    granted: dict[str, set[str]] = {}
+    for policy in role["Policies"]:
+        for statement in policy["PolicyDocument"]["Statement"]:
+            assert statement["Effect"] == "Allow"
+            assert not {"NotAction", "NotResource", "NotPrincipal"} & set(statement), statement
+            actions = _as_list(statement["Action"])
+            assert not [a for a in actions if "*" in a], actions  # no s3:*, no *
+            for resource in _as_list(statement["Resource"]):
+                granted.setdefault(resource["Fn::Sub"], set()).update(actions)
+            if actions == ["s3:ListBucket"]:  # listing only under the media prefix
+                assert statement["Condition"] == {
+                    "StringLike": {"s3:prefix": {"Fn::Sub": "${BatchMediaPrefix}*"}}
+                }
+    assert granted == BATCH_JOB_PERMISSIONS
+    # The prefixes are part of those ARNs: never empty (the whole bucket), never a wildcard or an
+    # IAM variable, always a folder.
+    parameters = _template()["Parameters"]
+    for name in ("BatchMediaPrefix", "BatchOutputPrefix"):
+        pattern = parameters[name]["AllowedPattern"]
+        assert re.fullmatch(pattern, parameters[name]["Default"])
+        for bad in ("", "/", "media", "*", "media/*/", "a?/", "${aws:username}/"):
+            assert not re.fullmatch(pattern, bad), (name, bad)
+
+
+def test_batch_execution_role_only_pulls_the_image_and_writes_logs() -> None:
+    role = _properties("BatchExecutionRole")
+    (trust,) = role["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Principal"] == {"Service": "ecs-tasks.amazonaws.com"}
+    assert role["ManagedPolicyArns"] == [
+        {"Fn::Sub": "arn:${AWS::Partition}:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy"}
+    ]
+    assert "Policies" not in role  # no bucket, no table: the job role holds what the runner uses
+
+
+def test_batch_queue_feeds_a_fargate_compute_environment_big_enough_for_one_child() -> None:
+    template = _template()
+    environment = _properties("BatchComputeEnvironment")
+    assert environment["Type"] == "MANAGED" and environment["State"] == "ENABLED"
+    compute = environment["ComputeResources"]
+    assert compute["Type"] == "FARGATE"
+    assert compute["Subnets"] == {"Ref": "BatchSubnetIds"}
+    assert compute["SecurityGroupIds"] == {"Ref": "BatchSecurityGroupIds"}
+    most = template["Parameters"][compute["MaxvCpus"]["Ref"]]
+    vcpus = next(
+        int(r["Value"])
+        for r in _job_definition()["ContainerProperties"]["ResourceRequirements"]
+        if r["Type"] == "VCPU"
+    )
+    assert most["MinValue"] >= vcpus and most["Default"] >= vcpus
+    queue = _properties("BatchJobQueue")
+    assert queue["State"] == "ENABLED"
+    assert queue["ComputeEnvironmentOrder"] == [
+        {"Order": 1, "ComputeEnvironment": {"Ref": "BatchComputeEnvironment"}}
+    ]
+    assert _job_definition()["ContainerProperties"]["NetworkConfiguration"]["AssignPublicIp"] == {
+        "Ref": "BatchAssignPublicIp"
+    }
+
+
+def json_dump(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
