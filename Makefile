@@ -36,7 +36,7 @@ help:
 	@echo "make soak    a mixed load for SOAK_S seconds (default 300): 5xx, p50/p99, RSS over time"
 	@echo "make build   bentoml build (offline)"
 	@echo "make lint    ruff"
-	@echo "make system-deps  ffmpeg (M4A/AAC audio), with apt-get when it is missing"
+	@echo "make system-deps  ffmpeg (M4A/AAC audio) and jq (and chromium for make setup), with apt-get when missing"
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found (set PYTHON=...)"; exit 1; }
@@ -63,17 +63,24 @@ $(STAMPS)/project-env: Makefile | $(PY)
 	@touch $@
 
 # System packages: ffmpeg/ffprobe decode M4A/AAC audio and probe video (media/), jq reads JSON in
-# the README's upload walk-through. Debian's packages, installed with apt-get only when missing (as
-# root, or through sudo); nothing happens when all three are on PATH.
+# the README's upload walk-through, chromium (/usr/bin/chromium) runs the page's browser tests
+# (tests/e2e/test_page.py; Playwright's own browser download is never used), so only `make setup`
+# (test, lint, bench) asks for it, not `make serve`. Debian's packages, installed with apt-get only
+# when missing (as root, or through sudo); nothing happens when all are there.
 system-deps:
-	@if command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null && command -v jq >/dev/null; then exit 0; fi; \
-	command -v apt-get >/dev/null || { echo "ffmpeg or jq not found and no apt-get: install them yourself"; exit 1; }; \
+	@missing=""; \
+	{ command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null; } || missing="$$missing ffmpeg"; \
+	command -v jq >/dev/null || missing="$$missing jq"; \
+	[ -z "$(WANT_CHROMIUM)" ] || [ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	[ -n "$$missing" ] || exit 0; \
+	command -v apt-get >/dev/null || { echo "not found:$$missing, and no apt-get: install them yourself"; exit 1; }; \
 	sudo=""; [ "$$(id -u)" -eq 0 ] || sudo="sudo"; \
-	echo "installing ffmpeg and jq with apt-get ..."; \
+	echo "installing$$missing with apt-get ..."; \
 	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get update; \
-	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ffmpeg jq
+	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing
 
 setup-runtime: system-deps $(STAMPS)/runtime $(STAMPS)/export $(STAMPS)/project-env
+setup: WANT_CHROMIUM := 1
 setup: system-deps setup-runtime $(STAMPS)/dev
 
 models: setup-runtime

@@ -110,6 +110,14 @@ class Conflict(VerityError):
 class QuotaExceeded(VerityError):
     status, code = 429, "rate_limited"
 
+    def __init__(self, message: str, *, kind: str | None = None, **kwargs: object) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        # What refused the request, for verity_quota_rejections_total (metrics.QUOTA_KINDS): the
+        # code tells the user's own limits apart; the auth throttles name theirs.
+        self.kind = kind or {"daily_quota_exceeded": "daily", "login_locked": "login_locked"}.get(
+            self.code, "per_minute"
+        )
+
 
 class StoreUnavailable(ServiceUnavailable):
     """The account store failed: fail closed, never a free pass."""
@@ -158,6 +166,16 @@ def public_message(exc: VerityError) -> str:
     return public
 
 
+def note_error(scope: dict[str, Any], code: str, exc: Exception | None = None) -> None:
+    """Leave the code of the error being answered (and a 429's kind) in the request's state: the
+    metrics middleware (``api.middleware.MetricsMiddleware``) counts it once the answer is sent.
+    Both renderers call this, the app's handlers (``api.app.error_response``) and ``send_error``."""
+    state = scope.setdefault("state", {})
+    state["error_code"] = code
+    if isinstance(exc, QuotaExceeded):
+        state["quota_kind"] = exc.kind
+
+
 async def send_error(
     scope: dict[str, Any],
     send: Callable[[dict[str, Any]], Awaitable[None]],
@@ -165,6 +183,7 @@ async def send_error(
     extra_headers: dict[str, str] | None = None,
 ) -> None:
     """Answer ``exc`` from plain ASGI middleware (before any route runs), in the same shape."""
+    note_error(scope, exc.code, exc)
     request_id = scope.get("state", {}).get("request_id")
     body = json.dumps(error_document(exc.code, public_message(exc), request_id, exc.details)).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
@@ -190,6 +209,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "unauthenticated": (401, "no `x-api-key` and no `Authorization: Bearer`"),
     "invalid_api_key": (401, "unknown key, or a typo (refused by its checksum before any lookup)"),
     "revoked_api_key": (401, "the key was revoked or rolled past its grace period"),
+    "invalid_stream_token": (401, "a stream without a valid, unused token of `POST /v1/stream/token`"),
     "invalid_token": (401, "bad signature, issuer, audience, algorithm or claims"),
     "token_expired": (401, "the JWT's `exp` has passed"),
     "token_not_yet_valid": (401, "the JWT's `nbf`/`iat` lies in the future"),
@@ -257,6 +277,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "missing_image": (422, "a JSON body without `image`"),
     "missing_audio": (422, "a JSON body without `audio`"),
     "missing_video": (422, "a JSON body without `video`"),
+    "invalid_frame": (422, 'a stream message that is neither an image nor `{"frame": "data:..."}`'),
     "invalid_base64": (422, "the data URL or base64 string does not decode"),
     "invalid_data_url": (422, "a `data:` URL that is not base64-encoded"),
     "model_not_served": (422, "the model is in the catalog but not served here"),

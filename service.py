@@ -24,7 +24,9 @@ import anyio
 import bentoml
 import numpy as np
 
+import metrics
 from api.app import attach_backends, create_app
+from api.middleware import MetricsGuard, route_template
 from config.startup import settings_or_exit, startup_or_exit
 from detect.hosting import ServedModels, build_engine, served_models
 from detect.model_clients import BentoModelClient
@@ -147,6 +149,20 @@ class _VerityAPI:
             settings, SERVED, lambda stored: BentoModelClient(stored.model_id, services[stored.tag])
         )
 
+    def __metrics__(self, content: str) -> str:
+        """BentoML's /metrics text, before it is sent (BentoML's hook). Its request series label
+        this service's requests with the raw path; they get the route template instead, as
+        Verity's own series do (``metrics.bound_bentoml_endpoints``)."""
+        return metrics.bound_bentoml_endpoints(content, API_SERVICE_NAME, _template_of_path)
+
+
+API_SERVICE_NAME = "Verity"
+
+
+def _template_of_path(path: str) -> str:
+    scope = {"type": "http", "path": path, "root_path": "", "method": "GET", "headers": []}
+    return route_template(app.state.template_routes, scope)
+
 
 # The API's request timeout outlasts the longest a model call may queue, plus decoding and running.
 _LONGEST_QUEUE_MS = max(settings.batch_max_latency_ms, settings.audio_batch_max_latency_ms)
@@ -160,6 +176,9 @@ if SERVED.face is not None:
     # The face detector runs in the API process (it needs whole frames, which would cost more to
     # ship to another process than to scan here); declared, so a built bento carries it.
     _VerityAPI.face_model = bentoml.models.BentoModel(SERVED.face.tag)  # type: ignore[attr-defined]
-Verity = bentoml.service(name="Verity", workers=1, traffic={"timeout": _API_TIMEOUT_S})(
+Verity = bentoml.service(name=API_SERVICE_NAME, workers=1, traffic={"timeout": _API_TIMEOUT_S})(
     bentoml.asgi_app(app, path="/")(_VerityAPI)
 )
+# BentoML serves /metrics ahead of the mounted app and its middleware: the guard (off, or a
+# token: VERITY_METRICS_*) stands in front of BentoML's route.
+Verity.add_asgi_middleware(MetricsGuard, settings=settings)

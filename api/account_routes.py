@@ -20,7 +20,7 @@ from auth.quotas import (
     daily_limit_of,
     next_midnight,
 )
-from auth.throttle import AuthThrottle, client_address
+from auth.throttle import AuthThrottle, client_address, throttle_of_app
 from errors import Forbidden, NotFound, ServiceUnavailable, Unauthorized
 from store.records import SCOPES, iso_epoch
 
@@ -144,15 +144,7 @@ def _shown_once(key: Any, secret: str, role: str) -> dict[str, Any]:
 
 
 def throttle_of(request: Request) -> AuthThrottle:
-    throttle = getattr(request.app.state, "throttle", None)
-    if throttle is None:
-        # An app given its accounts alone (tests, embedders): its throttle lives in the same
-        # store, made once on first use.
-        from store.factory import make_throttle_store
-
-        settings = accounts_of(request).settings
-        throttle = request.app.state.throttle = AuthThrottle(make_throttle_store(settings), settings)
-    return throttle
+    return throttle_of_app(request.app.state, accounts_of(request).settings)
 
 
 ThrottleDep = Annotated[AuthThrottle, Depends(throttle_of)]

@@ -16,17 +16,26 @@ from typing import Annotated, Any, Literal
 import anyio
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
+from starlette.routing import Match, Mount, Route
 
+import metrics
 from api import account_routes, job_routes
-from api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
+from api.middleware import (
+    METRICS_PATH,
+    BodySizeLimitMiddleware,
+    MetricsMiddleware,
+    RequestIdMiddleware,
+    metrics_refusal,
+)
 from api.openapi import DETECT_ERRORS, error_responses, media_request_body
 from api.payload import UploadReference, read_media_payload
+from api.stream import add_stream_routes
 from api.uploaded import detect_uploaded
+from api.web import add_page_routes
 from auth.accounts import Accounts
 from auth.middleware import AuthMiddleware
 from auth.principal import Principal
@@ -45,6 +54,7 @@ from errors import (
     ServiceUnavailable,
     VerityError,
     error_document,
+    note_error,
     public_message,
 )
 from media.image import read_image_file
@@ -82,7 +92,9 @@ def error_response(
     message: str,
     headers: dict[str, str] | None = None,
     details: dict[str, Any] | None = None,
+    exc: Exception | None = None,
 ) -> JSONResponse:
+    note_error(request.scope, code, exc)  # for the metrics middleware
     request_id = request.scope.get("state", {}).get("request_id")
     return JSONResponse(
         error_document(code, message, request_id, details), status_code=status, headers=headers
@@ -92,7 +104,9 @@ def error_response(
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(VerityError)
     async def _verity_error(request: Request, exc: VerityError) -> JSONResponse:
-        return error_response(request, exc.status, exc.code, public_message(exc), exc.headers, exc.details)
+        return error_response(
+            request, exc.status, exc.code, public_message(exc), exc.headers, exc.details, exc=exc
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -114,8 +128,14 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error")
-        return error_response(request, 500, "internal_error", "an internal error occurred")
+        # This handler runs outside the middleware stack, after the request id's context ended.
+        request_id = request.scope.get("state", {}).get("request_id")
+        log.exception("unhandled error", extra={"request_id": request_id} if request_id else None)
+        # ... and its answer passes no middleware: the headers they would add, added here.
+        headers = {"x-content-type-options": "nosniff", "cache-control": "no-store"}
+        if request_id:
+            headers["x-request-id"] = request_id
+        return error_response(request, 500, "internal_error", "an internal error occurred", headers)
 
 
 def engine_of(request: Request) -> Engine:
@@ -142,6 +162,7 @@ async def record_detection(
         result=result,
     )
     await account_routes.run(accounts.store.add_detection, detection)
+    metrics.detection_answered(result)
 
 
 def attach_backends(app: FastAPI, settings: Settings) -> None:
@@ -204,12 +225,14 @@ def create_app(settings: Settings) -> FastAPI:
             return video_limit
         return settings.max_json_body_bytes
 
-    # Outermost first on the wire: request id -> auth + quotas -> body cap -> routes.
+    # Outermost first on the wire: metrics -> request id -> auth + quotas -> body cap -> routes.
     app.add_middleware(BodySizeLimitMiddleware, limit_for=body_limit)
     app.add_middleware(AuthMiddleware)
     app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(MetricsMiddleware)
     app.include_router(account_routes.router)
     app.include_router(job_routes.router)
+    add_stream_routes(app, settings)
 
     @app.get("/health", tags=["health"])
     async def health() -> dict[str, str]:
@@ -218,6 +241,17 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/health/live", tags=["health"])
     async def live() -> dict[str, str]:
         return {"status": "alive"}
+
+    @app.get(METRICS_PATH, include_in_schema=False)
+    async def metrics_route(request: Request) -> Response:
+        """Prometheus text format, for a process without BentoML's server (the in-process app):
+        its own series. Under ``bentoml serve`` BentoML's ``/metrics`` answers ahead of this
+        route, with every process's series, its own included (``service.py``)."""
+        refusal = metrics_refusal(settings, {k.lower(): v for k, v in request.headers.items()})
+        if refusal is not None:
+            raise refusal
+        body = await anyio.to_thread.run_sync(metrics.exposition)  # reads files in multiprocess mode
+        return Response(body, media_type=metrics.CONTENT_TYPE)
 
     @app.get("/health/ready", tags=["health"], responses=error_responses(503))
     async def ready(request: Request) -> JSONResponse:
@@ -414,9 +448,8 @@ def create_app(settings: Settings) -> FastAPI:
         await record_detection(request, accounts, principal, result)
         return JSONResponse(result)
 
-    @app.get("/", include_in_schema=False)
-    async def root() -> dict[str, str]:
-        return {"service": "verity", "docs": "/docs", "models": "/v1/models", "health": "/health/ready"}
+    # The page (web/) for browsers, the JSON index (with the inline limits) for everyone else.
+    add_page_routes(app, settings)
 
     # BentoML's router answers unknown paths with plain text; this keeps every error JSON.
     @app.api_route(
@@ -450,6 +483,14 @@ def create_app(settings: Settings) -> FastAPI:
         if isinstance(route, APIRoute) and route.path != "/{path:path}"
     ]
     app.state.route_paths = frozenset(route.path for route in app.state.api_routes)
+    # What the metrics middleware labels a request with: the template of its route (docs, static
+    # files and pages included), never its raw path; the catch-all is the "unmatched" label.
+    app.state.template_routes = [
+        route
+        for router in (app.router, account_routes.router, job_routes.router)
+        for route in router.routes
+        if isinstance(route, (Route, Mount)) and route.path != "/{path:path}"
+    ]
     return app
 
 

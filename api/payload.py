@@ -27,7 +27,7 @@ class UploadReference:
     upload_id: str
 
 
-def _decode_data_url(value: str) -> bytes:
+def decode_data_url(value: str) -> bytes:
     """``data:image/jpeg;base64,...`` (camera frames), ``data:audio/...`` or bare base64."""
     if value.startswith("data:"):
         header, _, value = value.partition(",")
@@ -86,7 +86,7 @@ async def read_media_payload(request: Request, kind: str) -> bytes | UploadRefer
             raise InvalidInput(
                 f"JSON body needs '{kind}': a data URL or base64 string", code=f"missing_{kind}"
             )
-        return _decode_data_url(value)
+        return decode_data_url(value)
     if content_type.startswith(f"{kind}/") or content_type == "application/octet-stream":
         return await request.body()
     raise UnsupportedMedia(

@@ -161,7 +161,17 @@ class Accounts:
         return {"access_token": token, "token_type": "bearer", "expires_in": self.settings.jwt_ttl_s}
 
     # authentication --------------------------------------------------------------------------
-    def _active(self, user: User | None) -> User:
+    def key_in_force(self, user_id: str, key_id: str) -> bool:
+        """Whether the user's key ``key_id`` still authenticates (not revoked, not past a roll's
+        grace period): for credentials derived from a key, such as stream tokens."""
+        now = _iso(self.clock())
+        return any(
+            key.id == key_id and key.revoked_at is None and (key.expires_at is None or key.expires_at > now)
+            for key in self.store.list_keys(user_id)
+        )
+
+    def active_user(self, user: User | None) -> User:
+        """``user`` if it exists and is not disabled; else the refusal a request would get."""
         if user is None:
             raise Unauthorized("the account no longer exists", code="invalid_credentials")
         if user.disabled:
@@ -178,7 +188,7 @@ class Accounts:
         now = _iso(self.clock())
         if key.revoked_at is not None or (key.expires_at is not None and key.expires_at <= now):
             raise Unauthorized("API key has been revoked", code="revoked_api_key")
-        user = self._active(self.store.get_user(key.user_id))
+        user = self.active_user(self.store.get_user(key.user_id))
         if key.last_used_at is None or key.last_used_at[:16] != now[:16]:
             self.store.touch_key(key.id, key.digest, now)  # at most one write per key per minute
         scopes = frozenset(key_scopes(key.scopes, user.role))
@@ -187,13 +197,13 @@ class Accounts:
     def authenticate_bearer(self, token: str) -> Principal:
         claims = self.tokens.verify(token)
         if claims.issuer == self.own_tokens.issuer:
-            return self._session(self._active(self.store.get_user(claims.subject)))
+            return self._session(self.active_user(self.store.get_user(claims.subject)))
         # External issuer: one Verity account per (issuer, subject), made on first sight.
         user_id = "usr_ext_" + hashlib.sha256(f"{claims.issuer}|{claims.subject}".encode()).hexdigest()[:24]
         user = self.store.get_user(user_id)
         if user is None:
             user = self._create_external(user_id, claims)
-        return self._session(self._active(user))
+        return self._session(self.active_user(user))
 
     @staticmethod
     def _session(user: User) -> Principal:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 from typing import Any
+from urllib.parse import parse_qs
 
 import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -17,7 +18,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from auth.accounts import Accounts
 from auth.principal import Principal
 from auth.quotas import QuotaOutcome, consume, meter_for, settle
-from errors import QuotaExceeded, ServiceUnavailable, Unauthorized, VerityError, send_error
+from auth.stream_tokens import STREAM_PATH, redeem_stream_token
+from auth.throttle import throttle_of_app
+from errors import Forbidden, QuotaExceeded, ServiceUnavailable, Unauthorized, VerityError, send_error
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +39,24 @@ PUBLIC_PATHS = frozenset(
         "/v1/uploads/local",
     }
 )
-PUBLIC_PREFIXES = ("/health", "/docs/")
+# /static/: the page's script and style sheet (api/web.py), public like the page itself.
+PUBLIC_PREFIXES = ("/health", "/docs/", "/static/")
 
 
 def is_public(path: str) -> bool:
     return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+
+
+def _accounts_of(scope: Scope) -> Accounts:
+    accounts: Accounts | None = getattr(scope["app"].state, "accounts", None)
+    if accounts is None:
+        raise ServiceUnavailable("the service is starting", code="starting")
+    return accounts
+
+
+def _query_token(scope: Scope) -> str | None:
+    values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token")
+    return values[0] if values else None
 
 
 class AuthMiddleware:
@@ -125,23 +141,38 @@ class AuthMiddleware:
             return outcome
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """A WebSocket is authenticated like a request (x-api-key or Bearer in the handshake);
-        one that cannot be is refused before it is accepted (close 1008: the server answers the
-        handshake with 403), never let through to a route."""
+        """A WebSocket is authenticated like a request (x-api-key or Bearer in the handshake), or,
+        on the stream, by the single-use ``?token=`` of ``POST /v1/stream/token`` (browsers cannot
+        set headers on a WebSocket). One that cannot be is refused before it is accepted (close
+        1008: the server answers the handshake with 403), never let through to a route."""
         try:
-            _, principal = await self._principal(scope)
+            token = _query_token(scope)
+            if token is not None and scope["path"] == STREAM_PATH:
+                accounts = _accounts_of(scope)
+                counters = throttle_of_app(scope["app"].state, accounts.settings).store
+                now = accounts.clock().timestamp()
+                principal = await anyio.to_thread.run_sync(
+                    redeem_stream_token, accounts, counters, token, now
+                )
+            else:
+                _, principal = await self._principal(scope)
+            if scope["path"] == STREAM_PATH and not principal.has_scope("detect"):
+                raise Forbidden("this API key lacks the `detect` scope", code="insufficient_scope")
         except VerityError as exc:
             await receive()  # the websocket.connect event, answered by the refusal
             await send({"type": "websocket.close", "code": 1008, "reason": exc.code})
+            return
+        except Exception:  # a store outage or a bug: refuse the handshake rather than leave it hanging
+            log.exception("could not authenticate a WebSocket handshake")
+            await receive()
+            await send({"type": "websocket.close", "code": 1011, "reason": "internal_error"})
             return
         scope.setdefault("state", {})["principal"] = principal
         await self.app(scope, receive, send)
 
     async def _principal(self, scope: Scope) -> tuple[Accounts, Principal]:
         """Who sends this request or handshake (x-api-key or Bearer), or a ``VerityError``."""
-        accounts: Accounts | None = getattr(scope["app"].state, "accounts", None)
-        if accounts is None:
-            raise ServiceUnavailable("the service is starting", code="starting")
+        accounts = _accounts_of(scope)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         return accounts, await anyio.to_thread.run_sync(self._authenticate, accounts, headers)
 

@@ -22,7 +22,7 @@ import hashlib
 import math
 from collections.abc import Callable
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio
 from starlette.requests import Request
@@ -58,10 +58,12 @@ class AuthThrottle:
         self.settings = settings
         self.bcrypt = anyio.CapacityLimiter(settings.bcrypt_concurrency)
 
-    def _refuse(self, message: str, retry_after_s: float, code: str = "rate_limited") -> QuotaExceeded:
+    def _refuse(
+        self, message: str, retry_after_s: float, code: str = "rate_limited", kind: str | None = None
+    ) -> QuotaExceeded:
         seconds = max(1, math.ceil(retry_after_s))
         return QuotaExceeded(
-            f"{message}; retry in {seconds} s", code=code, headers={"Retry-After": str(seconds)}
+            f"{message}; retry in {seconds} s", code=code, kind=kind, headers={"Retry-After": str(seconds)}
         )
 
     def check_address(self, address: str, now: datetime) -> None:
@@ -75,6 +77,7 @@ class AuthThrottle:
                 f"too many signups and logins from your address "
                 f"({self.settings.auth_per_ip_per_min} a minute)",
                 60 - now.second,
+                kind="auth_per_address",
             )
 
     def check_email(self, email: str, now: datetime) -> None:
@@ -99,6 +102,7 @@ class AuthThrottle:
             raise self._refuse(
                 f"too many logins for this email ({settings.login_per_email_per_hour} an hour)",
                 3600 - now.minute * 60 - now.second,
+                kind="login_per_email",
             )
 
     def login_failed(self, email: str, now: datetime) -> None:
@@ -115,3 +119,14 @@ class AuthThrottle:
                 "too many password checks in progress", code="auth_busy", retry_after_s=2
             )
         return await anyio.to_thread.run_sync(work, limiter=self.bcrypt)
+
+
+def throttle_of_app(state: Any, settings: Settings) -> AuthThrottle:
+    """The app's throttle (``state.throttle``). An app given its accounts alone (tests,
+    embedders) gets one in the same store, made once on first use."""
+    throttle = getattr(state, "throttle", None)
+    if throttle is None:
+        from store.factory import make_throttle_store
+
+        throttle = state.throttle = AuthThrottle(make_throttle_store(settings), settings)
+    return throttle

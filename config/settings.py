@@ -43,6 +43,12 @@ class Settings(BaseSettings):
     environment: Literal["development", "production", "test"] = "development"
     log_level: str = "INFO"
     log_json: bool = True
+    # Prometheus /metrics (metrics.py). The series hold no user data, but they show traffic:
+    # restrict them with a token, or turn the route off where nothing scrapes (AWS Lambda).
+    metrics_enabled: bool = Field(True, description="serve /metrics; off: 404")
+    metrics_token: SecretStr | None = Field(
+        None, description="when set, /metrics needs Authorization: Bearer <token>"
+    )
 
     # Models -------------------------------------------------------------------------------------------
     image_model: str = Field("vit-dima806", description="catalog id of the default image model")
@@ -247,6 +253,17 @@ class Settings(BaseSettings):
     rate_limit_audio_per_min: int = Field(30, ge=0)
     rate_limit_video_per_min: int = Field(10, ge=0)
     rate_limit_jobs_per_min: int = Field(10, ge=0)
+
+    # Live stream (WebSocket /v1/stream, api/stream.py) ------------------------------------------------
+    stream_token_ttl_s: int = Field(60, ge=5, le=3600, description="a stream token's life (single use)")
+    stream_max_frame_bytes: int = Field(2 * 1024 * 1024, ge=1024, description="largest frame accepted")
+    stream_max_fps: float = Field(10.0, gt=0, le=60, description="frames per second analysed at most")
+    stream_idle_timeout_s: float = Field(30.0, gt=0, description="a session with no frame for this long ends")
+    stream_max_session_s: float = Field(900.0, gt=0, description="a session ends after this long")
+    stream_max_sessions_per_user: int = Field(2, ge=1, description="open sessions per user, per instance")
+    stream_window: int = Field(10, ge=1, le=300, description="analysed frames in the rolling verdict")
+    stream_frames_per_unit: int = Field(10, ge=1, description="analysed frames one quota unit buys")
+    rate_limit_stream_per_min: int = Field(60, ge=0, description="stream quota units per minute")
 
     @field_validator("jwt_external_issuers", mode="before")
     @classmethod

@@ -28,13 +28,15 @@ from typing import Any
 
 import anyio
 
+import metrics
 from auth.quotas import cost_units, counter_expiry
 from detect.engine import Engine
 from detect.files import detect_file, modality_of
 from errors import VerityError
 from jobs.backend import JobsBackend, iso_now
+from logs import job_context
 from store.ids import new_id
-from store.records import Detection, Job
+from store.records import Delivery, Detection, Job
 from webhooks.delivery import deliver, is_retryable, retry_delay_s
 from webhooks.signing import sign_headers
 
@@ -80,6 +82,12 @@ class JobRunner:
 
     # -- jobs ----------------------------------------------------------------------------------------
     async def run_job(self, user_id: str, job_id: str) -> Outcome:
+        with job_context(job_id):  # every line logged while it runs carries the job id
+            return await self._run_job(user_id, job_id)
+
+    async def _run_job(self, user_id: str, job_id: str) -> Outcome:
+        """One claim and run of a job. Its status transitions are counted here
+        (``verity_jobs_total``), each where the store accepted it."""
         jobs = self.backend.stores.jobs
         lease_s = self.settings.job_lease_s
         claim = await anyio.to_thread.run_sync(
@@ -104,12 +112,15 @@ class JobRunner:
             )
             if failed:
                 assert claim.job is not None
+                metrics.job_status("failed")
                 await self._settle(claim.job, 0)  # the server's failure: the job costs nothing
                 await self._after_finish(user_id, job_id)
             return DONE
         job = claim.job
         assert job is not None
         log.info("job %s claimed (attempt %d/%d)", job.id, job.attempts, job.max_attempts)
+        metrics.job_status("running")
+        claimed_at = time.monotonic()
         progress = _Progress()
         heartbeat = asyncio.create_task(self._heartbeat(job, progress))
         try:
@@ -124,6 +135,7 @@ class JobRunner:
                     jobs.release_job, user_id, job_id, self.worker, iso_now(), error
                 )
                 if released:
+                    metrics.job_status("retrying")
                     delay = retry_delay_s(job.attempts, JOB_RETRY_BASE_S)
                     return Outcome(self.backend.clock() + delay)
                 return DONE
@@ -142,6 +154,7 @@ class JobRunner:
             log.info("job %s was canceled or taken over meanwhile; its outcome is dropped", job.id)
             await self._release_media(job)
             return DONE
+        metrics.job_status(status, time.monotonic() - claimed_at)
         # The submission paid one unit: a result pays the rest of its cost, the server's own
         # failure gets that unit back, and media that could not be read keeps it spent.
         server_failure = error is not None and error.get("code") in SERVER_FAILURES
@@ -218,6 +231,8 @@ class JobRunner:
             log.exception("could not settle the cost of job %s", job.id)
 
     def _record_history(self, job: Job, result: dict[str, Any]) -> None:
+        """A job's result joins its user's history, as an inline detection does (and is counted
+        as one: ``verity_detections_total``)."""
         self.backend.accounts.add_detection(
             Detection(
                 id=result["id"],
@@ -230,6 +245,7 @@ class JobRunner:
                 result=result,
             )
         )
+        metrics.detection_answered(result)
 
     async def _release_media(self, job: Job) -> None:
         """An upload is deleted after its job unless the user asked to keep it."""
@@ -255,6 +271,13 @@ class JobRunner:
         delivery = await anyio.to_thread.run_sync(hooks.get_delivery, user_id, delivery_id)
         if delivery is None or delivery.status != "pending":
             return DONE
+        with job_context(delivery.job_id):  # the lines of a job's webhook carry its job id too
+            return await self._attempt_delivery(user_id, delivery)
+
+    async def _attempt_delivery(self, user_id: str, delivery: Delivery) -> Outcome:
+        """One delivery attempt; its outcome is counted here (``verity_webhook_deliveries_total``)."""
+        hooks = self.backend.stores.webhooks
+        delivery_id = delivery.id
         now = self.backend.clock()
         if delivery.next_attempt_at and delivery.next_attempt_at > now + 1:
             return Outcome(delivery.next_attempt_at)  # early (a capped queue delay): wait on
@@ -272,6 +295,7 @@ class JobRunner:
                     user_id, delivery_id, attempt, status="failed", next_attempt_at=None
                 )
             )
+            metrics.webhook_delivery("failed")
             return DONE
         headers = sign_headers(secret, delivery.id, datetime.now(UTC), body)
         result = await anyio.to_thread.run_sync(
@@ -310,6 +334,7 @@ class JobRunner:
                 user_id, delivery_id, attempt, status=status, next_attempt_at=next_at
             )
         )
+        metrics.webhook_delivery("retrying" if status == "pending" else status)
         if recorded is not None and next_at is not None:
             return Outcome(next_at)
         return DONE

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Account
-from tests.e2e.servers import BIN_DIR, ServerProcess, free_port, server_home, signup_over_http
+from tests.e2e.servers import ServerProcess, bentoml_serve, signup_over_http
 
 READY_TIMEOUT_S = 120.0
 # These tests measure batching and throughput, not quotas (tests/http/test_quotas.py does): one
@@ -26,12 +26,9 @@ THROUGHPUT_LIMITS = {"VERITY_RATE_LIMIT_IMAGE_PER_MIN": "100000", "VERITY_DAILY_
 def verity_server(model_store, bentoml_home: Path, tmp_path_factory) -> Iterator[ServerProcess]:
     """A running ``bentoml serve service:Verity``; ``.url``, ``.pid`` (the root) and ``.tree()``."""
     workdir = tmp_path_factory.mktemp("verity-server")
-    port = free_port()
-    server = ServerProcess(
-        [str(BIN_DIR / "bentoml"), "serve", "service:Verity", "--host", "127.0.0.1", "--port", str(port)],
-        port=port,
-        bentoml_home=server_home(bentoml_home, workdir / "bentoml-home"),
-        log_path=workdir / "server.log",
+    server = bentoml_serve(
+        bentoml_home,
+        workdir,
         env=THROUGHPUT_LIMITS,
     )
     try:

@@ -212,6 +212,21 @@ class ServerProcess:
         log.info("stopped %s (exit %s)", " ".join(self.argv), self.proc.returncode)
 
 
+def bentoml_serve(
+    shared_home: Path, workdir: Path, env: dict[str, str | None] | None = None
+) -> ServerProcess:
+    """``bentoml serve service:Verity`` on a free loopback port, with its own model home (a copy
+    of ``shared_home``'s models), log and state under ``workdir``; started, not yet ready."""
+    port = free_port()
+    return ServerProcess(
+        [str(BIN_DIR / "bentoml"), "serve", "service:Verity", "--host", "127.0.0.1", "--port", str(port)],
+        port=port,
+        bentoml_home=server_home(shared_home, workdir / "bentoml-home"),
+        log_path=workdir / "server.log",
+        env=env,
+    )
+
+
 def signup_over_http(url: str, email: str | None = None, password: str = TEST_PASSWORD) -> Account:
     """``POST /v1/auth/signup`` on a running server; the answer carries the key, shown once."""
     email = email or unique_email("e2e")

@@ -122,6 +122,7 @@ def test_bento_lists_the_served_models(built, model_store) -> None:
         p.relative_to(bento_dir / "src").as_posix() for p in (bento_dir / "src").rglob("*") if p.is_file()
     }
     assert {"service.py", "models/runtime.py", "models/catalog.toml", "api/app.py"} <= sources
+    assert {"web/index.html", "web/app.js", "web/style.css"} <= sources  # the page at /
     assert not {s for s in sources if s.startswith(("tests/", "models/export/", "bench/", "bentos/", "var/"))}
 
 
@@ -194,6 +195,8 @@ def test_built_bento_runs_in_production(built, tmp_path: Path) -> None:
             timeout=30,
         )
         assert signup.status_code == 201, signup.text
+        page = httpx.get(server.url, headers={"accept": "text/html"}, timeout=30)
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html"), page.text
     finally:
         server.stop()
     assert (tmp_path / "data" / "verity" / "verity.db").is_file()
