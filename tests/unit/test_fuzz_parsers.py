@@ -22,7 +22,7 @@ from hypothesis import event, example, given
 from hypothesis import strategies as st
 from starlette.requests import Request
 
-from api.payload import UploadReference, _decode_data_url, read_media_payload
+from api.payload import UploadReference, decode_data_url, read_media_payload
 from api.upload_form import receive_form
 from blobs.local import SIGNATURE_FIELD, LocalBlobs
 from errors import VerityError
@@ -73,7 +73,7 @@ def request_of(content_type: bytes | None, body: bytes, *, chunk: int = 0, path:
 @given(value=json_text | st.text(alphabet="data:image/png;base64,AZaz09+/=\n ", max_size=60))
 def test_any_string_is_media_bytes_or_a_4xx(value: str) -> None:
     try:
-        data = _decode_data_url(value)
+        data = decode_data_url(value)
     except VerityError as exc:
         assert_client_error(exc)
     else:
@@ -92,7 +92,7 @@ def test_base64_media_survives_line_breaks(data: bytes, prefix: str, spaces: lis
     encoded = base64.b64encode(data).decode()
     for at, space in spaces:
         encoded = encoded[:at] + space + encoded[at:]
-    assert _decode_data_url(prefix + encoded) == data
+    assert decode_data_url(prefix + encoded) == data
 
 
 # --- the detection routes' body reader ---------------------------------------------------------------
