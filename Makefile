@@ -26,13 +26,14 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 QUIET_PIP := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: help system-deps setup setup-runtime serve models test test-fast lint bench soak build clean
+.PHONY: help system-deps setup setup-runtime serve models test test-fast lint bench bench-quick soak build clean
 
 help:
 	@echo "make serve   install, build the default models, serve on http://$(HOST):$(PORT)"
 	@echo "make test    install and run the whole test suite"
 	@echo "make models  export the served models into bentos/ (hub, or dev weights offline)"
 	@echo "make bench   benchmarks (results printed and written under bench/results/)"
+	@echo "make bench-quick  a few minutes: the PyTorch baseline vs the default \`make serve\` at concurrency 8"
 	@echo "make soak    a mixed load for SOAK_S seconds (default 300): 5xx, p50/p99, RSS over time"
 	@echo "make build   bentoml build (offline)"
 	@echo "make lint    ruff"
@@ -112,6 +113,11 @@ bench: setup models
 	$(PY) -m bench.lambda_cold
 	$(PY) -m bench.jobs
 	$(PY) -m bench.batch
+
+# The headline on any machine in a few minutes: images/s of the PyTorch baseline and of the
+# default served API (precision auto) at concurrency 8, and their ratio.
+bench-quick: setup models
+	$(PY) -m bench.image --quick
 
 # `bentoml build` prints only the tag: say what the bento holds and where it went.
 build: models

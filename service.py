@@ -53,6 +53,8 @@ def model_service(stored: StoredModel, name: str, *, max_batch_size: int, max_la
                 self.model.path_of(ONNX_FILE),
                 intra_op_threads=settings.intra_op_threads,
                 inter_op_threads=settings.ort_inter_op_threads,
+                rows_alone=stored.rows_alone,
+                pixels=stored.pixel_spec,
             )
             if stored.weights == "dev":
                 log.warning("%s loaded with DEV weights: verdicts are not meaningful", stored.tag)

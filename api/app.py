@@ -300,6 +300,7 @@ def create_app(settings: Settings) -> FastAPI:
                 # The default of its modality: what a request that names no model gets.
                 "default": mid
                 in (engine.default_image_model, engine.settings.audio_model, engine.settings.video_model),
+                "precision_reason": m.precision_reason,
                 "warnings": m.warnings,
             }
             for mid, m in engine.served.items()

@@ -57,6 +57,7 @@ from bench.common import (
     fmt_other_cpu,
     loadavg,
     machine_info,
+    machine_line,
     md_row,
     now_iso,
     run_worker,
@@ -615,7 +616,7 @@ def markdown(results: dict[str, Any]) -> str:
         out.append(f"- Baseline split, median ms: {split}")
     m, s = results["machine"], results["settings"]
     out.append(
-        f"- Machine: {m['nproc']} CPUs ({m['cpu_model']}), {m['memory_gb']} GB RAM, {m['platform']}; "
+        f"- Machine: {machine_line(m)}; "
         f"{results['finished_at']}; load average at start {results['loadavg_start']}, "
         f"end {results['loadavg_end']}"
     )

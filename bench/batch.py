@@ -57,6 +57,7 @@ from bench.common import (
     RESULTS_DIR,
     RssSampler,
     child_env,
+    cpu_flags,
     effective_settings,
     finish_run,
     fmt,
@@ -78,7 +79,6 @@ from bench.inputs import (
     make_video_clip,
     write_jpegs,
 )
-from bench.jobs import cpu_flags
 
 log = logging.getLogger("bench.batch")
 

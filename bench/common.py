@@ -163,11 +163,28 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_flags() -> str:
+    """The vector extensions that decide ONNX Runtime's speed here (VNNI and AMX matter for INT8)."""
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+    present = [flag for flag in wanted if f" {flag} " in f" {text.replace(chr(10), ' ')} "]
+    return ", ".join(present) or "no AVX2"
+
+
+def machine_line(machine: dict[str, Any]) -> str:
+    """The machine as every benchmark table names it: CPU model, its ISA flags, cores, memory."""
+    return (
+        f"{machine['nproc']} CPUs ({machine['cpu_model']}; {machine.get('cpu_flags') or cpu_flags()}), "
+        f"{machine['memory_gb']} GB RAM, {machine['platform']}"
+    )
+
+
 def machine_info() -> dict[str, Any]:
     return {
         "nproc": os.cpu_count(),
         "affinity_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "cpu_model": cpu_model(),
+        "cpu_flags": cpu_flags(),
         "memory_gb": round(psutil.virtual_memory().total / 1024**3, 1),
         "platform": platform.platform(),
         "python": platform.python_version(),

@@ -45,6 +45,7 @@ from bench.common import (
     RESULTS_DIR,
     RssSampler,
     child_env,
+    cpu_flags,
     fmt,
     machine_info,
     md_row,
@@ -256,14 +257,6 @@ def measure_inline(clip: Path, env: dict[str, str]) -> dict[str, Any]:
         "frames": answer["frames"],
         "s_per_frame": {"median": statistics.median(per_frame), "min": min(per_frame), "max": max(per_frame)},
     }
-
-
-def cpu_flags() -> str:
-    """The vector extensions that decide ONNX Runtime's speed here (VNNI matters for INT8)."""
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni")
-    present = [flag for flag in wanted if f" {flag} " in f" {text.replace(chr(10), ' ')} "]
-    return ", ".join(present) or "no AVX2"
 
 
 def span(stats: dict[str, float]) -> str:

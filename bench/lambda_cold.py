@@ -33,6 +33,7 @@ from bench.common import (
     fmt_latency,
     latency_stats,
     machine_info,
+    machine_line,
     md_row,
     now_iso,
     setup_logging,
@@ -200,8 +201,7 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         f"- Target: fresh process → first image answer ≤ {TARGET_FIRST_IMAGE_S:g} s with the default "
         f"models — worst {worst:.2f} s → **{verdict}**",
-        f"- Machine: {machine['nproc']} CPUs ({machine['cpu_model']}), {machine['memory_gb']} GB RAM, "
-        f"{machine['platform']}; {results['started_at']}",
+        f"- Machine: {machine_line(machine)}; {results['started_at']}",
         "- Cold start, one fresh process per precision: init = importing the handler (every served "
         "model's ONNX session: image, audio, video pair, faces); first image = after /health/ready and a "
         "signup (one bcrypt hash), the first POST /v1/detect/image; all through API Gateway v2 events",

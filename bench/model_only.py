@@ -41,6 +41,7 @@ def run(
         stored.onnx_path,
         intra_op_threads=settings.intra_op_threads,
         inter_op_threads=settings.ort_inter_op_threads,
+        rows_alone=stored.rows_alone,  # as served: an INT8 batch runs row by row
     )
     spec = stored.input_spec
     pool = [preprocess_image(Image.open(io.BytesIO(d)).convert("RGB"), spec) for d in images]

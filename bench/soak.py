@@ -34,9 +34,17 @@ from typing import Any
 import httpx
 import psutil
 
-from bench.common import MB, RESULTS_DIR, latency_stats, machine_info, now_iso, setup_logging, write_json
+from bench.common import (
+    MB,
+    RESULTS_DIR,
+    cpu_flags,
+    latency_stats,
+    machine_info,
+    now_iso,
+    setup_logging,
+    write_json,
+)
 from bench.inputs import make_clip, make_video_clip
-from bench.jobs import cpu_flags
 from bench.served import UNMETERED, Server, auth_env, signup
 
 log = logging.getLogger("bench.soak")

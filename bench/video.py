@@ -54,6 +54,7 @@ from bench.common import (
     latency_stats,
     loadavg,
     machine_info,
+    machine_line,
     md_row,
     now_iso,
     run_worker,
@@ -569,7 +570,7 @@ def markdown(results: dict[str, Any]) -> str:
         baseline["model"]["weights"] if baseline else "?"
     )
     out.append(
-        f"- Machine: {m['nproc']} CPUs ({m['cpu_model']}), {m['memory_gb']} GB RAM, {m['platform']}; "
+        f"- Machine: {machine_line(m)}; "
         f"{results['finished_at']}; load average at start {results['loadavg_start']}, "
         f"end {results['loadavg_end']}"
     )

@@ -76,7 +76,21 @@ class Settings(BaseSettings):
         0.2, ge=0.0, le=2.0, description="face crops grow each side by this fraction of the box's longer side"
     )
     faces_per_frame: int = Field(4, ge=1, le=32, description="most faces scored per picture or frame")
-    precision: Literal["fp32", "int8"] = Field("fp32", description="which stored export to serve")
+    # "auto" serves each model's INT8 export when the agreement with fp32 stored beside it (on the
+    # export's probe set, rows run alone as served) meets both bars below, else fp32, saying why
+    # in the log and in /v1/models. fp32 or int8 forces that precision for every model.
+    precision: Literal["auto", "fp32", "int8"] = Field(
+        "auto", description="which stored export to serve: auto (int8 where it agrees with fp32), fp32, int8"
+    )
+    int8_min_verdict_agreement: float = Field(
+        0.99,
+        ge=0.0,
+        le=1.0,
+        description="auto precision: least share of probe verdicts int8 must share with fp32",
+    )
+    int8_max_mean_probability_diff: float = Field(
+        0.01, ge=0.0, le=1.0, description="auto precision: largest mean |p_int8 - p_fp32| on the probe set"
+    )
     ort_intra_op_threads: int = Field(0, ge=0, description="0 = one per CPU core")
     ort_inter_op_threads: int = Field(1, ge=1)
     batch_max_size: int = Field(32, ge=2)

@@ -31,6 +31,7 @@ class ServedModel:
 
     stored: StoredModel
     client: ModelClient
+    precision_reason: str = ""  # why this precision (detect.hosting.served_models)
 
     @property
     def warnings(self) -> list[dict[str, str]]:

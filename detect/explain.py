@@ -39,7 +39,9 @@ async def occlusion_heatmap(
     channels_first = stored.input_spec.layout == "NCHW"
     image = pixels if channels_first else pixels.transpose(2, 0, 1)
     _, height, width = image.shape
-    fill = image.mean(axis=(1, 2), keepdims=True)
+    fill = image.mean(axis=(1, 2), keepdims=True)  # the picture's mean colour
+    if image.dtype == np.uint8:  # pixels as the pipelines send them
+        fill = fill.round().astype(np.uint8)
     ys = np.linspace(0, height, GRID + 1).astype(int)
     xs = np.linspace(0, width, GRID + 1).astype(int)
     variants = []

@@ -18,7 +18,7 @@ from errors import ServiceUnavailable
 from faces.crops import face_crops
 from faces.mtcnn import Face
 from models.catalog import ImageInputSpec
-from models.preprocess import preprocess_batch
+from models.preprocess import pixel_batch
 
 
 async def find_faces(engine: Engine, frames: list[np.ndarray]) -> list[list[Face]]:
@@ -36,9 +36,9 @@ async def find_faces(engine: Engine, frames: list[np.ndarray]) -> list[list[Face
 
 def crops_for(frame: np.ndarray, faces: list[Face], spec: ImageInputSpec, margin: float) -> np.ndarray:
     """Model input for each face of ``frame``: a square crop with ``margin`` around the box,
-    resized and normalized as ``spec`` says."""
+    resized as ``spec`` says, as uint8 pixels (the model side normalizes them)."""
     crops = face_crops(frame, faces, size=max(spec.size), margin=margin)
-    return preprocess_batch([Image.fromarray(crop) for crop in crops], spec)
+    return pixel_batch([Image.fromarray(crop) for crop in crops], spec)
 
 
 def face_entry(frame_s: float, face: Face, probability: float | None, scale: float = 1.0) -> dict[str, Any]:

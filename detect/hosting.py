@@ -29,6 +29,29 @@ class ServedModels:
     audio: dict[str, StoredModel]
     video: dict[str, StoredModel] = field(default_factory=dict)  # {"encoder": ..., "head": ...} or {}
     face: StoredModel | None = None
+    # Why each model is served at its precision (model id -> one sentence), for the log and /v1/models.
+    precision_reasons: dict[str, str] = field(default_factory=dict)
+
+
+def int8_verdict(int8: StoredModel | None, settings: Settings) -> tuple[bool, str]:
+    """Whether ``precision=auto`` serves this INT8 export, and why, from the agreement with fp32
+    stored beside it (measured on the export's probe set, rows run alone as served)."""
+    if int8 is None:
+        return False, "fp32: no int8 export is stored (exported with --no-int8?)"
+    agreement = int8.metadata.get("int8_agreement")
+    mean_diff = int8.metadata.get("int8_mean_probability_diff")
+    if agreement is None or mean_diff is None:
+        return False, f"fp32: {int8.tag} predates the stored agreement figures; export it again"
+    bars = (
+        f"verdict agreement {agreement:.1%} (bar {settings.int8_min_verdict_agreement:.0%}), "
+        f"mean |p_int8 - p_fp32| {mean_diff:.2g} (bar {settings.int8_max_mean_probability_diff:g})"
+    )
+    if (
+        agreement >= settings.int8_min_verdict_agreement
+        and mean_diff <= settings.int8_max_mean_probability_diff
+    ):
+        return True, f"int8: {bars}"
+    return False, f"fp32: int8 misses the bar, {bars}"
 
 
 def _stored_or_fail(model_id: str, precision: str) -> StoredModel:
@@ -41,24 +64,48 @@ def _stored_or_fail(model_id: str, precision: str) -> StoredModel:
     return stored
 
 
+def _precision_for(model_id: str, settings: Settings, int8: StoredModel | None) -> tuple[str, str]:
+    """The precision ``model_id`` is served at, and why."""
+    if settings.precision != "auto":
+        return settings.precision, f"{settings.precision}: VERITY_PRECISION={settings.precision}"
+    chosen, reason = int8_verdict(int8, settings)
+    return ("int8" if chosen else "fp32"), reason
+
+
 def served_models(settings: Settings) -> ServedModels:
-    """The stored export of every model the settings serve, at the served precision."""
+    """The stored export of every model the settings serve, at the precision each is served at."""
+    reasons: dict[str, str] = {}
+
+    def one(model_id: str) -> StoredModel:
+        precision, reasons[model_id] = _precision_for(model_id, settings, find_stored(model_id, "int8"))
+        return _stored_or_fail(model_id, precision)
+
     video: dict[str, StoredModel] = {}
     if settings.video_model:
-        pair = find_video_pair(settings.video_model, settings.precision)
+        # The head's figures are the pipeline's (int8 encoder -> int8 head against the fp32 pair).
+        int8_pair = find_video_pair(settings.video_model, "int8")
+        precision, reason = _precision_for(
+            settings.video_model, settings, int8_pair[1] if int8_pair else None
+        )
+        pair = int8_pair if precision == "int8" else find_video_pair(settings.video_model, precision)
         if pair is None:
             raise StartupError(
-                f"video model {settings.video_model!r} ({settings.precision}: head and the encoder it was "
+                f"video model {settings.video_model!r} ({precision}: head and the encoder it was "
                 "verified with) is not in the model store; run `make models` first"
             )
         video = {"encoder": pair[0], "head": pair[1]}
-    return ServedModels(
-        image={mid: _stored_or_fail(mid, settings.precision) for mid in settings.served_image_models},
-        audio={mid: _stored_or_fail(mid, settings.precision) for mid in settings.served_audio_models},
+        reasons[pair[0].model_id] = reasons[pair[1].model_id] = reason
+    served = ServedModels(
+        image={mid: one(mid) for mid in settings.served_image_models},
+        audio={mid: one(mid) for mid in settings.served_audio_models},
         video=video,
         # The face detector has one export, fp32 (models/export/mtcnn.py says why).
         face=_stored_or_fail(settings.face_model, "fp32") if settings.face_model else None,
+        precision_reasons=reasons,
     )
+    for model_id, reason in reasons.items():
+        log.info("%s served at %s", model_id, reason)
+    return served
 
 
 def build_engine(
@@ -68,7 +115,8 @@ def build_engine(
     gives it (how it is hosted), the face detector in this process."""
 
     def served(stored: StoredModel) -> ServedModel:
-        return ServedModel(stored=stored, client=client_for(stored))
+        reason = models.precision_reasons.get(stored.model_id, "")
+        return ServedModel(stored=stored, client=client_for(stored), precision_reason=reason)
 
     video = (
         VideoModels(encoder=served(models.video["encoder"]), head=served(models.video["head"]))
@@ -99,6 +147,8 @@ def build_inprocess_engine(settings: Settings, models: ServedModels | None = Non
             inter_op_threads=settings.ort_inter_op_threads,
             # The bounds of the served model services' batches: audio windows are large.
             max_batch_rows=settings.audio_batch_max_size if stored.tag in audio else settings.batch_max_size,
+            rows_alone=stored.rows_alone,
+            pixels=stored.pixel_spec,
         )
 
     return build_engine(settings, models, in_process)

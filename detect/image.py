@@ -24,7 +24,7 @@ from detect.faces import crops_for, face_entry, find_faces
 from media.image import DecodedImage, decode_image
 from media.tools import decode_timeout
 from models.postprocess import fake_probabilities, verdict_for
-from models.preprocess import preprocess_image
+from models.preprocess import model_pixels
 from store.ids import new_id
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ async def detect_image(
         batch = await anyio.to_thread.run_sync(crops_for, frame, found, spec, settings.face_crop_margin)
     else:
         mark = time.perf_counter()
-        batch = (await anyio.to_thread.run_sync(preprocess_image, decoded.image, spec))[None]
+        batch = (await anyio.to_thread.run_sync(model_pixels, decoded.image, spec))[None]
     preprocess_ms = _ms(mark)
     mark = time.perf_counter()
     outputs = await served.client.predict(batch)

@@ -33,6 +33,7 @@ import anyio
 import numpy as np
 
 from errors import ServiceUnavailable, VerityError
+from models.catalog import ImageInputSpec
 from models.runtime import OnnxModel
 
 log = logging.getLogger(__name__)
@@ -113,10 +114,16 @@ class InProcessModelClient:
         intra_op_threads: int,
         inter_op_threads: int = 1,
         max_batch_rows: int = 32,
+        rows_alone: bool = False,
+        pixels: ImageInputSpec | None = None,
     ) -> None:
         self.model_id = model_id
         self.session = OnnxModel(
-            onnx_path, intra_op_threads=intra_op_threads, inter_op_threads=inter_op_threads
+            onnx_path,
+            intra_op_threads=intra_op_threads,
+            inter_op_threads=inter_op_threads,
+            rows_alone=rows_alone,
+            pixels=pixels,
         )
         self.max_batch_rows = max_batch_rows
         self._one_run = anyio.CapacityLimiter(1)

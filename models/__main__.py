@@ -109,7 +109,10 @@ def _cmd_ensure(args: argparse.Namespace) -> int:
         *settings.served_audio_models,
         *settings.served_video_models,
     ]:
-        _ensure_one(model_id, settings.precision, offline=args.offline)
+        # auto serves int8 only beside its fp32 export (export_model stores both), else fp32.
+        _ensure_one(
+            model_id, "fp32" if settings.precision == "auto" else settings.precision, offline=args.offline
+        )
     # fp32 only: the face detector has no int8 export (models/export/mtcnn.py says why).
     for model_id in settings.served_face_models:
         _ensure_one(model_id, "fp32", offline=args.offline)

@@ -8,13 +8,34 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from models.catalog import ImageInputSpec
+from models.preprocess import normalize_pixels
+
 log = logging.getLogger(__name__)
 
 
 class OnnxModel:
-    """One ONNX Runtime session with a single input and the first output returned."""
+    """One ONNX Runtime session with a single input and the first output returned.
 
-    def __init__(self, path: Path, *, intra_op_threads: int, inter_op_threads: int = 1) -> None:
+    ``rows_alone`` runs a batch one row at a time. INT8 graphs need it: dynamic quantization
+    picks each activation's scale from the whole batch, so a row's score would move (up to 1e-2)
+    with whatever other requests' rows it was batched with. Run alone, a row gets the same
+    answer in any company, and on a 2-core CPU a batch is no faster per row anyway.
+
+    ``pixels``: a picture model's input spec. uint8 batches (``models.preprocess.model_pixels``,
+    what the pipelines send: a quarter of the bytes between processes) are normalized here;
+    float32 batches are taken as the model's input already.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        intra_op_threads: int,
+        inter_op_threads: int = 1,
+        rows_alone: bool = False,
+        pixels: ImageInputSpec | None = None,
+    ) -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = inter_op_threads
@@ -24,11 +45,22 @@ class OnnxModel:
             str(path), sess_options=options, providers=["CPUExecutionProvider"]
         )
         self.input_name = self.session.get_inputs()[0].name
+        self.rows_alone = rows_alone
+        self.pixels = pixels
         log.info(
             "onnx session ready",
-            extra={"model_path": str(path), "intra_op_threads": intra_op_threads},
+            extra={"model_path": str(path), "intra_op_threads": intra_op_threads, "rows_alone": rows_alone},
         )
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        feed = {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)}
-        return self.session.run(None, feed)[0]
+        if batch.dtype == np.uint8:
+            if self.pixels is None:
+                raise TypeError("uint8 input for a model that takes no pictures")
+            batch = normalize_pixels(batch, self.pixels)
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if self.rows_alone and len(batch) > 1:
+            return np.concatenate([self._run(batch[i : i + 1]) for i in range(len(batch))])
+        return self._run(batch)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: batch})[0]

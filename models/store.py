@@ -47,6 +47,18 @@ class StoredModel:
         return str(self.metadata["precision"])
 
     @property
+    def pixel_spec(self) -> ImageInputSpec | None:
+        """The input spec of a model fed pictures (image models, video encoders), else None: what
+        its session needs to take uint8 pixels (``models.runtime.OnnxModel``)."""
+        return self.input_spec if self.modality in ("image", "video-encoder") else None
+
+    @property
+    def rows_alone(self) -> bool:
+        """Whether a batch must run one row at a time for each row's score to be independent of
+        its batch-mates (``models.runtime.OnnxModel``): every INT8 export."""
+        return self.precision == "int8"
+
+    @property
     def weights(self) -> str:
         return str(self.metadata["weights"])
 
@@ -108,7 +120,16 @@ class StoredModel:
             "labels": list(self.metadata.get("labels", [])),
             "fake_index": self.metadata.get("fake_index"),
             "parity_max_abs_diff": self.metadata.get("parity_max_abs_diff"),
-            "int8_agreement": self.metadata.get("int8_agreement"),
+            # INT8 exports: agreement with fp32 on the probe set, measured as served.
+            **{
+                key: self.metadata.get(key)
+                for key in (
+                    "int8_agreement",
+                    "int8_max_probability_diff",
+                    "int8_mean_probability_diff",
+                    "int8_scheme",
+                )
+            },
             "sha256": self.metadata.get("sha256"),
             # A video head names the exact encoder export its features must come from.
             **({"encoder": self.metadata.get("encoder")} if self.modality == "video-head" else {}),

@@ -56,7 +56,7 @@ from models.catalog import CatalogEntry, ImageInputSpec, SequenceInputSpec, get_
 from models.export.keras import OPSET, convertible
 from models.export.parity import FP32_TOLERANCE, check_parity, int8_agreement
 from models.export.probe import probe_batch
-from models.export.quantize import quantize_int8
+from models.export.quantize import INT8_SCHEME, quantize_int8
 from models.export.save import save_onnx, sha256_of
 from models.export.source import DEV_SEED as DEV_SEED  # the base seed; bench/ imports it from here
 from models.export.source import SourceInfo, dev_seed
@@ -541,9 +541,13 @@ def _session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
-def _run(session: ort.InferenceSession, batch: np.ndarray) -> np.ndarray:
-    feed = {session.get_inputs()[0].name: np.ascontiguousarray(batch, dtype=np.float32)}
-    return session.run(None, feed)[0]
+def _run(session: ort.InferenceSession, batch: np.ndarray, *, rows_alone: bool = False) -> np.ndarray:
+    """``batch`` through ``session``; ``rows_alone`` as served INT8 runs it (models/runtime.py)."""
+    name = session.get_inputs()[0].name
+    batch = np.ascontiguousarray(batch, dtype=np.float32)
+    if rows_alone and len(batch) > 1:
+        return np.concatenate([session.run(None, {name: batch[i : i + 1]})[0] for i in range(len(batch))])
+    return session.run(None, {name: batch})[0]
 
 
 def head_probe(features: np.ndarray, seq_len: int, seed: int = 4321) -> list[np.ndarray]:
@@ -669,23 +673,23 @@ def _quantize_pair(
         enc_fp32, enc_fp32.with_name("encoder-int8.onnx"), op_types=ENCODER_INT8_OP_TYPES
     )
     head_int8 = quantize_int8(head_fp32, head_fp32.with_name("head-int8.onnx"))
-    int8_features = _run(_session(enc_int8), crops)
+    int8_features = _run(_session(enc_int8), crops, rows_alone=True)
     head32, head8 = _session(head_fp32), _session(head_int8)
     fp32_out = _run(head32, _clips(fp32_features, seq_len))
-    int8_out = _run(head8, _clips(int8_features, seq_len))
+    int8_out = _run(head8, _clips(int8_features, seq_len), rows_alone=True)
     verdict = dict(output_kind=head.output, fake_index=head.fake_index, threshold=head.threshold)
     pipeline = int8_agreement(fp32_out, int8_out, **verdict)  # type: ignore[arg-type]
     head_only = int8_agreement(
         np.concatenate([_run(head32, batch) for batch in sequences]),
-        np.concatenate([_run(head8, batch) for batch in sequences]),
+        np.concatenate([_run(head8, batch, rows_alone=True) for batch in sequences]),
         **verdict,  # type: ignore[arg-type]
     )
     norms = np.linalg.norm(fp32_features, axis=1) * np.linalg.norm(int8_features, axis=1)
     cosine = np.sum(fp32_features * int8_features, axis=1) / np.maximum(norms, 1e-12)
     figures = {
         # int8 encoder + int8 head vs the fp32 pair, on one clip per probe crop.
-        "int8_agreement": pipeline.verdict_agreement,
-        "int8_max_probability_diff": pipeline.max_probability_diff,
+        **pipeline.metadata(),
+        **INT8_SCHEME,
         "int8_feature_max_abs_diff": float(np.abs(int8_features - fp32_features).max()),
         "int8_feature_min_cosine": float(cosine.min()),
         "int8_head_max_probability_diff": head_only.max_probability_diff,

@@ -16,9 +16,15 @@ from models.postprocess import fake_probabilities
 FP32_TOLERANCE = 1e-3
 
 
-def run_onnx(path: Path, batch: np.ndarray) -> np.ndarray:
+def run_onnx(path: Path, batch: np.ndarray, *, rows_alone: bool = False) -> np.ndarray:
+    """``batch`` through the graph at ``path``; ``rows_alone`` as served INT8 runs it, one row at
+    a time (``models.runtime.OnnxModel``), so agreement figures describe what users get."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run(None, {session.get_inputs()[0].name: batch.astype(np.float32)})[0]
+    name = session.get_inputs()[0].name
+    batch = np.ascontiguousarray(batch, dtype=np.float32)
+    if rows_alone and len(batch) > 1:
+        return np.concatenate([session.run(None, {name: batch[i : i + 1]})[0] for i in range(len(batch))])
+    return session.run(None, {name: batch})[0]
 
 
 def check_parity(
@@ -42,6 +48,15 @@ def check_parity(
 class Agreement:
     verdict_agreement: float  # share of probe items with the same thresholded verdict
     max_probability_diff: float
+    mean_probability_diff: float
+
+    def metadata(self, prefix: str = "int8") -> dict[str, float]:
+        """The figures as stored with an export and shown by /v1/models."""
+        return {
+            f"{prefix}_agreement": self.verdict_agreement,
+            f"{prefix}_max_probability_diff": self.max_probability_diff,
+            f"{prefix}_mean_probability_diff": self.mean_probability_diff,
+        }
 
 
 def int8_agreement(
@@ -55,4 +70,5 @@ def int8_agreement(
     p32 = fake_probabilities(fp32_out, output_kind, fake_index)  # type: ignore[arg-type]
     p8 = fake_probabilities(int8_out, output_kind, fake_index)  # type: ignore[arg-type]
     same = (p32 >= threshold) == (p8 >= threshold)
-    return Agreement(float(same.mean()), float(np.abs(p32 - p8).max()))
+    diff = np.abs(p32 - p8)
+    return Agreement(float(same.mean()), float(diff.max()), float(diff.mean()))

@@ -13,9 +13,9 @@ import onnxruntime
 
 from models.catalog import AudioInputSpec, get_entry
 from models.export.audio_probe import probe_audio_batches
-from models.export.parity import FP32_TOLERANCE, check_parity, int8_agreement
+from models.export.parity import FP32_TOLERANCE, check_parity, int8_agreement, run_onnx
 from models.export.probe import probe_batch
-from models.export.quantize import quantize_int8
+from models.export.quantize import INT8_SCHEME, quantize_int8
 from models.export.save import save_onnx
 from models.export.source import ExportSource, SourceInfo
 from models.store import StoredModel
@@ -40,10 +40,8 @@ def _source_outputs(src: ExportSource, batches: list[np.ndarray]) -> np.ndarray:
     return np.concatenate([src.predict(batch) for batch in batches])
 
 
-def _onnx_outputs(path: Path, batches: list[np.ndarray]) -> np.ndarray:
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return np.concatenate([session.run(None, {name: batch.astype(np.float32)})[0] for batch in batches])
+def _onnx_outputs(path: Path, batches: list[np.ndarray], *, rows_alone: bool = False) -> np.ndarray:
+    return np.concatenate([run_onnx(path, batch, rows_alone=rows_alone) for batch in batches])
 
 
 def make_source(
@@ -106,16 +104,17 @@ def export_source(
             )
             agreement = int8_agreement(
                 fp32_out,
-                _onnx_outputs(int8_path, probe),
+                _onnx_outputs(int8_path, probe, rows_alone=True),
                 output_kind=info.output,
                 fake_index=info.fake_index,
                 threshold=info.threshold,
             )
             log.info(
-                "%s int8 agreement with fp32: %.1f%% verdicts, max prob diff %.3g",
+                "%s int8 agreement with fp32: %.1f%% verdicts, prob diff max %.3g mean %.3g",
                 info.model_id,
                 agreement.verdict_agreement * 100,
                 agreement.max_probability_diff,
+                agreement.mean_probability_diff,
             )
             stored.append(
                 save_onnx(
@@ -123,8 +122,8 @@ def export_source(
                     {
                         **base,
                         "precision": "int8",
-                        "int8_agreement": agreement.verdict_agreement,
-                        "int8_max_probability_diff": agreement.max_probability_diff,
+                        **agreement.metadata(),
+                        **INT8_SCHEME,
                     },
                 )
             )

@@ -16,6 +16,11 @@ log = logging.getLogger(__name__)
 _QUANTIZER_PATH = f"{os.sep}onnxruntime{os.sep}quantization{os.sep}"
 _QUANTIZER_LOGGER = "onnxruntime.quantization"
 
+# How every INT8 export is made and served, stored with it: dynamic quantization, each row run
+# alone (models/runtime.py) so that no score depends on its batch-mates. The agreement figures
+# stored beside it are measured the same way, on the export's probe set.
+INT8_SCHEME = {"int8_scheme": "dynamic, rows run alone"}
+
 
 class _QuantizerChatter(logging.Filter):
     """Drops the quantizer's records below WARNING, whoever logs them.

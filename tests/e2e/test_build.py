@@ -37,6 +37,16 @@ EXPORT_ONLY = {"torch", "tensorflow", "tensorflow-cpu", "transformers", "tf2onnx
 SERVED = ("vit-dima806", "siglip-open-deepfake", "wav2vec2-audio", "cnn-lstm", "mtcnn")
 
 
+def served_stored() -> list:
+    """The stored models a server started now would serve, precision by the default rule (auto:
+    int8 where its agreement meets the bars): what a bento built now must hold."""
+    from config import Settings
+    from detect.hosting import served_models
+
+    served = served_models(Settings())
+    return [*served.image.values(), *served.audio.values(), *served.video.values(), served.face]
+
+
 def _run(argv: list[str], home: Path) -> str:
     started = time.monotonic()
     done = subprocess.run(
@@ -71,8 +81,8 @@ def built(model_store, bentoml_home: Path) -> Iterator[tuple[Path, Path, str]]:
             assert match, f"`make build` did not say what it built:\n{output}"
             tags.append(match.group(1))
             # ... which models, and where they are.
-            for model_id in SERVED:
-                assert re.search(rf"^  {re.escape(model_id)}:fp32-", output, re.M), output
+            for stored in served_stored():
+                assert re.search(rf"^  {re.escape(stored.tag)}\b", output, re.M), output
             assert "model files: " in output and str(home / "models") in output, output
         assert tags[0] != tags[1]
         tag = tags[1]
@@ -113,8 +123,8 @@ def test_bento_lists_the_served_models(built, model_store) -> None:
         "TemporalHead",
     }
     bento_models = {m["tag"] for s in info["services"] for m in s["models"]}
-    fp32 = {m.tag for mid in SERVED for m in model_store[mid] if m.precision == "fp32"}
-    assert bento_models == fp32
+    assert bento_models == {stored.tag for stored in served_stored()}
+    assert {tag.split(":")[0] for tag in bento_models} == {*SERVED, "cnn-lstm-encoder"}
     envs = {e["name"]: e["value"] for e in info["envs"]}
     assert envs["VERITY_ENVIRONMENT"] == "production"
 
@@ -134,11 +144,10 @@ def test_exported_bento_carries_the_onnx_files(built, model_store, tmp_path: Pat
     _run([str(BIN_DIR / "bentoml"), "export", tag, str(archive)], home)
     with tarfile.open(archive) as bento:
         names = set(bento.getnames())
-    for model_id in SERVED:
-        for stored in (m for m in model_store[model_id] if m.precision == "fp32"):
-            # One model.onnx per model; MTCNN's three graphs are one stored model.
-            for graph in sorted(p.name for p in stored.path.glob("*.onnx")):
-                assert f"./models/{stored.model_id}/{stored.version}/{graph}" in names, sorted(names)
+    for stored in served_stored():
+        # One model.onnx per model; MTCNN's three graphs are one stored model.
+        for graph in sorted(p.name for p in stored.path.glob("*.onnx")):
+            assert f"./models/{stored.model_id}/{stored.version}/{graph}" in names, sorted(names)
     # ... and `bentoml import` brings it into another store, as the README says.
     target = tmp_path / "imported-home"  # another machine's store: empty
     _run([str(BIN_DIR / "bentoml"), "import", str(archive)], target)

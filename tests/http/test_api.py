@@ -47,8 +47,10 @@ def assert_result(body: dict, *, model_id: str = "vit-dima806") -> None:
     assert 0.0 <= body["fake_probability"] <= 1.0
     assert body["threshold"] == 0.5
     assert body["model"]["id"] == model_id
-    assert body["model"]["precision"] == "fp32"
-    assert body["model"]["version"].startswith("fp32-")
+    # The default precision, auto: the tiny exports' int8 agreement meets the bars (test_api's
+    # test_models_lists_served_and_catalog reads the reason in /v1/models).
+    assert body["model"]["precision"] == "int8"
+    assert body["model"]["version"].startswith("int8-")
     # Dev weights are never silent.
     assert body["model"]["weights"] == "dev"
     assert any(w["code"] == "dev_weights" for w in body["warnings"])
@@ -83,7 +85,12 @@ def test_models_lists_served_and_catalog(client):
     default = models["vit-dima806"]
     assert default["served"] and default["default"]
     assert default["modality"] == "image"
-    assert default["precision"] == "fp32" and default["weights"] == "dev"
+    # The default precision (auto) serves int8 where its stored agreement with fp32 meets the bars,
+    # as the tiny exports' does, and says so.
+    assert default["precision"] == "int8" and default["weights"] == "dev"
+    assert default["precision_reason"].startswith("int8: verdict agreement"), default["precision_reason"]
+    assert default["int8_agreement"] >= 0.99 and default["int8_mean_probability_diff"] <= 0.01
+    assert default["int8_scheme"] == "dynamic, rows run alone"
     assert default["threshold"] == 0.5 and default["version"]
     assert default["parity_max_abs_diff"] < 1e-3
     assert models["siglip-open-deepfake"]["served"] and not models["siglip-open-deepfake"]["default"]
