@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import bentoml
+import yaml
 from bentoml.exceptions import NotFound
 
 from models.store import ONNX_FILE, StoredModel, get_stored
@@ -43,13 +44,15 @@ def _store(files: dict[str, Path], metadata: dict[str, Any], sha: str, extra: di
     """``files`` (name in the model -> path) as ``<model_id>:<precision>-<sha12>``, unless that
     tag is stored already."""
     tag = f"{metadata['model_id']}:{metadata['precision']}-{sha[:12]}"
+    full = {**metadata, "sha256": sha, **extra}
     try:
         existing = get_stored(tag)
-        log.info("model %s already stored at %s", tag, existing.path)
-        return existing
     except NotFound:
-        pass
-    full = {**metadata, "sha256": sha, **extra}
+        existing = None
+    if existing is not None:
+        log.info("model %s already stored at %s", tag, existing.path)
+        changed = {k: v for k, v in full.items() if existing.metadata.get(k) != v}
+        return _refresh_metadata(existing, changed) if changed else existing
     labels = {k: str(full[k]) for k in ("modality", "precision", "weights")}
     with bentoml.models.create(tag, labels=labels, metadata=full) as model:
         for name, path in files.items():
@@ -57,3 +60,17 @@ def _store(files: dict[str, Path], metadata: dict[str, Any], sha: str, extra: di
     stored = get_stored(tag)
     log.info("stored model %s (%s weights, %d file(s)) at %s", tag, full["weights"], len(files), stored.path)
     return stored
+
+
+def _refresh_metadata(stored: StoredModel, added: dict[str, Any]) -> StoredModel:
+    """Record what this export measured on the same bytes that an older one did not, or measured
+    otherwise (say, INT8 agreement now taken with rows run alone, as served): the same graph, so
+    the figures describe the stored model. BentoML has no call for this; model.yaml is plain YAML."""
+    info_path = stored.path / "model.yaml"
+    info = yaml.safe_load(info_path.read_text(encoding="utf-8"))
+    info["metadata"] = {**info.get("metadata", {}), **added}
+    tmp = info_path.with_suffix(".yaml.tmp")
+    tmp.write_text(yaml.safe_dump(info, sort_keys=False), encoding="utf-8")
+    tmp.replace(info_path)
+    log.info("model %s: recorded %s", stored.tag, ", ".join(sorted(added)))
+    return get_stored(stored.tag)

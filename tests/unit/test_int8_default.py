@@ -178,3 +178,23 @@ def test_the_served_precision_follows_the_rule_per_model(model_store, caplog) ->
     forced = served_models(Settings(precision="int8"))
     assert {s.precision for s in forced.image.values()} == {"int8"}
     assert forced.precision_reasons["vit-dima806"] == "int8: VERITY_PRECISION=int8"
+
+
+def test_exporting_the_same_bytes_again_records_the_figures_an_older_export_lacked(model_store) -> None:
+    """A store filled before the mean difference was recorded: exporting again (deterministic,
+    so the same INT8 bytes and tag) adds the figure, and auto can then serve it."""
+    from models.export.save import save_onnx
+
+    int8 = find_stored("vit-dima806", "int8")
+    old = {k: v for k, v in int8.metadata.items() if k not in ("int8_mean_probability_diff", "sha256")}
+    old["model_id"] = "resaved-vit"
+    first = save_onnx(int8.onnx_path, old)
+    assert "int8_mean_probability_diff" not in first.metadata
+    assert not int8_verdict(first, Settings())[0]
+    again = save_onnx(int8.onnx_path, {**old, "int8_mean_probability_diff": 0.002, "int8_agreement": 1.0})
+    assert again.tag == first.tag
+    assert again.metadata["int8_mean_probability_diff"] == 0.002
+    assert again.metadata["int8_agreement"] == 1.0  # measured again on the same bytes
+    assert int8_verdict(find_stored("resaved-vit", "int8"), Settings())[0]
+    worse = save_onnx(int8.onnx_path, {**old, "int8_mean_probability_diff": 0.002, "int8_agreement": 0.5})
+    assert not int8_verdict(worse, Settings())[0]
