@@ -171,6 +171,20 @@ def cpu_flags() -> str:
     return ", ".join(present) or "no AVX2"
 
 
+def resolved_precision(precision: str, model_id: str) -> str:
+    """What a server started with ``VERITY_PRECISION=precision`` serves ``model_id`` at (``auto``,
+    the default: int8 where its stored agreement with fp32 meets the bars, else fp32)."""
+    if precision != "auto":
+        return precision
+    from config import Settings
+    from detect.hosting import int8_verdict
+    from models.store import find_stored
+
+    chosen, reason = int8_verdict(find_stored(model_id, "int8"), Settings(precision="auto"))
+    log.info("auto precision serves %s at %s", model_id, reason)
+    return "int8" if chosen else "fp32"
+
+
 def machine_line(machine: dict[str, Any]) -> str:
     """The machine as every benchmark table names it: CPU model, its ISA flags, cores, memory."""
     return (

@@ -53,6 +53,7 @@ from bench.common import (
     machine_line,
     md_row,
     now_iso,
+    resolved_precision,
     run_worker,
     setup_logging,
 )
@@ -65,19 +66,6 @@ OVERHEAD_TARGET = 0.10  # 1 - served / model-only at concurrency >= 8, same prec
 OVERHEAD_C1_TARGET_MS = 10.0  # served p50 - model-only batch-1 p50 at concurrency 1
 EQUALITY_TOLERANCE = 1e-3
 WARMUP_REQUESTS = 12  # covers BentoML's adaptive-batching training phase (~11 batches)
-
-
-def resolved_precision(precision: str, model_id: str) -> str:
-    """What a server started with ``VERITY_PRECISION=precision`` serves ``model_id`` at."""
-    if precision != "auto":
-        return precision
-    from config import Settings
-    from detect.hosting import int8_verdict
-    from models.store import find_stored
-
-    chosen, reason = int8_verdict(find_stored(model_id, "int8"), Settings(precision="auto"))
-    log.info("auto precision serves %s at %s", model_id, reason)
-    return "int8" if chosen else "fp32"
 
 
 def label(precision: str, results: dict[str, Any]) -> str:
@@ -180,6 +168,26 @@ def equality_checks(results: dict[str, Any]) -> dict[str, Any]:
     return checks
 
 
+def model_only_reference(results: dict[str, Any], precision: str) -> dict[int, dict[str, float]]:
+    """Per batch size, the model alone: images/s and batch p50 ms, the mean of the runs before
+    and after the served ones (one of them when only one ran), and how far they drifted apart."""
+    runs = [
+        r[precision]
+        for r in (results.get("model_only", {}), results.get("model_only_after", {}))
+        if precision in r
+    ]
+    out: dict[int, dict[str, float]] = {}
+    for row in runs[0]["batches"] if runs else []:
+        rows = [next(b for b in run["batches"] if b["batch_size"] == row["batch_size"]) for run in runs]
+        speeds = [b["images_per_s"] for b in rows]
+        out[row["batch_size"]] = {
+            "images_per_s": sum(speeds) / len(speeds),
+            "p50_ms": sum(b["batch_latency"]["p50_ms"] for b in rows) / len(rows),
+            "drift": (max(speeds) - min(speeds)) / max(speeds),
+        }
+    return out
+
+
 def targets(results: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     baseline = results.get("baseline")
@@ -201,10 +209,9 @@ def targets(results: dict[str, Any]) -> dict[str, Any]:
             }
     overheads, per_request = [], []
     for precision, served in results.get("served", {}).items():
-        model_only = results.get("model_only", {}).get(precision)
-        if not model_only:
+        by_batch = model_only_reference(results, precision)
+        if not by_batch:
             continue
-        by_batch = {row["batch_size"]: row for row in model_only["batches"]}
         for run in served["runs"]:
             reference = by_batch.get(run["concurrency"])
             if reference:
@@ -212,7 +219,7 @@ def targets(results: dict[str, Any]) -> dict[str, Any]:
                 if run["concurrency"] >= 8:
                     overheads.append((run["overhead"], precision, run["concurrency"]))
             if run["concurrency"] == 1 and 1 in by_batch and "p50_ms" in run["latency"]:
-                run["overhead_ms"] = run["latency"]["p50_ms"] - by_batch[1]["batch_latency"]["p50_ms"]
+                run["overhead_ms"] = run["latency"]["p50_ms"] - by_batch[1]["p50_ms"]
                 per_request.append((run["overhead_ms"], precision))
     failed = sum(run["errors"] for served in results.get("served", {}).values() for run in served["runs"])
     if overheads:
@@ -249,10 +256,10 @@ def breakdown(results: dict[str, Any]) -> dict[str, dict[str, float]]:
             continue
         timing = run["server_timing_median_ms"]
         stages = {k: timing[k] for k in ("decode", "preprocess", "inference") if k in timing}
-        one = next((r for r in (model_only or {}).get("batches", []) if r["batch_size"] == 1), None)
+        one = model_only_reference(results, precision).get(1) if model_only else None
         if one is not None and "inference" in stages:
-            stages["model run (model-only batch 1)"] = one["batch_latency"]["p50_ms"]
-            stages["model call beyond the run"] = stages["inference"] - one["batch_latency"]["p50_ms"]
+            stages["model run (model-only batch 1)"] = one["p50_ms"]
+            stages["model call beyond the run"] = stages["inference"] - one["p50_ms"]
         if "total" in timing:
             stages["request path outside the pipeline"] = run["latency"]["p50_ms"] - timing["total"]
         stages["client p50"] = run["latency"]["p50_ms"]
@@ -267,6 +274,8 @@ def busy_phases(results: dict[str, Any]) -> dict[str, float]:
         phases["baseline"] = results["baseline"]["cpu"]["other_cpu_share"]
     for precision, model_only in results.get("model_only", {}).items():
         phases[f"model-only {precision}"] = model_only["cpu"]["other_cpu_share"]
+    for precision, model_only in results.get("model_only_after", {}).items():
+        phases[f"model-only again {precision}"] = model_only["cpu"]["other_cpu_share"]
     for precision, served in results.get("served", {}).items():
         for run in served["runs"]:
             phases[f"served {precision} c={run['concurrency']}"] = run["cpu"]["other_cpu_share"]
@@ -341,6 +350,23 @@ def markdown(results: dict[str, Any]) -> str:
                     ]
                 )
             )
+        again = results.get("model_only_after", {}).get(precision)
+        for row in again["batches"] if again else []:
+            lines.append(
+                md_row(
+                    [
+                        f"model-only again, after the served runs: {label(precision, results)}",
+                        f"batch {row['batch_size']}",
+                        fmt(row["images_per_s"]),
+                        *latencies(row["batch_latency"]),
+                        f"{fmt(again['peak_rss_mb'], 0)} (process)",
+                        "0",
+                        times(row["images_per_s"]),
+                        "",
+                        fmt_other_cpu(again),
+                    ]
+                )
+            )
         served = results.get("served", {}).get(precision)
         for run in served["runs"] if served else []:
             lines.append(
@@ -377,7 +403,8 @@ def markdown(results: dict[str, Any]) -> str:
             else "a machine WITHOUT AVX-512 VNNI (the target is set for VNNI)"
         )
         out.append(
-            f"- Target: the default (`make serve`, {label('auto', results)}) at concurrency ≥ 8 ≥ "
+            f"- Target: the default (`make serve`, precision auto → "
+            f"{results['config']['resolved'].get('auto')}) at concurrency ≥ 8 ≥ "
             f"{t['target']:.0f}× baseline on {where} — {detail} → "
             f"**{'PASS' if t['pass'] else 'MISS'}**{caveat}"
         )
@@ -393,6 +420,22 @@ def markdown(results: dict[str, Any]) -> str:
             f"{t['worst'] * 100:.1f}% ({t['worst_at']})"
             + (f", {t['failed_requests']} failed requests" if t["failed_requests"] else "")
             + f" → **{'PASS' if t['pass'] else 'MISS'}**{caveat}"
+        )
+    drifts = {
+        label(p, results): ref[1]["drift"]
+        for p in results["config"]["precisions"]
+        if 1 in (ref := model_only_reference(results, p)) and len(results.get("model_only_after", {})) > 0
+    }
+    if drifts:
+        out.append(
+            "- The model alone measured before and after the served runs (overheads use their mean): batch-1 "
+            "speed differed by "
+            + ", ".join(f"{p} {d * 100:.0f}%" for p, d in drifts.items())
+            + (
+                " — the CPU's speed drifted during the run; overhead figures carry that uncertainty"
+                if max(drifts.values()) > 0.10
+                else ""
+            )
         )
     if "overhead_c1_ms" in tg:
         t = tg["overhead_c1_ms"]
@@ -512,6 +555,7 @@ def main(argv: list[str] | None = None) -> int:
             "inputs_sha": digest(images),
         },
         "model_only": {},
+        "model_only_after": {},
         "served": {},
     }
     log.info("machine %s; load average %s", results["machine"], results["loadavg_start"])
@@ -533,25 +577,29 @@ def main(argv: list[str] | None = None) -> int:
                 Path(tmp) / "baseline.json",
                 args.quiet_wait,
             )
+
+        def model_only(precision: str, when: str) -> dict[str, Any]:
+            return run_worker(
+                "bench.model_only",
+                [
+                    "--images",
+                    str(image_dir),
+                    "--precision",
+                    results["config"]["resolved"][precision],
+                    "--batch-sizes",
+                    ",".join(map(str, concurrencies)),
+                    "--min-images",
+                    str(max(1, math.ceil(32 * args.scale))),
+                    "--min-reps",
+                    "2" if args.scale >= 1 else "1",
+                ],
+                Path(tmp) / f"model-only-{when}-{precision}.json",
+                args.quiet_wait,
+            )
+
         if "model-only" not in skip:
             for precision in precisions:
-                results["model_only"][precision] = run_worker(
-                    "bench.model_only",
-                    [
-                        "--images",
-                        str(image_dir),
-                        "--precision",
-                        results["config"]["resolved"][precision],
-                        "--batch-sizes",
-                        ",".join(map(str, concurrencies)),
-                        "--min-images",
-                        str(max(1, math.ceil(32 * args.scale))),
-                        "--min-reps",
-                        "2" if args.scale >= 1 else "1",
-                    ],
-                    Path(tmp) / f"model-only-{precision}.json",
-                    args.quiet_wait,
-                )
+                results["model_only"][precision] = model_only(precision, "before")
         if "served" not in skip:
             for precision in precisions:
                 results["served"][precision] = run_served(
@@ -563,6 +611,12 @@ def main(argv: list[str] | None = None) -> int:
                     Path(tmp) / f"server-{precision}",
                     args.quiet_wait,
                 )
+        # The model alone again: this CPU's speed drifts over minutes (int8 batch-1 runs measured
+        # 63 ms and 91 ms on the same machine within ten minutes), so the overhead is taken
+        # against both measurements, and their difference is reported.
+        if "model-only" not in skip and "served" not in skip:
+            for precision in precisions:
+                results["model_only_after"][precision] = model_only(precision, "after")
     results["checks"] = equality_checks(results)
     results["targets"] = targets(results)
     results["breakdown"] = breakdown(results)
