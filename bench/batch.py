@@ -79,6 +79,7 @@ from bench.inputs import (
     make_video_clip,
     write_jpegs,
 )
+from bench.model_only import worker_args
 
 log = logging.getLogger("bench.batch")
 
@@ -689,18 +690,7 @@ def main(argv: list[str] | None = None) -> int:
             if "model-only" not in skip:
                 part["model_only"] = run_worker(
                     "bench.model_only",
-                    [
-                        "--images",
-                        str(image_dir),
-                        "--precision",
-                        precision,
-                        "--batch-sizes",
-                        ",".join(map(str, MODEL_ONLY_BATCH_SIZES)),
-                        "--min-images",
-                        str(max(1, math.ceil(32 * args.scale))),
-                        "--min-reps",
-                        "2" if args.scale >= 1 else "1",
-                    ],
+                    worker_args(image_dir, precision, MODEL_ONLY_BATCH_SIZES, args.scale),
                     work / f"model-only-{precision}.json",
                     args.quiet_wait,
                 )

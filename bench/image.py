@@ -58,6 +58,7 @@ from bench.common import (
     setup_logging,
 )
 from bench.inputs import SIZES, digest, make_jpegs, write_jpegs
+from bench.model_only import worker_args
 
 log = logging.getLogger("bench.image")
 
@@ -333,40 +334,37 @@ def markdown(results: dict[str, Any]) -> str:
         )
     for precision in results["config"]["precisions"]:
         model_only = results.get("model_only", {}).get(precision)
-        for row in model_only["batches"] if model_only else []:
-            lines.append(
-                md_row(
-                    [
-                        f"model-only: ONNX Runtime {label(precision, results)}, "
-                        f"{model_only['intra_op_threads']} threads (per-batch latency)",
-                        f"batch {row['batch_size']}",
-                        fmt(row["images_per_s"]),
-                        *latencies(row["batch_latency"]),
-                        f"{fmt(model_only['peak_rss_mb'], 0)} (process)",
-                        "0",
-                        times(row["images_per_s"]),
-                        "",
-                        fmt_other_cpu(model_only),
-                    ]
-                )
-            )
         again = results.get("model_only_after", {}).get(precision)
-        for row in again["batches"] if again else []:
-            lines.append(
-                md_row(
-                    [
-                        f"model-only again, after the served runs: {label(precision, results)}",
-                        f"batch {row['batch_size']}",
-                        fmt(row["images_per_s"]),
-                        *latencies(row["batch_latency"]),
-                        f"{fmt(again['peak_rss_mb'], 0)} (process)",
-                        "0",
-                        times(row["images_per_s"]),
-                        "",
-                        fmt_other_cpu(again),
-                    ]
+        measured = (
+            [
+                (
+                    f"model-only: ONNX Runtime {label(precision, results)}, "
+                    f"{model_only['intra_op_threads']} threads (per-batch latency)",
+                    model_only,
                 )
-            )
+            ]
+            if model_only
+            else []
+        )
+        if again:
+            measured.append((f"model-only again, after the served runs: {label(precision, results)}", again))
+        for title, run_result in measured:
+            for row in run_result["batches"]:
+                lines.append(
+                    md_row(
+                        [
+                            title,
+                            f"batch {row['batch_size']}",
+                            fmt(row["images_per_s"]),
+                            *latencies(row["batch_latency"]),
+                            f"{fmt(run_result['peak_rss_mb'], 0)} (process)",
+                            "0",
+                            times(row["images_per_s"]),
+                            "",
+                            fmt_other_cpu(run_result),
+                        ]
+                    )
+                )
         served = results.get("served", {}).get(precision)
         for run in served["runs"] if served else []:
             lines.append(
@@ -581,18 +579,7 @@ def main(argv: list[str] | None = None) -> int:
         def model_only(precision: str, when: str) -> dict[str, Any]:
             return run_worker(
                 "bench.model_only",
-                [
-                    "--images",
-                    str(image_dir),
-                    "--precision",
-                    results["config"]["resolved"][precision],
-                    "--batch-sizes",
-                    ",".join(map(str, concurrencies)),
-                    "--min-images",
-                    str(max(1, math.ceil(32 * args.scale))),
-                    "--min-reps",
-                    "2" if args.scale >= 1 else "1",
-                ],
+                worker_args(image_dir, results["config"]["resolved"][precision], concurrencies, args.scale),
                 Path(tmp) / f"model-only-{when}-{precision}.json",
                 args.quiet_wait,
             )

@@ -22,6 +22,23 @@ from bench.inputs import read_jpegs
 log = logging.getLogger("bench.model_only")
 
 
+def worker_args(image_dir: Path, precision: str, batch_sizes: list[int], scale: float) -> list[str]:
+    """The arguments of ``python -m bench.model_only`` as the benchmarks run it: at least 32
+    images per batch size at full scale, two repetitions at least unless scaled down."""
+    return [
+        "--images",
+        str(image_dir),
+        "--precision",
+        precision,
+        "--batch-sizes",
+        ",".join(map(str, batch_sizes)),
+        "--min-images",
+        str(max(1, math.ceil(32 * scale))),
+        "--min-reps",
+        "2" if scale >= 1 else "1",
+    ]
+
+
 def run(
     images: list[bytes], precision: str, batch_sizes: list[int], min_images: int, min_reps: int
 ) -> dict[str, Any]:

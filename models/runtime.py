@@ -14,6 +14,17 @@ from models.preprocess import normalize_pixels
 log = logging.getLogger(__name__)
 
 
+def run_session(session: ort.InferenceSession, batch: np.ndarray, *, rows_alone: bool = False) -> np.ndarray:
+    """``batch`` (float32) through a single-input session, its first output; ``rows_alone`` one row
+    at a time (``OnnxModel`` says why). Export's checks run INT8 graphs through here too, so the
+    agreement figures they store are measured exactly as serving runs the graph."""
+    name = session.get_inputs()[0].name
+    batch = np.ascontiguousarray(batch, dtype=np.float32)
+    if rows_alone and len(batch) > 1:
+        return np.concatenate([session.run(None, {name: batch[i : i + 1]})[0] for i in range(len(batch))])
+    return session.run(None, {name: batch})[0]
+
+
 class OnnxModel:
     """One ONNX Runtime session with a single input and the first output returned.
 
@@ -63,10 +74,4 @@ class OnnxModel:
             if self.pixels is None:
                 raise TypeError("uint8 input for a model that takes no pictures")
             batch = normalize_pixels(batch, self.pixels)
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
-        if self.rows_alone and len(batch) > 1:
-            return np.concatenate([self._run(batch[i : i + 1]) for i in range(len(batch))])
-        return self._run(batch)
-
-    def _run(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: batch})[0]
+        return run_session(self.session, batch, rows_alone=self.rows_alone)

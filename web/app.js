@@ -245,13 +245,25 @@ function setupTabs(list, onSelect) {
   return select;
 }
 
-async function signUp(event) {
+// The three sign-in forms share their handling: the old error cleared, the form busy while its
+// request runs, what went wrong shown under it.
+async function submitAuthForm(event, action) {
   event.preventDefault();
   showError("auth-error", null);
   const form = event.currentTarget;
-  const email = $("signup-email").value.trim();
   busy(form, true);
   try {
+    await action(form);
+  } catch (error) {
+    showError("auth-error", error);
+  } finally {
+    busy(form, false);
+  }
+}
+
+function signUp(event) {
+  return submitAuthForm(event, async (form) => {
+    const email = $("signup-email").value.trim();
     const answer = await api("/v1/auth/signup", {
       method: "POST", auth: false, json: { email, password: $("signup-password").value },
     });
@@ -260,49 +272,29 @@ async function signUp(event) {
     showNewKey(answer.api_key.key);
     await enterWorkspace();
     $("new-key").focus(); // the one thing to do now: copy the key
-  } catch (error) {
-    showError("auth-error", error);
-  } finally {
-    busy(form, false);
-  }
+  });
 }
 
-async function logIn(event) {
-  event.preventDefault();
-  showError("auth-error", null);
-  const form = event.currentTarget;
-  const email = $("login-email").value.trim();
-  busy(form, true);
-  try {
+function logIn(event) {
+  return submitAuthForm(event, async (form) => {
+    const email = $("login-email").value.trim();
     const answer = await api("/v1/auth/login", {
       method: "POST", auth: false, json: { email, password: $("login-password").value },
     });
     saveCredentials({ kind: "token", value: answer.access_token, email });
     form.reset();
     await enterWorkspace();
-  } catch (error) {
-    showError("auth-error", error);
-  } finally {
-    busy(form, false);
-  }
+  });
 }
 
-async function useKey(event) {
-  event.preventDefault();
-  showError("auth-error", null);
-  const form = event.currentTarget;
-  const key = $("key-input").value.trim();
-  busy(form, true);
-  try {
+function useKey(event) {
+  return submitAuthForm(event, async (form) => {
+    const key = $("key-input").value.trim();
     const me = await api("/v1/auth/me", { headers: { "x-api-key": key }, auth: false });
     saveCredentials({ kind: "key", value: key, email: me.email });
     form.reset();
     await enterWorkspace();
-  } catch (error) {
-    showError("auth-error", error);
-  } finally {
-    busy(form, false);
-  }
+  });
 }
 
 function busy(form, on) {

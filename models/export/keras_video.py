@@ -60,6 +60,7 @@ from models.export.quantize import INT8_SCHEME, quantize_int8
 from models.export.save import save_onnx, sha256_of
 from models.export.source import DEV_SEED as DEV_SEED  # the base seed; bench/ imports it from here
 from models.export.source import SourceInfo, dev_seed
+from models.runtime import run_session
 from models.store import StoredModel
 
 log = logging.getLogger(__name__)
@@ -541,15 +542,6 @@ def _session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
-def _run(session: ort.InferenceSession, batch: np.ndarray, *, rows_alone: bool = False) -> np.ndarray:
-    """``batch`` through ``session``; ``rows_alone`` as served INT8 runs it (models/runtime.py)."""
-    name = session.get_inputs()[0].name
-    batch = np.ascontiguousarray(batch, dtype=np.float32)
-    if rows_alone and len(batch) > 1:
-        return np.concatenate([session.run(None, {name: batch[i : i + 1]})[0] for i in range(len(batch))])
-    return session.run(None, {name: batch})[0]
-
-
 def head_probe(features: np.ndarray, seq_len: int, seed: int = 4321) -> list[np.ndarray]:
     """Feature sequences for the head's parity: ``HEAD_PROBE_BATCH`` per length, of 1 frame,
     half, all and more than twice the training length; rows are probe crops' features (the
@@ -606,9 +598,9 @@ def export_video_source(
         src.export_encoder(enc_fp32)
         src.export_head(head_fp32, encoder_sha256=sha256_of(enc_fp32))
         sessions = {"encoder": _session(enc_fp32), "head": _session(head_fp32)}
-        onnx_features = _run(sessions["encoder"], crops)
+        onnx_features = run_session(sessions["encoder"], crops)
         enc_parity = check_parity(enc.model_id, onnx_features, features, tolerance)
-        onnx_head = np.concatenate([_run(sessions["head"], batch) for batch in sequences])
+        onnx_head = np.concatenate([run_session(sessions["head"], batch) for batch in sequences])
         head_parity = check_parity(head.model_id, onnx_head, keras_head, tolerance)
         lengths = [int(batch.shape[1]) for batch in sequences]
         log.info(
@@ -673,15 +665,15 @@ def _quantize_pair(
         enc_fp32, enc_fp32.with_name("encoder-int8.onnx"), op_types=ENCODER_INT8_OP_TYPES
     )
     head_int8 = quantize_int8(head_fp32, head_fp32.with_name("head-int8.onnx"))
-    int8_features = _run(_session(enc_int8), crops, rows_alone=True)
+    int8_features = run_session(_session(enc_int8), crops, rows_alone=True)
     head32, head8 = _session(head_fp32), _session(head_int8)
-    fp32_out = _run(head32, _clips(fp32_features, seq_len))
-    int8_out = _run(head8, _clips(int8_features, seq_len), rows_alone=True)
+    fp32_out = run_session(head32, _clips(fp32_features, seq_len))
+    int8_out = run_session(head8, _clips(int8_features, seq_len), rows_alone=True)
     verdict = dict(output_kind=head.output, fake_index=head.fake_index, threshold=head.threshold)
     pipeline = int8_agreement(fp32_out, int8_out, **verdict)  # type: ignore[arg-type]
     head_only = int8_agreement(
-        np.concatenate([_run(head32, batch) for batch in sequences]),
-        np.concatenate([_run(head8, batch, rows_alone=True) for batch in sequences]),
+        np.concatenate([run_session(head32, batch) for batch in sequences]),
+        np.concatenate([run_session(head8, batch, rows_alone=True) for batch in sequences]),
         **verdict,  # type: ignore[arg-type]
     )
     norms = np.linalg.norm(fp32_features, axis=1) * np.linalg.norm(int8_features, axis=1)

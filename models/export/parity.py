@@ -10,6 +10,7 @@ import onnxruntime as ort
 
 from errors import ParityError
 from models.postprocess import fake_probabilities
+from models.runtime import run_session
 
 # Largest allowed |onnx - source| on raw outputs. fp32 exports of the catalog architectures
 # land near 1e-5 on this machine; 1e-3 leaves room for op-fusion differences, not for bugs.
@@ -20,11 +21,7 @@ def run_onnx(path: Path, batch: np.ndarray, *, rows_alone: bool = False) -> np.n
     """``batch`` through the graph at ``path``; ``rows_alone`` as served INT8 runs it, one row at
     a time (``models.runtime.OnnxModel``), so agreement figures describe what users get."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    batch = np.ascontiguousarray(batch, dtype=np.float32)
-    if rows_alone and len(batch) > 1:
-        return np.concatenate([session.run(None, {name: batch[i : i + 1]})[0] for i in range(len(batch))])
-    return session.run(None, {name: batch})[0]
+    return run_session(session, batch, rows_alone=rows_alone)
 
 
 def check_parity(
