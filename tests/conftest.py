@@ -137,6 +137,17 @@ class Caller:
         return self.request("DELETE", url, **kwargs)
 
 
+def early_in_a_clock_minute(seconds_needed: float) -> None:
+    """Wait, when needed, until the current clock minute has ``seconds_needed`` left: limits
+    counted per clock minute (sign-ups per address, jobs per minute) restart at its turn, so a
+    test that expects a refusal after N requests must make all of them inside one minute."""
+    second = datetime.now(UTC).second + datetime.now(UTC).microsecond / 1e6
+    if second > 60 - seconds_needed:
+        import time
+
+        time.sleep(60.05 - second)
+
+
 def assert_error(response: Any, status: int, code: str | None = None) -> dict[str, Any]:
     """every error is ``{"error": {"code", "message", "request_id"}}`` as JSON, and the
     request id is the one in the ``x-request-id`` header."""

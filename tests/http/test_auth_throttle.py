@@ -8,12 +8,11 @@ from __future__ import annotations
 import itertools
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 
 import anyio
 import pytest
 
-from tests.conftest import TEST_PASSWORD, assert_error, unique_email
+from tests.conftest import TEST_PASSWORD, assert_error, early_in_a_clock_minute, unique_email
 
 pytestmark = pytest.mark.http
 
@@ -39,6 +38,7 @@ def login(client, email: str, password: str, headers: dict[str, str]):
 
 def test_signups_and_logins_per_address_are_limited(client, settings, address, monkeypatch):
     monkeypatch.setattr(settings, "auth_per_ip_per_min", 3)
+    early_in_a_clock_minute(15)  # four bcrypt rounds (~0.3 s each) inside one counted minute
     answers = [
         client.post(
             "/v1/auth/signup", json={"email": unique_email(), "password": TEST_PASSWORD}, headers=address
@@ -66,11 +66,7 @@ def test_a_taken_email_is_a_409_and_asking_again_and_again_is_throttled(
     is no faster either."""
     taken = signup().email  # before the limit drops: the fixture signs up from the shared address
     monkeypatch.setattr(settings, "auth_per_ip_per_min", 3)
-    # The address is counted per clock minute: start early in one, so that all five attempts
-    # (~0.3 s of bcrypt each) fall into the same minute.
-    second = datetime.now(UTC).second
-    if second > 40:
-        time.sleep(61 - second)
+    early_in_a_clock_minute(20)  # five attempts (~0.3 s of bcrypt each) inside one counted minute
     address = {"x-forwarded-for": next(_addresses)}
     attempts = [
         client.post("/v1/auth/signup", json={"email": taken, "password": TEST_PASSWORD}, headers=address)
@@ -98,6 +94,7 @@ def test_the_client_cannot_choose_its_address(client, settings, monkeypatch):
     """Only the hop the trusted proxy appended counts: what a client writes to the left of it
     changes nothing."""
     monkeypatch.setattr(settings, "auth_per_ip_per_min", 2)
+    early_in_a_clock_minute(15)
     real = next(_addresses)
     for forged in ("203.0.113.1", "203.0.113.2"):
         assert (

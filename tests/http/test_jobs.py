@@ -14,7 +14,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from detect.results import DetectionResult
-from tests.conftest import assert_error
+from tests.conftest import assert_error, early_in_a_clock_minute
 from tests.media_factory import jpeg_bytes
 from tests.receiver import Receiver
 
@@ -351,6 +351,7 @@ def test_hostile_videos_fail_their_job(api, client, name, expected):
 
 
 def test_jobs_count_against_the_jobs_per_minute_limit(api):
+    early_in_a_clock_minute(15)
     codes = [api.post("/v1/jobs", json={"upload_id": "upl_nope", "modality": "image"}) for _ in range(11)]
     assert [c.status_code for c in codes[:10]] == [404] * 10
     limited = assert_error(codes[10], 429, "rate_limited")
