@@ -8,6 +8,8 @@
 3. ``Verity``: the public API service. It mounts the FastAPI app from ``api.app`` and depends on
    every model service; its engine (``detect.hosting.build_engine``) reaches them through
    ``BentoModelClient``. All request handling (decoding, validation, aggregation) lives there.
+   The app is built when the API service starts (``api.deferred``), so the other processes of
+   the tree never import it; ``service.app`` builds it on demand elsewhere (tests, tools).
 
 Serve with ``make serve`` (``bentoml serve service:Verity``). Models come from the BentoML store
 under ``$BENTOML_HOME`` (``bentos/``), filled by ``make models``. Nothing here imports torch.
@@ -25,18 +27,32 @@ import bentoml
 import numpy as np
 
 import metrics
-from api.app import attach_backends, create_app
+from api.deferred import DeferredApp
 from api.middleware import MetricsGuard, route_template
 from config.startup import settings_or_exit, startup_or_exit
 from detect.hosting import ServedModels, build_engine, served_models
-from detect.model_clients import BentoModelClient
 from logs import configure_logging
 from models.runtime import OnnxModel
 from models.store import ONNX_FILE, StoredModel
 
 settings = settings_or_exit()
 log = logging.getLogger("service")
-app = create_app(settings)
+
+
+def _build_app() -> Any:
+    from api.app import create_app
+
+    return create_app(settings)
+
+
+MOUNTED_APP = DeferredApp(_build_app)
+
+
+def __getattr__(name: str) -> Any:
+    """``service.app``: the FastAPI app, built on first use (see ``api.deferred``)."""
+    if name == "app":
+        return MOUNTED_APP.built
+    raise AttributeError(f"module 'service' has no attribute {name!r}")
 
 
 def model_service(stored: StoredModel, name: str, *, max_batch_size: int, max_latency_ms: int) -> Any:
@@ -144,7 +160,11 @@ class _VerityAPI:
     model services above (``bentoml.depends`` attributes, one per ``MODEL_SERVICES`` entry)."""
 
     def __init__(self) -> None:
+        from api.app import attach_backends
+        from detect.model_clients import BentoModelClient
+
         configure_logging(settings)
+        app = MOUNTED_APP.built
         attach_backends(app, settings)
         services = {spec.stored.tag: getattr(self, spec.attribute) for spec in MODEL_SERVICES}
         app.state.engine = build_engine(
@@ -163,7 +183,7 @@ API_SERVICE_NAME = "Verity"
 
 def _template_of_path(path: str) -> str:
     scope = {"type": "http", "path": path, "root_path": "", "method": "GET", "headers": []}
-    return route_template(app.state.template_routes, scope)
+    return route_template(MOUNTED_APP.built.state.template_routes, scope)
 
 
 # The API's request timeout outlasts the longest a model call may queue, plus decoding and running.
@@ -179,7 +199,7 @@ if SERVED.face is not None:
     # ship to another process than to scan here); declared, so a built bento carries it.
     _VerityAPI.face_model = bentoml.models.BentoModel(SERVED.face.tag)  # type: ignore[attr-defined]
 Verity = bentoml.service(name=API_SERVICE_NAME, workers=1, traffic={"timeout": _API_TIMEOUT_S})(
-    bentoml.asgi_app(app, path="/")(_VerityAPI)
+    bentoml.asgi_app(MOUNTED_APP, path="/")(_VerityAPI)
 )
 # BentoML serves /metrics ahead of the mounted app and its middleware: the guard (off, or a
 # token: VERITY_METRICS_*) stands in front of BentoML's route.

@@ -5,6 +5,10 @@ service per entry and wraps each dependency in a ``BentoModelClient``; ``build_i
 opens one ONNX Runtime session per entry in this process (``api.app.create_inprocess_app`` for
 the AWS Lambda handler, ``python -m jobs.worker``, ``python -m batch``). A missing model stops
 start-up with the command that exports it.
+
+Every model service of ``bentoml serve`` imports this module for ``served_models`` alone, so the
+engine's pieces (the pipelines, the model clients, the face detector and OpenCV) are imported
+where an engine is built, not here: a model worker starts ~0.3 s sooner without them.
 """
 
 from __future__ import annotations
@@ -12,13 +16,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from config import Settings
 from config.startup import StartupError
-from detect.engine import Engine, ServedModel, VideoModels
-from detect.model_clients import InProcessModelClient, ModelClient
-from faces.mtcnn import FaceDetector
 from models.store import StoredModel, find_stored, find_video_pair, store_home
+
+if TYPE_CHECKING:
+    from detect.engine import Engine
+    from detect.model_clients import ModelClient
+    from faces.mtcnn import FaceDetector
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +120,7 @@ def build_engine(
 ) -> Engine:
     """The one composition of the engine: every served model with the client ``client_for``
     gives it (how it is hosted), the face detector in this process."""
+    from detect.engine import Engine, ServedModel, VideoModels
 
     def served(stored: StoredModel) -> ServedModel:
         reason = models.precision_reasons.get(stored.model_id, "")
@@ -136,6 +144,8 @@ def build_engine(
 def build_inprocess_engine(settings: Settings, models: ServedModels | None = None) -> Engine:
     """Every served model as an ONNX Runtime session of this process, opened once; the rows of
     concurrent callers share its runs (``InProcessModelClient``)."""
+    from detect.model_clients import InProcessModelClient
+
     models = models or served_models(settings)
     audio = {stored.tag for stored in models.audio.values()}
 
@@ -155,6 +165,8 @@ def build_inprocess_engine(settings: Settings, models: ServedModels | None = Non
 
 
 def face_detector(settings: Settings, stored: StoredModel) -> FaceDetector:
+    from faces.mtcnn import FaceDetector
+
     return FaceDetector(
         stored.path,
         intra_op_threads=settings.intra_op_threads,
