@@ -449,6 +449,21 @@ def test_no_torch_or_tensorflow_in_server_tree(
     assert services["ImageDetector_siglip_open_deepfake"].pid in with_ort
 
 
+def test_only_the_api_service_loads_the_api(verity_server: ServerProcess, http: httpx.Client) -> None:
+    """A fresh server starts sooner when the supervisor and the model services skip the API's
+    imports (the FastAPI app, the pipelines, OpenCV): only the API service builds the app. OpenCV's
+    native library is the mark that can be read from outside a process."""
+    assert http.post(DETECT, files=multipart(jpeg_bytes())).status_code == 200  # the API is up
+    opencv = re.compile(r"cv2|opencv")
+    loaded = {
+        proc.pid: " ".join(proc.cmdline())
+        for proc in verity_server.tree()
+        if any(opencv.search(p) for p in _mapped_paths(proc))
+    }
+    assert len(loaded) == 1, loaded
+    assert "--service-name Verity " in next(iter(loaded.values())) + " ", loaded
+
+
 def test_deployment_probe_paths_answer_on_the_real_server(server_url: str) -> None:
     """The Cloud Run and Kubernetes specs probe BentoML's own /readyz and /livez: both answer 200
     on a running `bentoml serve`, without credentials."""
