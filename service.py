@@ -32,7 +32,6 @@ from api.middleware import MetricsGuard, route_template
 from config.startup import settings_or_exit, startup_or_exit
 from detect.hosting import ServedModels, build_engine, served_models
 from logs import configure_logging
-from models.runtime import OnnxModel
 from models.store import ONNX_FILE, StoredModel
 
 settings = settings_or_exit()
@@ -64,6 +63,9 @@ def model_service(stored: StoredModel, name: str, *, max_batch_size: int, max_la
         model = bentoml.models.BentoModel(stored.tag)
 
         def __init__(self) -> None:
+            # Imported here: the supervisor and the API service never open this session.
+            from models.runtime import OnnxModel
+
             configure_logging(settings)
             self.session = OnnxModel(
                 self.model.path_of(ONNX_FILE),
