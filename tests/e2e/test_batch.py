@@ -124,7 +124,7 @@ def test_a_folder_of_mixed_and_hostile_media(env: dict[str, str], tmp_path: Path
 
 
 def test_killed_mid_run_then_resumed_answers_every_item_once(env: dict[str, str], tmp_path: Path) -> None:
-    count = 120
+    count = 300  # enough that the run outlasts the poll that kills it by far
     media = _files(tmp_path / "media", {f"{i:03d}.jpg": jpeg_bytes(48, 48, seed=i) for i in range(count)})
     output = tmp_path / "results.jsonl"
     args = [str(BIN_DIR / "python"), "-m", "batch", "--input", str(media), "--output", str(output)]
@@ -337,9 +337,11 @@ def test_an_s3_output_killed_mid_run_then_resumed_answers_every_item_once(
 ) -> None:
     s3 = boto3.client("s3", region_name=store_fixtures.REGION, endpoint_url=moto_server.endpoint)
     s3.create_bucket(Bucket="bucket")
-    count = 80
+    # Enough items that the run outlasts its first few publications by seconds: 80 tiny pictures
+    # were once all answered inside the first 0.2 s publication, and the kill landed after the end.
+    count = 600
     media = _files(tmp_path / "media", {f"{i:03d}.jpg": jpeg_bytes(48, 48, seed=i) for i in range(count)})
-    args = ["--input", str(media), "--output", "s3://bucket/out/", "--publish-every", "0.2"]
+    args = ["--input", str(media), "--output", "s3://bucket/out/", "--publish-every", "0.05"]
     first = subprocess.Popen(
         [str(BIN_DIR / "python"), "-m", "batch", *args, "--concurrency", "2"],
         cwd=PROJECT_ROOT,
