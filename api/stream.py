@@ -237,7 +237,9 @@ class StreamSession:
         try:
             if self.analysed % self.settings.stream_frames_per_unit == 0:
                 await self.admit()
-            result = await detect_image(self.engine, data, model_id=None, explain=False, faces="auto")
+            result = await detect_image(
+                self.engine, data, model_id=None, explain=False, faces="auto", provenance=False
+            )
             self.analysed += 1
             await self.send(result_message(seq, result, self.rolling, self.settings))
         except QuotaSpent as spent:

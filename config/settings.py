@@ -112,6 +112,13 @@ class Settings(BaseSettings):
         None, gt=0, description="seconds between audio window starts; unset = the catalog's (50% overlap)"
     )
     uncertain_band: float = Field(0.05, ge=0.0, lt=0.5, description="|p - threshold| below this is UNCERTAIN")
+    # Content Credentials (C2PA, provenance/manifests.py) ------------------------------------------
+    provenance: bool = Field(True, description="read C2PA Content Credentials beside the classifier")
+    c2pa_trust_anchors: Path | None = Field(
+        None,
+        description="PEM bundle of root certificates a C2PA signer must chain to for `Trusted`; "
+        "unset: `Valid` at most",
+    )
 
     # Media limits -------------------------------------------------------------------------------------
     max_image_bytes: int = Field(10 * MB, ge=1)
@@ -294,6 +301,18 @@ class Settings(BaseSettings):
                 raise ValueError(
                     "VERITY_JWT_SECRET must be set to a random value of >= 32 bytes in production"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _trust_anchors_readable(self) -> Settings:
+        anchors = self.c2pa_trust_anchors
+        if anchors is not None:
+            try:
+                text = anchors.read_text()
+            except OSError as exc:
+                raise ValueError(f"VERITY_C2PA_TRUST_ANCHORS: cannot read {anchors}: {exc.strerror}") from exc
+            if "-----BEGIN CERTIFICATE-----" not in text:
+                raise ValueError(f"VERITY_C2PA_TRUST_ANCHORS: {anchors} holds no PEM certificate")
         return self
 
     @model_validator(mode="after")

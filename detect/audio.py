@@ -25,6 +25,7 @@ import anyio
 import numpy as np
 
 from detect.engine import Engine, ServedModel, audio_hop_s
+from detect.trust import with_provenance
 from media.audio import WindowCutter, decode_audio, make_windows
 from media.audio_files import AudioFileStream, open_audio_file
 from models.audio_features import normalize_windows
@@ -63,6 +64,12 @@ async def _run_windows(served: ServedModel, windows: np.ndarray, window_len: int
 
 
 async def detect_audio(engine: Engine, data: bytes, *, model_id: str | None) -> dict[str, Any]:
+    """``score_audio``'s result with the clip's Content Credentials weighed beside it."""
+    return await with_provenance(engine, await score_audio(engine, data, model_id=model_id), data)
+
+
+async def score_audio(engine: Engine, data: bytes, *, model_id: str | None) -> dict[str, Any]:
+    """The classifier's result for the clip in ``data`` (a video's audio track uses it as is)."""
     started = time.perf_counter()
     settings = engine.settings
     served = engine.audio_model(model_id)
@@ -142,6 +149,7 @@ async def detect_audio_file(
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(stream.close)
     result["timing_ms"]["total"] = _ms(started)
+    result = await with_provenance(engine, result, Path(path))
     report(1.0)
     return result
 

@@ -16,6 +16,7 @@ from errors import InvalidInput, NotFound, ServiceUnavailable
 from media import sandbox
 from models.catalog import AudioInputSpec, SequenceInputSpec, load_catalog
 from models.store import StoredModel
+from provenance.manifests import RULE_NO_MANIFEST, ProvenanceReader
 
 log = logging.getLogger(__name__)
 
@@ -96,11 +97,27 @@ class Engine:
         self.decode_pool = DecodePool(settings.decode_threads)
         self.heavy_gate = WorkGate("heavy requests", settings.heavy_concurrency, settings.heavy_queue)
         self.default_image_model = settings.image_model
+        # Content Credentials read beside the classifier; a missing anchors file stops the start.
+        self.provenance = (
+            ProvenanceReader.from_file(settings.c2pa_trust_anchors) if settings.provenance else None
+        )
         for served in self.audio_models.values():
             audio_hop_s(settings, served.stored.audio_spec)  # a bad VERITY_AUDIO_HOP_S fails at start
         for served in self.served.values():
             for warning in served.warnings:
                 log.warning(warning["message"], extra={"model": served.stored.describe()})
+
+    async def provenance_of(self, media: Any, media_format: str) -> dict[str, Any] | None:
+        """The media's Content Credentials (``provenance/manifests.py``), or None when reading
+        them is turned off (``VERITY_PROVENANCE=false``). A failure of the reader itself is
+        logged and reported as "not checked": it never fails the detection."""
+        if self.provenance is None:
+            return None
+        try:
+            return await anyio.to_thread.run_sync(self.provenance.read, media, media_format)
+        except Exception:
+            log.exception("could not read Content Credentials", extra={"format": media_format})
+            return {"present": False, "checked": False, "rule": RULE_NO_MANIFEST}
 
     @property
     def served(self) -> dict[str, ServedModel]:

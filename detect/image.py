@@ -21,6 +21,7 @@ from config import Settings
 from detect.engine import Engine
 from detect.explain import occlusion_heatmap
 from detect.faces import crops_for, face_entry, find_faces
+from detect.trust import with_provenance
 from media.image import DecodedImage, decode_image
 from media.tools import decode_timeout
 from models.postprocess import fake_probabilities, verdict_for
@@ -35,7 +36,23 @@ def _ms(start: float) -> float:
 
 
 async def detect_image(
-    engine: Engine, data: bytes, *, model_id: str | None, explain: bool, faces: str = "off"
+    engine: Engine,
+    data: bytes,
+    *,
+    model_id: str | None,
+    explain: bool,
+    faces: str = "off",
+    provenance: bool = True,
+) -> dict[str, Any]:
+    """The result for the picture in ``data``: the classifier's, then (``provenance``) the
+    picture's Content Credentials weighed beside it (``detect/trust.py``). Live camera frames
+    skip the latter: a canvas capture carries none."""
+    result = await _classify_image(engine, data, model_id=model_id, explain=explain, faces=faces)
+    return await with_provenance(engine, result, data) if provenance else result
+
+
+async def _classify_image(
+    engine: Engine, data: bytes, *, model_id: str | None, explain: bool, faces: str
 ) -> dict[str, Any]:
     started = time.perf_counter()
     settings: Settings = engine.settings

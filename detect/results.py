@@ -56,6 +56,30 @@ class Explanation(BaseModel):
     size: list[int]
 
 
+class ProvenanceSigner(BaseModel):
+    common_name: str | None = None
+    issuer: str | None = None
+    alg: str | None = None
+    time: str | None = None
+
+
+class Provenance(BaseModel):
+    """The media's Content Credentials (C2PA), read offline, and which rule they triggered."""
+
+    present: bool = Field(description="the media carries a C2PA manifest store")
+    checked: bool = Field(description="false: the format cannot carry Content Credentials")
+    validation_state: Literal["Invalid", "Valid", "Trusted"] | None = None
+    signer: ProvenanceSigner | None = None
+    claim_generator: str | None = None
+    digital_source_type: str | None = Field(
+        None, description="IPTC digital source type of the active manifest, e.g. trainedAlgorithmicMedia"
+    )
+    declares_ai: bool | None = Field(None, description="the source type says a model or algorithm made it")
+    actions: list[dict[str, Any]] = Field(default_factory=list)
+    validation_errors: list[dict[str, str]] = Field(default_factory=list)
+    rule: Literal["declared_ai", "invalid_manifest", "manifest_without_ai_claim", "no_manifest"]
+
+
 class DetectionResult(BaseModel):
     """``POST /v1/detect/{image,audio,video}``, and ``GET /v1/history/{id}``."""
 
@@ -79,6 +103,13 @@ class DetectionResult(BaseModel):
     warnings: list[ResultWarning]
     audio: dict[str, Any] | None = Field(None, description="video: its audio track's result")
     fusion: dict[str, Any] | None = Field(None, description="video: the rule that fused video and audio")
+    provenance: Provenance | None = Field(None, description="absent when VERITY_PROVENANCE=false")
+    reason: Literal["classifier", "provenance"] | None = Field(
+        None, description="what decided the verdict: the classifier, or Content Credentials"
+    )
+    classifier: dict[str, Any] | None = Field(
+        None, description="when provenance decided: the classifier's own verdict and probability"
+    )
     cost_units: int | None = Field(
         None, ge=1, description="units of the daily limit this detection cost (see GET /v1/usage)"
     )

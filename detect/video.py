@@ -47,9 +47,10 @@ from typing import Any, Literal, Protocol
 import anyio
 import numpy as np
 
-from detect.audio import Progress, detect_audio, score_audio_stream
+from detect.audio import Progress, score_audio, score_audio_stream
 from detect.engine import Engine, ServedModel
 from detect.faces import crops_for, face_entry, find_faces
+from detect.trust import with_provenance
 from errors import VerityError
 from faces.mtcnn import Face
 from media.video import (
@@ -241,7 +242,7 @@ async def _audio_track(engine: Engine, decoded: DecodedVideo) -> tuple[dict[str,
     if not decoded.has_audio or not engine.audio_models or wav is None:
         return None, []
     try:
-        result = await detect_audio(engine, wav, model_id=None)
+        result = await score_audio(engine, wav, model_id=None)
     except VerityError as exc:  # too short, silent container, ...: the video verdict stands alone
         return None, [{"code": "audio_skipped", "message": f"audio track not scored: {exc}"}]
     return _audio_part(result)
@@ -478,7 +479,7 @@ async def detect_video(
         timing["audio"] = _ms(mark)
         _add_audio(result, outcome, audio)
     timing["total"] = _ms(started)
-    return result
+    return await with_provenance(engine, result, data)
 
 
 async def detect_video_file(
@@ -566,6 +567,7 @@ async def detect_video_file(
         timing["audio"] = _ms(mark)
         _add_audio(result, outcome, audio)
     timing["total"] = _ms(started)
+    result = await with_provenance(engine, result, Path(path))
     report(1.0)
     return result
 

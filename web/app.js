@@ -578,6 +578,7 @@ function showResult(result) {
   warnings.replaceChildren(...(result.warnings || []).map((w) => el("li", { text: w.message, "data-code": w.code })));
   if (result.model && result.model.weights === "dev") showDevBanner([result.model.id]);
 
+  showProvenance(result);
   showMedia(result);
   showTimeline(result);
   showFaces(result);
@@ -739,6 +740,40 @@ function showFaces(result) {
   });
   if (faces.length > shown.length) shown.push(el("li", { text: `and ${faces.length - shown.length} more (see the raw JSON)` }));
   $("faces-list").replaceChildren(...shown);
+}
+
+const PROVENANCE_STATES = {
+  Trusted: "signed by a certificate this service trusts, and intact",
+  Valid: "intact and validly signed (the signer is not on this service's trust list)",
+  Invalid: "present but broken: the media or its credentials changed after signing",
+};
+
+function showProvenance(result) {
+  const box = $("provenance");
+  const block = result.provenance;
+  box.hidden = !block || !block.present;
+  if (box.hidden) return;
+  box.dataset.rule = block.rule;
+  const parts = [`${block.validation_state}: ${PROVENANCE_STATES[block.validation_state] || ""}.`];
+  if (result.reason === "provenance" && result.classifier) {
+    parts.push(
+      `They declare the media AI-generated, which decides the verdict; the model alone said ` +
+        `${result.classifier.verdict.replace("_", " ")} (${percent(result.classifier.fake_probability)}).`,
+    );
+  } else if (block.declares_ai) {
+    parts.push("They declare the media AI-generated, but they do not validate, so the model decides.");
+  }
+  $("provenance-summary").textContent = parts.join(" ");
+  const signer = block.signer || {};
+  const rows = [
+    ["Signed by", signer.common_name ? `${signer.common_name}${signer.issuer ? ` (${signer.issuer})` : ""}` : null],
+    ["Made with", block.claim_generator || null],
+    ["Source", block.digital_source_type || null],
+    ["Problems", (block.validation_errors || []).map((e) => e.code).join(", ") || null],
+  ];
+  $("provenance-meta").replaceChildren(
+    ...rows.filter(([, v]) => v !== null).flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })]),
+  );
 }
 
 function showMeta(result) {

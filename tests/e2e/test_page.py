@@ -422,6 +422,22 @@ def test_explain_shows_a_heatmap_over_the_picture(page: Any) -> None:
     assert not heat.is_visible()
 
 
+def test_content_credentials_are_shown_and_decide_a_picture_declared_ai(page: Any) -> None:
+    from tests.c2pa_factory import sign_media
+
+    sign_up(page)
+    page.get_by_label("Find faces and score each one").uncheck()
+    shown = analyse(page, "generated.jpg", sign_media(face_jpeg(), "image/jpeg"), "image/jpeg")
+    assert shown["verdict"] == "FAKE"
+    box = page.get_by_test_id("provenance")
+    assert box.is_visible() and box.get_attribute("data-rule") == "declared_ai"
+    text = box.inner_text()
+    assert "Valid" in text and "decides the verdict" in text and "Verity Test Signer" in text
+    assert "trainedAlgorithmicMedia" in text
+    analyse(page, "face.jpg", face_jpeg(), "image/jpeg")  # no credentials: the box goes away
+    assert not box.is_visible()
+
+
 def test_audio_shows_a_timeline_whose_segments_seek_the_player(page: Any) -> None:
     sign_up(page)
     choose_mode(page, "Audio")
