@@ -302,6 +302,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "rate_limited": (429, "the endpoint's per-minute limit is reached"),
     "login_locked": (429, "repeated failed logins locked the email for a while (doubling, at most an hour)"),
     "starting": (503, "the service is still starting"),
+    "signing_unavailable": (503, "this service has no key to sign results (GET /.well-known/jwks.json)"),
     "not_ready": (503, "`/health/ready`: models not loaded yet, or the store does not answer"),
     "model_unavailable": (503, "a model service is down, restarting or overloaded"),
     "modality_unavailable": (503, "no model of that modality is served here"),

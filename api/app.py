@@ -151,6 +151,9 @@ async def record_detection(
     """Every detection lands in its caller's history; the result's id is the history id. What
     it cost is in the result, and the auth middleware charges it when the answer starts."""
     result["cost_units"] = request.scope.setdefault("state", {})["cost_units"] = cost_units(result)
+    signer = engine_of(request).signer
+    if signer is not None:  # last: nothing may change in a result once it is signed
+        signer.sign(result)
     detection = Detection(
         id=result["id"],
         user_id=principal.user_id,
@@ -289,6 +292,15 @@ def create_app(settings: Settings) -> FastAPI:
         if not store_ok:
             raise ServiceUnavailable(f"the {accounts.settings.store} store does not answer", code="not_ready")
         return JSONResponse({"status": "ready", "models": models, "warnings": warnings, "store": "ok"})
+
+    @app.get("/.well-known/jwks.json", tags=["models"], responses=error_responses(503))
+    async def result_signing_keys(request: Request) -> JSONResponse:
+        """The Ed25519 public keys (JWK Set) that verify a result's ``signature``: the current
+        key and the previous ones still published after a rotation."""
+        engine = engine_of(request)
+        if engine.signer is None:
+            raise ServiceUnavailable("this service does not sign results", code="signing_unavailable")
+        return JSONResponse(engine.signer.jwks(), headers={"cache-control": "public, max-age=300"})
 
     @app.get("/v1/models", tags=["models"])
     async def list_models(request: Request) -> dict[str, Any]:

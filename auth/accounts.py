@@ -50,7 +50,7 @@ def normalise_email(email: str) -> str:
     return email
 
 
-def _dev_secret(path: Path) -> bytes:
+def development_secret(path: Path) -> bytes:
     """Development only: a random secret made once and kept beside the SQLite file."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -65,7 +65,7 @@ def derived_key(settings: Settings, purpose: bytes) -> bytes:
     if settings.jwt_secret is not None:
         base = settings.jwt_secret.get_secret_value().encode()
     else:
-        base = _dev_secret(settings.dev_secret_path)  # type: ignore[arg-type]
+        base = development_secret(settings.dev_secret_path)  # type: ignore[arg-type]
     return hmac.new(base, purpose, hashlib.sha256).digest()
 
 
@@ -74,7 +74,7 @@ def build_token_verifier(settings: Settings) -> tuple[OwnTokens, TokenVerifier]:
         if settings.jwt_secret is not None:
             secret = settings.jwt_secret.get_secret_value().encode()
         elif settings.environment in ("development", "test"):
-            secret = _dev_secret(settings.dev_secret_path)
+            secret = development_secret(settings.dev_secret_path)
         else:
             raise ValueError("VERITY_JWT_SECRET is required outside development")
         signing, verifying = secret, secret

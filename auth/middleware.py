@@ -33,6 +33,8 @@ PUBLIC_PATHS = frozenset(
         "/openapi.json",
         "/metrics",
         "/v1/models",
+        # The public keys that verify signed results: for anyone, like any JWK Set.
+        "/.well-known/jwks.json",
         "/v1/auth/signup",
         "/v1/auth/login",
         # Local upload forms carry their own authorisation: an HMAC signature over their policy.

@@ -52,7 +52,8 @@ async def answer(
                 {**default_options.get(modality, {}), **item.options},
                 max_frames_cap=engine.settings.job_video_max_frames_cap,
             )
-            line["result"] = await detect_file(engine, path, modality, options, detected=detected)
+            result = await detect_file(engine, path, modality, options, detected=detected)
+            line["result"] = engine.signer.sign(result) if engine.signer is not None else result
         finally:
             await anyio.to_thread.run_sync(copy.__exit__, None, None, None)
     except VerityError as exc:

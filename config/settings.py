@@ -112,6 +112,15 @@ class Settings(BaseSettings):
         None, gt=0, description="seconds between audio window starts; unset = the catalog's (50% overlap)"
     )
     uncertain_band: float = Field(0.05, ge=0.0, lt=0.5, description="|p - threshold| below this is UNCERTAIN")
+    # Signed results (provenance/signing.py) ---------------------------------------------------------
+    signing_key_file: Path | None = Field(
+        None,
+        description="Ed25519 private key (PKCS#8 PEM, `python -m provenance keygen`) that signs results; "
+        "unset: derived from VERITY_JWT_SECRET (or the development secret)",
+    )
+    signing_previous_keys_file: Path | None = Field(
+        None, description="PEM bundle of earlier public signing keys, still published after a rotation"
+    )
     # Content Credentials (C2PA, provenance/manifests.py) ------------------------------------------
     provenance: bool = Field(True, description="read C2PA Content Credentials beside the classifier")
     c2pa_trust_anchors: Path | None = Field(

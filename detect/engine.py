@@ -17,6 +17,7 @@ from media import sandbox
 from models.catalog import AudioInputSpec, SequenceInputSpec, load_catalog
 from models.store import StoredModel
 from provenance.manifests import RULE_NO_MANIFEST, ProvenanceReader
+from provenance.signing import signer_from_settings
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,12 @@ class Engine:
         self.decode_pool = DecodePool(settings.decode_threads)
         self.heavy_gate = WorkGate("heavy requests", settings.heavy_concurrency, settings.heavy_queue)
         self.default_image_model = settings.image_model
+        # Results are signed where they are finished (the API, the job runner, the batch runner).
+        self.signer = signer_from_settings(settings)
+        if self.signer is None:
+            log.warning(
+                "results are NOT signed: set VERITY_SIGNING_KEY_FILE (or VERITY_JWT_SECRET) to sign them"
+            )
         # Content Credentials read beside the classifier; a missing anchors file stops the start.
         self.provenance = (
             ProvenanceReader.from_file(settings.c2pa_trust_anchors) if settings.provenance else None

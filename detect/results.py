@@ -80,6 +80,12 @@ class Provenance(BaseModel):
     rule: Literal["declared_ai", "invalid_manifest", "manifest_without_ai_claim", "no_manifest"]
 
 
+class ResultSignature(BaseModel):
+    kid: str = Field(description="RFC 7638 thumbprint of the signing key")
+    alg: Literal["EdDSA"]
+    value: str = Field(description="base64url Ed25519 signature")
+
+
 class DetectionResult(BaseModel):
     """``POST /v1/detect/{image,audio,video}``, and ``GET /v1/history/{id}``."""
 
@@ -109,6 +115,9 @@ class DetectionResult(BaseModel):
     )
     classifier: dict[str, Any] | None = Field(
         None, description="when provenance decided: the classifier's own verdict and probability"
+    )
+    signature: ResultSignature | None = Field(
+        None, description="Ed25519 over the RFC 8785 JSON of the rest; keys at /.well-known/jwks.json"
     )
     cost_units: int | None = Field(
         None, ge=1, description="units of the daily limit this detection cost (see GET /v1/usage)"

@@ -21,12 +21,16 @@ import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import rfc8785
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+if TYPE_CHECKING:
+    from config import Settings
 
 ALG = "EdDSA"
 SIGNATURE = "signature"
@@ -149,3 +153,35 @@ def private_pem(key: Ed25519PrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
+
+
+# The label that makes a signing key out of a shared secret: one key per purpose, none reusable.
+SIGNING_KEY_INFO = b"verity result signing key v1"
+
+
+def derived_signing_key(secret: bytes) -> Ed25519PrivateKey:
+    """An Ed25519 key from a secret (HKDF-SHA256 with ``SIGNING_KEY_INFO``): every instance that
+    shares the secret signs with the same key, and nothing else is derived the same way."""
+    seed = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=SIGNING_KEY_INFO).derive(secret)
+    return Ed25519PrivateKey.from_private_bytes(seed)
+
+
+def signer_from_settings(settings: Settings) -> ResultSigner | None:
+    """The signer the settings describe, or None when none can be had (production with neither
+    ``VERITY_SIGNING_KEY_FILE`` nor ``VERITY_JWT_SECRET``: results then go unsigned, and the
+    caller says so at start). Order: the key file; a key derived from the JWT secret; in
+    development, one derived from the development secret beside the database."""
+    previous = ()
+    if settings.signing_previous_keys_file is not None:
+        previous = load_public_keys(settings.signing_previous_keys_file.read_bytes())
+    if settings.signing_key_file is not None:
+        return ResultSigner(load_private_key(settings.signing_key_file.read_bytes()), previous)
+    if settings.jwt_secret is not None:
+        secret = settings.jwt_secret.get_secret_value().encode()
+    elif settings.environment in ("development", "test"):
+        from auth.accounts import development_secret
+
+        secret = development_secret(settings.dev_secret_path)  # type: ignore[arg-type]
+    else:
+        return None
+    return ResultSigner(derived_signing_key(secret), previous)

@@ -96,6 +96,7 @@ def test_a_folder_of_mixed_and_hostile_media(env: dict[str, str], tmp_path: Path
         assert line["source"] == str(media / item_id) and line["modality"] == modality
         DetectionResult.model_validate(line["result"])  # the API's own result shape
         assert line["result"]["modality"] == modality
+        assert line["result"]["signature"]["alg"] == "EdDSA"  # signed, as the API's are
     video = lines["clip.mp4"]["result"]
     assert video["modality"] == "video" and video["media"]["frames_analyzed"] > 0
 

@@ -44,7 +44,7 @@ README_ADDRESS = "localhost:3000"
 MAKE_READY_TIMEOUT_S = 240.0
 CURL_TIMEOUT_S = 60
 SIGNUP, LOGIN = "/v1/auth/signup", "/v1/auth/login"
-PUBLIC = ("/health", "/v1/models", SIGNUP, LOGIN)
+PUBLIC = ("/health", "/v1/models", "/.well-known/jwks.json", SIGNUP, LOGIN)
 
 
 def bash_blocks(markdown: str) -> list[str]:

@@ -14,6 +14,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from detect.results import DetectionResult
+from provenance.signing import public_keys, verify
 from tests.conftest import assert_error, early_in_a_clock_minute
 from tests.media_factory import jpeg_bytes
 from tests.receiver import Receiver
@@ -93,6 +94,8 @@ def test_upload_then_job_gives_the_result_and_deletes_the_media(api, client, sta
     assert any(w["code"] == "dev_weights" for w in done["result"]["warnings"])
     eventually(lambda: not (state_dir / "blobs" / key).exists())  # deleted after its job
     assert api.get(f"/v1/history/{done['result']['id']}").status_code == 200
+    # Signed where it was finished, by the key the service publishes.
+    assert verify(done["result"], public_keys(client.get("/.well-known/jwks.json").json()))
     listed = api.get("/v1/jobs").json()["items"]
     assert listed[0]["id"] == job["id"] and "result" not in listed[0]
 
