@@ -313,6 +313,27 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _signing_keys_readable(self) -> Settings:
+        # Checked here so that a wrong file stops the start in plain words, not at the first result.
+        if self.signing_key_file is None and self.signing_previous_keys_file is None:
+            return self
+        from provenance.signing import load_private_key, load_public_keys
+
+        for name, path, load in (
+            ("VERITY_SIGNING_KEY_FILE", self.signing_key_file, load_private_key),
+            ("VERITY_SIGNING_PREVIOUS_KEYS_FILE", self.signing_previous_keys_file, load_public_keys),
+        ):
+            if path is None:
+                continue
+            try:
+                load(path.read_bytes())
+            except OSError as exc:
+                raise ValueError(f"{name}: cannot read {path}: {exc.strerror}") from exc
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"{name}: {path}: {exc}") from exc
+        return self
+
+    @model_validator(mode="after")
     def _trust_anchors_readable(self) -> Settings:
         anchors = self.c2pa_trust_anchors
         if anchors is not None:

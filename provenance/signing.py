@@ -119,7 +119,10 @@ def verify(result: dict[str, Any], keys: dict[str, Ed25519PublicKey]) -> str:
 
 
 def load_private_key(pem: bytes) -> Ed25519PrivateKey:
-    key = serialization.load_pem_private_key(pem, password=None)
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError) as exc:
+        raise ValueError("not an unencrypted PEM private key") from exc
     if not isinstance(key, Ed25519PrivateKey):
         raise ValueError("the signing key must be an Ed25519 private key (PKCS#8 PEM)")
     return key
@@ -129,10 +132,15 @@ def load_public_keys(pem: bytes) -> tuple[Ed25519PublicKey, ...]:
     """Every Ed25519 public key in a PEM bundle (previous keys, kept for verification)."""
     keys = []
     for block in _pem_blocks(pem):
-        key = serialization.load_pem_public_key(block)
+        try:
+            key = serialization.load_pem_public_key(block)
+        except ValueError as exc:
+            raise ValueError("a PEM block is not a public key") from exc
         if not isinstance(key, Ed25519PublicKey):
             raise ValueError("previous signing keys must be Ed25519 public keys (PEM)")
         keys.append(key)
+    if not keys:
+        raise ValueError("no PEM public key found")
     return tuple(keys)
 
 

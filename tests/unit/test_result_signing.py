@@ -112,3 +112,37 @@ def test_keygen_writes_a_private_key_once(tmp_path: Path) -> None:
     assert main(["keygen", "--out", str(out)]) == 0
     assert out.stat().st_mode & 0o777 == 0o600 and b"PRIVATE KEY" in out.read_bytes()
     assert main(["keygen", "--out", str(out)]) == 2  # never overwrites
+
+
+def test_the_key_settings_must_hold_ed25519_keys(tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    from config.settings import Settings
+    from provenance.signing import private_pem, signer_from_settings
+
+    key_file, previous = tmp_path / "signing-key.pem", tmp_path / "previous.pem"
+    with pytest.raises(ValidationError, match="VERITY_SIGNING_KEY_FILE: cannot read"):
+        Settings(signing_key_file=key_file)
+    key_file.write_text("not a key")
+    with pytest.raises(ValidationError, match="not an unencrypted PEM private key"):
+        Settings(signing_key_file=key_file)
+    previous.write_text("")
+    with pytest.raises(ValidationError, match="no PEM public key"):
+        Settings(signing_previous_keys_file=previous)
+    key = Ed25519PrivateKey.generate()
+    key_file.write_bytes(private_pem(key))
+    previous.write_bytes(public_pem(Ed25519PrivateKey.generate()))
+    signer = signer_from_settings(Settings(signing_key_file=key_file, signing_previous_keys_file=previous))
+    assert signer is not None and signer.kid == jwk_of(key.public_key())["kid"]
+    assert len(signer.jwks()["keys"]) == 2
+
+
+def test_without_a_key_file_the_key_follows_the_jwt_secret() -> None:
+    from config.settings import Settings
+    from provenance.signing import signer_from_settings
+
+    one = signer_from_settings(Settings(jwt_secret="a" * 40))
+    again = signer_from_settings(Settings(jwt_secret="a" * 40))
+    other = signer_from_settings(Settings(jwt_secret="b" * 40))
+    assert one is not None and again is not None and other is not None
+    assert one.kid == again.kid != other.kid  # every instance sharing the secret signs alike
