@@ -536,6 +536,9 @@ def test_controls_are_labelled_keyboard_operable_with_visible_focus_and_contrast
     page.keyboard.type(TEST_PASSWORD)
     page.keyboard.press("Enter")
     page.locator("#workspace").wait_for(state="visible")
+    # Signing up ends with the new key in focus (the one thing to do then: copy it); the page
+    # moves it there after the workspace shows, so wait for it before moving focus on.
+    page.wait_for_function("() => document.activeElement && document.activeElement.id === 'new-key'")
     # Tabs move with the arrow keys; focus is visible on what the keyboard reaches.
     page.locator("#mode-image").focus()
     page.keyboard.press("ArrowRight")
