@@ -16,7 +16,7 @@ from errors import InvalidInput, NotFound, ServiceUnavailable
 from media import sandbox
 from models.catalog import AudioInputSpec, SequenceInputSpec, load_catalog
 from models.store import StoredModel
-from provenance.manifests import RULE_NO_MANIFEST, ProvenanceReader
+from provenance.manifests import ProvenanceReader, not_checked
 from provenance.signing import signer_from_settings
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ class Engine:
             return await anyio.to_thread.run_sync(self.provenance.read, media, media_format)
         except Exception:
             log.exception("could not read Content Credentials", extra={"format": media_format})
-            return {"present": False, "checked": False, "rule": RULE_NO_MANIFEST}
+            return not_checked()
 
     @property
     def served(self) -> dict[str, ServedModel]:

@@ -70,6 +70,12 @@ RULE_NO_AI_CLAIM = "manifest_without_ai_claim"
 RULE_NO_MANIFEST = "no_manifest"
 
 
+def not_checked() -> dict[str, Any]:
+    """The block for media whose credentials could not be looked for (a format that cannot
+    carry them, a container the library cannot parse, the reader failing): the classifier decides."""
+    return {"present": False, "checked": False, "rule": RULE_NO_MANIFEST}
+
+
 class ProvenanceReader:
     """Reads the manifest store of one piece of media. ``trust_anchors_pem``: the PEM bundle of
     root certificates a ``Trusted`` signer must chain to (none: ``Valid`` at most)."""
@@ -90,7 +96,7 @@ class ProvenanceReader:
 
         mime = MIME_TYPES.get(media_format)
         if mime is None:
-            return {"present": False, "checked": False, "rule": RULE_NO_MANIFEST}
+            return not_checked()
         with _stream(media) as stream:
             context = c2pa.Context.from_dict(self._settings)
             try:
@@ -101,7 +107,7 @@ class ProvenanceReader:
             except c2pa.C2paError as exc:
                 # The container itself is beyond the library (our decoders took it): not checked.
                 log.info("C2PA reader could not parse the %s container: %s", media_format, exc)
-                return {"present": False, "checked": False, "rule": RULE_NO_MANIFEST}
+                return not_checked()
             if reader is None:
                 return {"present": False, "checked": True, "rule": RULE_NO_MANIFEST}
             with reader:
