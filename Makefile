@@ -108,6 +108,7 @@ soak: setup models
 
 bench: setup models
 	$(PY) -m bench.image
+	$(PY) -m bench.trust
 	$(PY) -m bench.audio
 	$(PY) -m bench.video
 	$(PY) -m bench.lambda_cold

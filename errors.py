@@ -281,6 +281,10 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "invalid_base64": (422, "the data URL or base64 string does not decode"),
     "invalid_data_url": (422, "a `data:` URL that is not base64-encoded"),
     "model_not_served": (422, "the model is in the catalog but not served here"),
+    "operating_point_unavailable": (
+        422,
+        "the model has no calibration, so no operating point: it decides at its catalog threshold",
+    ),
     "invalid_fps": (422, "`fps` out of range"),
     "invalid_max_frames": (422, "`max_frames` over the cap"),
     "invalid_webhook_url": (422, "a webhook URL that is not https, has credentials, no host or is too long"),

@@ -44,7 +44,7 @@ from blobs.local import LOCAL_UPLOAD_PATH
 from config import Settings
 from detect.audio import detect_audio, detect_audio_file
 from detect.engine import Engine
-from detect.image import detect_image
+from detect.image import detect_image, image_models_for
 from detect.results import DetectionResult
 from detect.video import detect_video, detect_video_file
 from errors import (
@@ -58,11 +58,21 @@ from errors import (
     public_message,
 )
 from media.image import read_image_file
+from models.calibration import OperatingPoint as OperatingPointName
 from models.catalog import load_catalog
 from models.store import list_stored
 from store.records import Detection
 
 log = logging.getLogger(__name__)
+
+STABILITY_HELP = (
+    "re-score after JPEG q75, a 0.75x resize and a 90% centre crop (one model call; four times the "
+    "model work); a verdict that flips becomes UNCERTAIN"
+)
+OPERATING_POINT_HELP = (
+    "threshold of a calibrated model: balanced, high_precision (FPR <= 1%) or high_recall (TPR >= 95%); "
+    "default VERITY_OPERATING_POINT"
+)
 
 MULTIPART_OVERHEAD = 64 * 1024
 
@@ -356,11 +366,30 @@ def create_app(settings: Settings) -> FastAPI:
         faces: Annotated[
             Literal["auto", "off"], Query(description="auto: find faces and score each face crop")
         ] = "off",
+        stability: Annotated[bool, Query(description=STABILITY_HELP)] = False,
+        operating_point: Annotated[OperatingPointName | None, Query(description=OPERATING_POINT_HELP)] = None,
+        models: Annotated[
+            str | None,
+            Query(
+                description="an ensemble: two or more served image models, comma-separated (instead of model)"
+            ),
+        ] = None,
     ) -> JSONResponse:
         """Multipart field `image` (or `file`), JSON `{"image": "data:image/...;base64,..."}`,
         or a raw `image/*` body."""
         engine = engine_of(request)
-        engine.image_model(model)  # unknown model: fail before reading a large body
+        members = models.split(",") if models is not None else None
+        # An unknown model or operating point: fail before reading a large body.
+        for served in image_models_for(engine, model, members, explain=explain):
+            engine.decision(served, operating_point)
+        options: dict[str, Any] = {
+            "model_id": model,
+            "explain": explain,
+            "faces": faces,
+            "stability": stability,
+            "operating_point": operating_point,
+            "models": members,
+        }
         # An explanation is ~50 model calls: heavy work, admitted (or shed) before the body is read.
         async with engine.heavy_gate.admit() if explain else contextlib.nullcontext():
             data = await read_media_payload(request, "image")
@@ -368,11 +397,11 @@ def create_app(settings: Settings) -> FastAPI:
 
                 async def on_file(path: Path) -> dict[str, Any]:
                     image = await anyio.to_thread.run_sync(read_image_file, path, settings.max_image_bytes)
-                    return await detect_image(engine, image, model_id=model, explain=explain, faces=faces)
+                    return await detect_image(engine, image, **options)
 
                 result = await detect_uploaded(request, principal, data.upload_id, on_file)
             else:
-                result = await detect_image(engine, data, model_id=model, explain=explain, faces=faces)
+                result = await detect_image(engine, data, **options)
         await record_detection(request, accounts, principal, result)
         return JSONResponse(result)
 
@@ -388,23 +417,28 @@ def create_app(settings: Settings) -> FastAPI:
         principal: account_routes.DetectPrincipal,
         accounts: account_routes.AccountsDep,
         model: Annotated[str | None, Query(description="catalog id; default: the served default")] = None,
+        operating_point: Annotated[OperatingPointName | None, Query(description=OPERATING_POINT_HELP)] = None,
     ) -> JSONResponse:
         """Multipart field `audio` (or `file`), JSON `{"audio": "data:audio/...;base64,..."}`, or a
         raw `audio/*` body. WAV, FLAC, OGG/Opus, MP3, M4A/AAC."""
         engine = engine_of(request)
-        engine.audio_model(model)
+        engine.decision(engine.audio_model(model), operating_point)
         async with engine.heavy_gate.admit():  # shed (503) before the body is read, not after
             data = await read_media_payload(request, "audio")
             if isinstance(data, UploadReference):
 
                 async def on_file(path: Path) -> dict[str, Any]:
                     return await detect_audio_file(
-                        engine, path, model_id=model, max_duration_s=settings.max_audio_duration_s
+                        engine,
+                        path,
+                        model_id=model,
+                        max_duration_s=settings.max_audio_duration_s,
+                        operating_point=operating_point,
                     )
 
                 result = await detect_uploaded(request, principal, data.upload_id, on_file)
             else:
-                result = await detect_audio(engine, data, model_id=model)
+                result = await detect_audio(engine, data, model_id=model, operating_point=operating_point)
         await record_detection(request, accounts, principal, result)
         return JSONResponse(result)
 
@@ -426,14 +460,14 @@ def create_app(settings: Settings) -> FastAPI:
             Query(description="temporal: CNN encoder + LSTM head; frames: image model per face, averaged"),
         ] = "temporal",
         model: Annotated[str | None, Query(description="image model for strategy=frames")] = None,
+        stability: Annotated[bool, Query(description=STABILITY_HELP)] = False,
+        operating_point: Annotated[OperatingPointName | None, Query(description=OPERATING_POINT_HELP)] = None,
     ) -> JSONResponse:
         """Multipart field `video` (or `file`), JSON `{"video": "data:video/...;base64,..."}`, or a
         raw `video/*` body. MP4, MOV, AVI, WebM, MKV; up to 32 MB inline."""
         engine = engine_of(request)
-        if strategy == "frames":
-            engine.image_model(model)
-        else:
-            engine.video_models()
+        deciding = engine.image_model(model) if strategy == "frames" else engine.video_models().head
+        engine.decision(deciding, operating_point)
         if max_frames is not None and max_frames > engine.settings.video_max_frames_cap:
             raise InvalidInput(
                 f"max_frames is at most {engine.settings.video_max_frames_cap}", code="invalid_max_frames"
@@ -451,12 +485,21 @@ def create_app(settings: Settings) -> FastAPI:
                         strategy=strategy,
                         model_id=model,
                         max_duration_s=settings.max_video_duration_s,
+                        stability=stability,
+                        operating_point=operating_point,
                     )
 
                 result = await detect_uploaded(request, principal, data.upload_id, on_file)
             else:
                 result = await detect_video(
-                    engine, data, fps=fps, max_frames=max_frames, strategy=strategy, model_id=model
+                    engine,
+                    data,
+                    fps=fps,
+                    max_frames=max_frames,
+                    strategy=strategy,
+                    model_id=model,
+                    stability=stability,
+                    operating_point=operating_point,
                 )
         await record_detection(request, accounts, principal, result)
         return JSONResponse(result)

@@ -112,6 +112,24 @@ class Settings(BaseSettings):
         None, gt=0, description="seconds between audio window starts; unset = the catalog's (50% overlap)"
     )
     uncertain_band: float = Field(0.05, ge=0.0, lt=0.5, description="|p - threshold| below this is UNCERTAIN")
+    # Calibration and operating points (models/calibration.py) ------------------------------------
+    operating_point: Literal["balanced", "high_precision", "high_recall"] = Field(
+        "balanced",
+        description="operating point of calibrated models when a request names none "
+        "(uncalibrated models keep their catalog threshold)",
+    )
+    # Media a model cannot judge: NOT_APPLICABLE (detect/applicability.py) --------------------------
+    min_image_side: int = Field(32, ge=1, description="pictures with a shorter side are too_small")
+    min_image_brightness: float = Field(
+        8.0, ge=0.0, le=255.0, description="near-black pictures (mean luma under this, 0-255) are too_dark"
+    )
+    silence_dbfs: float = Field(
+        -55.0, le=0.0, description="audio whose every window is quieter (RMS, dBFS) is no_speech"
+    )
+    # The stability check (detect/stability.py) -----------------------------------------------------
+    stability_video_frames: int = Field(
+        4, ge=1, le=32, description="sampled frames of a video re-scored by ?stability=true"
+    )
     # Signed results (provenance/signing.py) ---------------------------------------------------------
     signing_key_file: Path | None = Field(
         None,

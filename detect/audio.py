@@ -24,11 +24,13 @@ from typing import Any
 import anyio
 import numpy as np
 
+from detect.applicability import audio_problem, mark_not_applicable, window_levels_dbfs
 from detect.engine import Engine, ServedModel, audio_hop_s
 from detect.trust import with_provenance
 from media.audio import WindowCutter, decode_audio, make_windows
 from media.audio_files import AudioFileStream, open_audio_file
 from models.audio_features import normalize_windows
+from models.calibration import Decision
 from models.postprocess import fake_probabilities, verdict_for
 from store.ids import new_id
 
@@ -63,16 +65,22 @@ async def _run_windows(served: ServedModel, windows: np.ndarray, window_len: int
     return await served.client.predict(windows)
 
 
-async def detect_audio(engine: Engine, data: bytes, *, model_id: str | None) -> dict[str, Any]:
+async def detect_audio(
+    engine: Engine, data: bytes, *, model_id: str | None, operating_point: str | None = None
+) -> dict[str, Any]:
     """``score_audio``'s result with the clip's Content Credentials weighed beside it."""
-    return await with_provenance(engine, await score_audio(engine, data, model_id=model_id), data)
+    result = await score_audio(engine, data, model_id=model_id, operating_point=operating_point)
+    return await with_provenance(engine, result, data)
 
 
-async def score_audio(engine: Engine, data: bytes, *, model_id: str | None) -> dict[str, Any]:
+async def score_audio(
+    engine: Engine, data: bytes, *, model_id: str | None, operating_point: str | None = None
+) -> dict[str, Any]:
     """The classifier's result for the clip in ``data`` (a video's audio track uses it as is)."""
     started = time.perf_counter()
     settings = engine.settings
     served = engine.audio_model(model_id)
+    decision = engine.decision(served, operating_point)
     stored = served.stored
     spec = stored.audio_spec
     decoded = await engine.decode_pool.run(
@@ -89,6 +97,7 @@ async def score_audio(engine: Engine, data: bytes, *, model_id: str | None) -> d
     mark = time.perf_counter()
     hop_s = audio_hop_s(settings, spec)
     windows, spans = make_windows(decoded.samples, decoded.sample_rate, spec.window_s, hop_s)
+    levels = window_levels_dbfs(windows)
     if spec.do_normalize:
         windows = normalize_windows(windows, None)
     preprocess_ms = _ms(mark)
@@ -107,9 +116,8 @@ async def score_audio(engine: Engine, data: bytes, *, model_id: str | None) -> d
         "hop_s": hop_s,
     }
     timing = {"decode": decode_ms, "preprocess": preprocess_ms, "inference": inference_ms}
-    return _result(
-        engine, served, probs, spans, media, [*served.warnings, *decoded.warnings], timing, started
-    )
+    warnings = [*served.warnings, *decoded.warnings]
+    return _result(engine, served, decision, probs, levels, spans, media, warnings, timing, started)
 
 
 async def detect_audio_file(
@@ -119,6 +127,7 @@ async def detect_audio_file(
     model_id: str | None,
     progress: Callable[[float], None] | None = None,
     max_duration_s: float | None = None,
+    operating_point: str | None = None,
 ) -> dict[str, Any]:
     """``detect_audio``'s result for the audio file at ``path``, which is never read whole (see
     the module docstring). Job limits: ``job_max_video_duration_s`` (or ``max_duration_s``, lower
@@ -128,6 +137,7 @@ async def detect_audio_file(
     started = time.perf_counter()
     settings = engine.settings
     served = engine.audio_model(model_id)
+    decision = engine.decision(served, operating_point)
     spec = served.stored.audio_spec
     stream = await engine.decode_pool.run(
         lambda: open_audio_file(
@@ -143,7 +153,7 @@ async def detect_audio_file(
     report = Progress(progress)
     try:
         result = await score_audio_stream(
-            engine, served, stream, expected_s=stream.info.declared_s, report=report
+            engine, served, stream, expected_s=stream.info.declared_s, report=report, decision=decision
         )
     finally:
         with anyio.CancelScope(shield=True):
@@ -161,23 +171,28 @@ async def score_audio_stream(
     *,
     expected_s: float | None,
     report: Callable[[float], None],
+    decision: Decision | None = None,
 ) -> dict[str, Any]:
     """The audio result for ``stream``: windows cut as the blocks come and scored a batch at a
-    time. ``report`` gets the share of ``expected_s`` (when known) decoded and scored so far."""
+    time. ``report`` gets the share of ``expected_s`` (when known) decoded and scored so far.
+    ``decision``: the model's calibration and threshold (default: at the default operating point)."""
     started = time.perf_counter()
     settings = engine.settings
+    decision = decision or engine.decision(served, None)
     spec = served.stored.audio_spec
     hop_s = audio_hop_s(settings, spec)
     cutter = WindowCutter(stream.sample_rate, spec.window_s, hop_s)
     batch = max(1, settings.audio_batch_max_size)
     pending: list[np.ndarray] = []  # windows waiting for a full batch, one row each
     probs: list[np.ndarray] = []
+    levels: list[np.ndarray] = []  # each window's RMS level (dBFS), for the silence check
     spans: list[tuple[float, float]] = []
     timing = {"decode": 0.0, "preprocess": 0.0, "inference": 0.0}
 
     async def score(rows: list[np.ndarray]) -> None:
         mark = time.perf_counter()
         windows = np.stack(rows)
+        levels.append(window_levels_dbfs(windows))
         if spec.do_normalize:
             windows = normalize_windows(windows, None)
         timing["preprocess"] += _ms(mark)
@@ -225,22 +240,39 @@ async def score_audio_stream(
     }
     timing = {k: round(v, 2) for k, v in timing.items()}
     warnings = [*served.warnings, *summary.warnings]
-    return _result(engine, served, np.concatenate(probs), spans, media, warnings, timing, started)
+    return _result(
+        engine,
+        served,
+        decision,
+        np.concatenate(probs),
+        np.concatenate(levels),
+        spans,
+        media,
+        warnings,
+        timing,
+        started,
+    )
 
 
 def _result(
     engine: Engine,
     served: ServedModel,
-    probs: np.ndarray,
+    decision: Decision,
+    raw: np.ndarray,
+    levels: np.ndarray,
     spans: list[tuple[float, float]],
     media: dict[str, Any],
     warnings: list[dict[str, str]],
     timing: dict[str, float],
     started: float,
 ) -> dict[str, Any]:
+    """The clip's result from its windows' raw scores: the mean raw score calibrated is the clip's
+    probability (the map was fitted on clip-level scores); each window goes through the same map."""
     stored = served.stored
-    mean_p, max_p = float(probs.mean()), float(probs.max())
-    threshold = stored.threshold
+    raw_mean = float(raw.mean())
+    probs = decision.probabilities(raw)
+    mean_p, max_p = decision.probability(raw_mean), float(probs.max())
+    threshold = decision.threshold
     fake_windows = int((probs >= threshold).sum())
     if max_p >= threshold > mean_p:
         warnings.append(
@@ -249,17 +281,20 @@ def _result(
                 "message": f"{fake_windows} of {len(probs)} windows score above the threshold; see segments",
             }
         )
-    return {
+    result = {
         "id": new_id("det"),
         "modality": "audio",
         "created_at": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "verdict": verdict_for(mean_p, threshold, engine.settings.uncertain_band),
         "fake_probability": round(mean_p, 6),
+        "raw_score": round(raw_mean, 6),
+        "calibrated": decision.calibrated,
+        "operating_point": decision.block(),
         "threshold": threshold,
         "model": stored.summary(),
         "aggregation": {
             "method": "mean",
-            "rule": "verdict from the mean window probability vs threshold",
+            "rule": "verdict from the mean window score (calibrated when the model is) vs threshold",
             "max": round(max_p, 6),
             "windows_over_threshold": fake_windows,
         },
@@ -272,3 +307,5 @@ def _result(
         "timing_ms": {**timing, "total": _ms(started)},
         "warnings": warnings,
     }
+    problem = audio_problem(levels, engine.settings)
+    return mark_not_applicable(result, problem) if problem is not None else result

@@ -14,6 +14,7 @@ from detect.admission import DecodePool, WorkGate
 from detect.model_clients import ModelClient
 from errors import InvalidInput, NotFound, ServiceUnavailable
 from media import sandbox
+from models.calibration import Decision, decision_for
 from models.catalog import AudioInputSpec, SequenceInputSpec, load_catalog
 from models.store import StoredModel
 from provenance.manifests import ProvenanceReader, not_checked
@@ -125,6 +126,15 @@ class Engine:
         except Exception:
             log.exception("could not read Content Credentials", extra={"format": media_format})
             return not_checked()
+
+    def decision(self, served: ServedModel, operating_point: str | None) -> Decision:
+        """How ``served``'s raw scores become a result's probability and threshold: its stored
+        calibration at ``operating_point`` (else ``VERITY_OPERATING_POINT``), or its catalog
+        threshold when it has none (``models/calibration.py``)."""
+        stored = served.stored
+        return decision_for(
+            stored.model_id, stored.metadata, stored.threshold, operating_point, self.settings.operating_point
+        )
 
     @property
     def served(self) -> dict[str, ServedModel]:

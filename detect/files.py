@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from detect.engine import Engine
 from errors import BadMedia, InvalidInput
 from media.sniff import AUDIO_FORMATS, IMAGE_FORMATS, SNIFF_BYTES, VIDEO_FORMATS, sniff
+from models.calibration import OperatingPoint
 
 MODALITIES = ("image", "audio", "video")
 
@@ -35,10 +36,14 @@ class ImageOptions(_Options):
     model: str | None = None
     explain: bool = False
     faces: Literal["auto", "off"] = "off"
+    stability: bool = False
+    operating_point: OperatingPoint | None = None
+    models: list[str] | None = Field(None, description="an ensemble: two or more served image models")
 
 
 class AudioOptions(_Options):
     model: str | None = None
+    operating_point: OperatingPoint | None = None
 
 
 class VideoOptions(_Options):
@@ -46,6 +51,8 @@ class VideoOptions(_Options):
     max_frames: int | None = Field(None, ge=1, description="most frames sampled")
     strategy: Literal["temporal", "frames"] = "temporal"
     model: str | None = Field(None, description="image model for strategy=frames")
+    stability: bool = False
+    operating_point: OperatingPoint | None = None
 
 
 OPTIONS: dict[str, type[_Options]] = {"image": ImageOptions, "audio": AudioOptions, "video": VideoOptions}
@@ -66,17 +73,26 @@ def parse_options(modality: str, raw: dict[str, Any], *, max_frames_cap: int) ->
 
 
 def check_models(engine: Engine, modality: str, options: dict[str, Any]) -> None:
-    """Raise now (404 ``model_not_found``, 422 ``model_not_served``, 503 ``modality_unavailable``)
-    rather than after the file was read, when ``options`` (parsed) need a model not served here."""
+    """Raise now (404 ``model_not_found``, 422 ``model_not_served``, 503 ``modality_unavailable``,
+    422 ``operating_point_unavailable``) rather than after the file was read, when ``options``
+    (parsed) need a model not served here, or an operating point a model has not."""
+    from detect.image import image_models_for
+
+    point = options.get("operating_point")
     if modality == "video":
         if options.get("strategy", "temporal") == "frames":
-            engine.image_model(options.get("model"))
+            deciding = engine.image_model(options.get("model"))
         else:
-            engine.video_models()
+            deciding = engine.video_models().head
+        engine.decision(deciding, point)
     elif modality == "image":
-        engine.image_model(options.get("model"))
+        members = image_models_for(
+            engine, options.get("model"), options.get("models"), explain=bool(options.get("explain"))
+        )
+        for served in members:
+            engine.decision(served, point)
     else:
-        engine.audio_model(options.get("model"))
+        engine.decision(engine.audio_model(options.get("model")), point)
 
 
 def modality_of(path: Path) -> str | None:
@@ -126,11 +142,20 @@ async def detect_file(
             model_id=options.get("model"),
             explain=bool(options.get("explain", False)),
             faces=options.get("faces", "off"),
+            stability=bool(options.get("stability", False)),
+            operating_point=options.get("operating_point"),
+            models=options.get("models"),
         )
     if modality == "audio":
         from detect.audio import detect_audio_file
 
-        return await detect_audio_file(engine, path, model_id=options.get("model"), progress=progress)
+        return await detect_audio_file(
+            engine,
+            path,
+            model_id=options.get("model"),
+            progress=progress,
+            operating_point=options.get("operating_point"),
+        )
     from detect.video import detect_video_file
 
     return await detect_video_file(
@@ -141,4 +166,6 @@ async def detect_file(
         strategy=options.get("strategy", "temporal"),
         model_id=options.get("model"),
         progress=progress,
+        stability=bool(options.get("stability", False)),
+        operating_point=options.get("operating_point"),
     )

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Verdict = Literal["FAKE", "REAL", "UNCERTAIN", "NO_FACE"]
+Verdict = Literal["FAKE", "REAL", "UNCERTAIN", "NO_FACE", "NOT_APPLICABLE"]
 Probability = Field(ge=0.0, le=1.0)
 
 
@@ -24,6 +24,12 @@ class ModelSummary(BaseModel):
     precision: Literal["fp32", "int8"]
     weights: Literal["pretrained", "dev"]
     role: str | None = Field(None, description="video: which part of the model pair")
+    # An ensemble member's own figures (image models=a,b).
+    fake_probability: float | None = Field(None, ge=0.0, le=1.0)
+    raw_score: float | None = Field(None, ge=0.0, le=1.0)
+    threshold: float | None = Field(None, ge=0.0, le=1.0)
+    verdict: Verdict | None = None
+    calibrated: bool | None = None
 
 
 class ResultWarning(BaseModel):
@@ -80,6 +86,35 @@ class Provenance(BaseModel):
     rule: Literal["declared_ai", "invalid_manifest", "manifest_without_ai_claim", "no_manifest"]
 
 
+class OperatingPoint(BaseModel):
+    name: Literal["balanced", "high_precision", "high_recall", "catalog"] = Field(
+        description="catalog: the model has no calibration and decides at its catalog threshold"
+    )
+    threshold: float = Probability
+    source: Literal["calibration", "catalog"]
+
+
+class StabilityVariant(BaseModel):
+    name: Literal["original", "jpeg_q75", "resize_0.75", "crop_0.9"]
+    fake_probability: float = Probability
+    verdict: Verdict
+
+
+class Stability(BaseModel):
+    """``stability=true``: the verdict re-checked after re-compression, resizing and cropping."""
+
+    variants: list[StabilityVariant]
+    spread: float = Field(ge=0.0, le=1.0, description="max - min of the variants' probabilities")
+    stable: bool = Field(description="false: the variants fall on both sides of the threshold")
+    frames: int | None = Field(None, description="video: sampled frames re-scored")
+
+
+class NotApplicable(BaseModel):
+    reason: Literal["too_small", "too_dark", "no_speech"]
+    message: str
+    measured: dict[str, Any]
+
+
 class ResultSignature(BaseModel):
     kid: str = Field(description="RFC 7638 thumbprint of the signing key")
     alg: Literal["EdDSA"]
@@ -95,10 +130,22 @@ class DetectionResult(BaseModel):
     modality: Literal["image", "audio", "video"]
     created_at: str
     verdict: Verdict
-    fake_probability: float | None = Field(ge=0.0, le=1.0, description="null with NO_FACE")
+    fake_probability: float | None = Field(
+        ge=0.0, le=1.0, description="calibrated when `calibrated`; null with NO_FACE and NOT_APPLICABLE"
+    )
+    raw_score: float | None = Field(
+        None, ge=0.0, le=1.0, description="the model's own score, before calibration"
+    )
+    calibrated: bool | None = Field(None, description="fake_probability went through a stored calibration")
+    operating_point: OperatingPoint | None = None
     threshold: float = Probability
     model: ModelSummary
-    models: list[ModelSummary] | None = Field(None, description="video: every model that took part")
+    models: list[ModelSummary] | None = Field(
+        None, description="video: every model that took part; an image ensemble: what each model said"
+    )
+    ensemble: dict[str, Any] | None = Field(None, description="image models=a,b: the rule that combined them")
+    stability: Stability | None = None
+    not_applicable: NotApplicable | None = Field(None, description="why the verdict is NOT_APPLICABLE")
     strategy: Literal["temporal", "frames"] | None = None
     segments: list[Segment]
     faces: list[FaceResult]

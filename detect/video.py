@@ -46,12 +46,15 @@ from typing import Any, Literal, Protocol
 
 import anyio
 import numpy as np
+from PIL import Image
 
 from detect.audio import Progress, score_audio, score_audio_stream
 from detect.engine import Engine, ServedModel
 from detect.faces import crops_for, face_entry, find_faces
+from detect.stability import NAMES, apply_stability, stability_block, with_variants
 from detect.trust import with_provenance
 from errors import VerityError
+from faces.crops import face_crops
 from faces.mtcnn import Face
 from media.video import (
     DecodedVideo,
@@ -61,7 +64,9 @@ from media.video import (
     open_audio_track,
     open_video_file,
 )
+from models.calibration import Decision
 from models.postprocess import fake_probabilities, verdict_for
+from models.preprocess import pixel_batch
 from models.temporal import sequence_windows, window_batch
 from store.ids import new_id
 
@@ -108,6 +113,10 @@ class _Analysis:
     faces: list[list[Face]] = field(default_factory=list)  # per sampled frame
     per_face: list[list[float]] = field(default_factory=list)  # frames strategy: per sampled frame
     features: list[np.ndarray] = field(default_factory=list)  # temporal: per chunk, frames with a face
+    # stability=true: the largest face's crop of the first few frames with a face (their pixels
+    # are the only ones kept), and how many to keep.
+    sample: list[Image.Image] = field(default_factory=list)
+    sample_size: int = 0
     faces_ms: float = 0.0
     inference_ms: float = 0.0
 
@@ -181,11 +190,21 @@ async def _score_sequence(
 async def _analyze_chunk(
     engine: Engine, analysis: _Analysis, frames: list[VideoFrame], strategy: Strategy, model_id: str | None
 ) -> None:
-    """Faces and model outputs of ``frames`` into ``analysis``; the pixels are not kept."""
+    """Faces and model outputs of ``frames`` into ``analysis``; the pixels are not kept (but for
+    the stability check's few face crops)."""
     pixels = [f.rgb for f in frames]
     mark = time.perf_counter()
     faces = await find_faces(engine, pixels)
     analysis.faces_ms += _ms(mark)
+    if len(analysis.sample) < analysis.sample_size:
+        spec = (
+            engine.image_model(model_id) if strategy == "frames" else engine.video_models().encoder
+        ).stored.input_spec
+        margin = engine.settings.face_crop_margin
+        for frame, found in zip(pixels, faces, strict=True):
+            if found and len(analysis.sample) < analysis.sample_size:
+                crop = face_crops(frame, found[:1], size=max(spec.size), margin=margin)[0]
+                analysis.sample.append(Image.fromarray(crop))
     mark = time.perf_counter()
     analysis.times += [f.t_s for f in frames]
     analysis.faces += faces
@@ -280,7 +299,10 @@ async def _audio_track_file(
     return _audio_part(result)
 
 
-def _audio_part(result: dict[str, Any]) -> tuple[dict[str, Any], list[dict]]:
+def _audio_part(result: dict[str, Any]) -> tuple[dict[str, Any] | None, list[dict]]:
+    if result["verdict"] == "NOT_APPLICABLE":  # a silent track: the video verdict stands alone
+        reason = result["not_applicable"]
+        return None, [{"code": reason["reason"], "message": f"audio track not judged: {reason['message']}"}]
     keep = ("verdict", "fake_probability", "threshold", "model", "aggregation", "segments", "media")
     return {k: result[k] for k in keep}, [w for w in result["warnings"] if w["code"] != "dev_weights"]
 
@@ -295,8 +317,10 @@ class _Outcome:
     """The video's verdict from an ``_Analysis``: what the result reports besides the media."""
 
     models: list[ServedModel]
+    decision: Decision
     verdict: str
-    video_p: float | None
+    video_p: float | None  # calibrated when the deciding model is
+    raw_p: float | None
     threshold: float
     segments: list[dict[str, Any]]
     aggregation: dict[str, Any]
@@ -313,7 +337,10 @@ async def _conclude(
     strategy: Strategy,
     model_id: str | None,
     windows_per_call: int | None,
+    operating_point: str | None,
 ) -> _Outcome:
+    """The video's verdict: the mean raw score of its windows (temporal) or frames (frames), through
+    the deciding model's calibration (the head, or the image model) against its threshold."""
     times, faces = analysis.times, analysis.faces
     with_face = [i for i, found in enumerate(faces) if found]
     scale = clip.frame_scale  # boxes are found on (possibly downscaled) frames
@@ -322,12 +349,15 @@ async def _conclude(
     models: list[ServedModel]
     if not with_face:
         models = [engine.image_model(model_id)] if strategy == "frames" else engine.video_models().served
+        decision = engine.decision(models[-1], operating_point)
         warnings.append({"code": "no_face", "message": f"no face found in {len(times)} sampled frames"})
         return _Outcome(
             models=models,
+            decision=decision,
             verdict="NO_FACE",
             video_p=None,
-            threshold=models[-1].stored.threshold,
+            raw_p=None,
+            threshold=decision.threshold,
             segments=[],
             aggregation={"method": "mean", "over": "faces", "count": 0},
             face_entries=[],
@@ -350,8 +380,16 @@ async def _conclude(
             face_entries.append(face_entry(times[i], faces[i][0], p, scale))
             face_entries += [face_entry(times[i], f, None, scale) for f in faces[i][1:]]
         scored = window_probs
-    threshold = models[-1].stored.threshold
-    video_p = float(np.mean(scored))
+    decision = engine.decision(models[-1], operating_point)
+    threshold = decision.threshold
+    raw_p = float(np.mean(scored))
+    video_p = decision.probability(raw_p)
+    # The same monotone map for the parts: frames (segments, faces) and windows.
+    frame_probs = [float(p) for p in decision.probabilities(np.asarray(frame_probs))]
+    scored = [float(p) for p in decision.probabilities(np.asarray(scored))]
+    for entry in face_entries:
+        if entry["fake_probability"] is not None:
+            entry["fake_probability"] = round(decision.probability(entry["fake_probability"]), 6)
     step = max(1.0, clip.sample_interval_s)
     if len(with_face) < len(times):
         warnings.append(
@@ -362,8 +400,10 @@ async def _conclude(
         )
     return _Outcome(
         models=models,
+        decision=decision,
         verdict=verdict_for(video_p, threshold, engine.settings.uncertain_band),
         video_p=video_p,
+        raw_p=raw_p,
         threshold=threshold,
         segments=_segments([times[i] for i in with_face], frame_probs, clip.duration_s, step),
         aggregation=_aggregation(scored, threshold, strategy),
@@ -371,6 +411,66 @@ async def _conclude(
         frames_with_face=len(with_face),
         warnings=warnings,
     )
+
+
+async def _stability(
+    engine: Engine, analysis: _Analysis, outcome: _Outcome, strategy: Strategy, model_id: str | None
+) -> dict[str, Any] | None:
+    """``stability=true`` for a video: the sampled face crops and their variants in one call of
+    the per-face model (the image model, or the encoder), then per variant the sample's score as
+    the video's is made (frames: the mean; temporal: the head over the sample's sequence), all
+    through the deciding model's calibration. None without a face."""
+    sample = analysis.sample
+    if not sample or outcome.video_p is None:
+        return None
+    width = len(NAMES)
+    if strategy == "frames":
+        served = engine.image_model(model_id)
+        rows = await anyio.to_thread.run_sync(
+            lambda: pixel_batch([v for crop in sample for v in with_variants(crop)], served.stored.input_spec)
+        )
+        outputs = await served.client.predict(rows)
+        meta = served.stored.metadata
+        raw = (
+            fake_probabilities(outputs, meta["output"], int(meta["fake_index"]))
+            .reshape(-1, width)
+            .mean(axis=0)
+        )
+    else:
+        video = engine.video_models()
+        rows = await anyio.to_thread.run_sync(
+            lambda: pixel_batch(
+                [v for crop in sample for v in with_variants(crop)], video.encoder.stored.input_spec
+            )
+        )
+        features = np.asarray(await video.encoder.client.predict(rows), dtype=np.float32)
+        # (frames, variants, features) -> one sequence per variant, as the head takes them.
+        sequences = np.ascontiguousarray(features.reshape(len(sample), width, -1).transpose(1, 0, 2))
+        outputs = await video.head.client.predict_together(sequences)
+        meta = video.head.stored.metadata
+        raw = fake_probabilities(outputs, meta["output"], int(meta["fake_index"]))
+    scores = outcome.decision.probabilities(raw)
+    return stability_block(
+        list(scores), outcome.threshold, engine.settings.uncertain_band, frames=len(sample)
+    )
+
+
+def _with_stability(result: dict[str, Any], outcome: _Outcome, block: dict[str, Any] | None) -> None:
+    """The block into the result; an unstable video verdict is UNCERTAIN before it meets the
+    audio track's (the fusion reads ``outcome.verdict``)."""
+    if block is not None:
+        apply_stability(result, block)
+        outcome.verdict = result["verdict"]
+
+
+def _sample_size(engine: Engine, strategy: Strategy, stability: bool) -> int:
+    """Frames the stability check re-scores: a few for the image model; one head window for the
+    temporal model (its sequence must be as long as the windows it was scored with)."""
+    if not stability:
+        return 0
+    if strategy == "frames":
+        return engine.settings.stability_video_frames
+    return engine.video_models().sequence.seq_len
 
 
 def _result(
@@ -391,6 +491,9 @@ def _result(
         "created_at": _now(),
         "verdict": outcome.verdict,
         "fake_probability": None if outcome.video_p is None else round(outcome.video_p, 6),
+        "raw_score": None if outcome.raw_p is None else round(outcome.raw_p, 6),
+        "calibrated": outcome.decision.calibrated,
+        "operating_point": outcome.decision.block(),
         "threshold": outcome.threshold,
         "strategy": strategy,
         "model": models[-1].stored.summary(),
@@ -438,10 +541,13 @@ async def detect_video(
     max_frames: int | None,
     strategy: Strategy,
     model_id: str | None,
+    stability: bool = False,
+    operating_point: str | None = None,
 ) -> dict[str, Any]:
     started = time.perf_counter()
     settings = engine.settings
     want_audio = bool(engine.audio_models)
+    sample_size = _sample_size(engine, strategy, stability)
     decoded: DecodedVideo = await engine.decode_pool.run(
         lambda: decode_video(
             data,
@@ -459,14 +565,24 @@ async def detect_video(
         )
     )
     timing: dict[str, float] = {"decode": _ms(started)}
-    analysis = _Analysis()
+    analysis = _Analysis(sample_size=sample_size)
     await _analyze_chunk(engine, analysis, decoded.frames, strategy, model_id)
     timing["faces"] = round(analysis.faces_ms, 2)
     mark = time.perf_counter()
     outcome = await _conclude(
-        engine, analysis, decoded, strategy=strategy, model_id=model_id, windows_per_call=None
+        engine,
+        analysis,
+        decoded,
+        strategy=strategy,
+        model_id=model_id,
+        windows_per_call=None,
+        operating_point=operating_point,
     )
     timing["inference"] = round(analysis.inference_ms + _ms(mark), 2)
+    mark = time.perf_counter()
+    block = await _stability(engine, analysis, outcome, strategy, model_id)
+    if block is not None:
+        timing["stability"] = _ms(mark)
     warnings: list[dict[str, Any]] = [*decoded.warnings, *outcome.warnings]
     mark = time.perf_counter()
     audio, audio_warnings = await _audio_track(engine, decoded)
@@ -474,6 +590,7 @@ async def detect_video(
     result = _result(
         decoded, outcome, strategy=strategy, frames_analyzed=frames_analyzed, warnings=warnings, timing=timing
     )
+    _with_stability(result, outcome, block)
     result["warnings"] += audio_warnings
     if audio is not None:
         timing["audio"] = _ms(mark)
@@ -492,6 +609,8 @@ async def detect_video_file(
     model_id: str | None,
     progress: Callable[[float], None] | None = None,
     max_duration_s: float | None = None,
+    stability: bool = False,
+    operating_point: str | None = None,
 ) -> dict[str, Any]:
     """``detect_video``'s result for the video file at ``path``, with frames streamed and scored
     a chunk at a time (module docstring, "Files"). Job limits: ``job_max_video_duration_s`` (or
@@ -527,7 +646,12 @@ async def detect_video_file(
     video_share = VIDEO_SHARE if with_audio else 1.0
     try:
         analysis, waited_ms = await _analyze_stream(
-            engine, stream, strategy, model_id, report.part(0.0, 0.95 * video_share)
+            engine,
+            stream,
+            strategy,
+            model_id,
+            report.part(0.0, 0.95 * video_share),
+            _sample_size(engine, strategy, stability),
         )
     finally:
         with anyio.CancelScope(shield=True):
@@ -537,9 +661,19 @@ async def detect_video_file(
     timing: dict[str, float] = {"decode": waited_ms, "faces": round(analysis.faces_ms, 2)}
     mark = time.perf_counter()
     outcome = await _conclude(
-        engine, analysis, clip, strategy=strategy, model_id=model_id, windows_per_call=HEAD_WINDOWS_PER_CALL
+        engine,
+        analysis,
+        clip,
+        strategy=strategy,
+        model_id=model_id,
+        windows_per_call=HEAD_WINDOWS_PER_CALL,
+        operating_point=operating_point,
     )
     timing["inference"] = round(analysis.inference_ms + _ms(mark), 2)
+    mark = time.perf_counter()
+    block = await _stability(engine, analysis, outcome, strategy, model_id)
+    if block is not None:
+        timing["stability"] = _ms(mark)
     report(video_share)
     warnings: list[dict[str, Any]] = [*clip.warnings, *outcome.warnings]
     mark = time.perf_counter()
@@ -562,6 +696,7 @@ async def detect_video_file(
         warnings=warnings,
         timing=timing,
     )
+    _with_stability(result, outcome, block)
     result["warnings"] += audio_warnings
     if audio is not None:
         timing["audio"] = _ms(mark)
@@ -578,12 +713,13 @@ async def _analyze_stream(
     strategy: Strategy,
     model_id: str | None,
     report: Callable[[float], None],
+    sample_size: int = 0,
 ) -> tuple[_Analysis, float]:
     """Every chunk of ``stream`` through ``_analyze_chunk``, while a worker thread decodes the
     next one (a zero-size channel: the reader waits with one chunk until the scorer takes it).
     Returns the analysis and the time the scorer waited for frames. A failure on either side
     aborts the decoder and is raised as itself (never an exception group)."""
-    analysis = _Analysis()
+    analysis = _Analysis(sample_size=sample_size)
     send, receive = anyio.create_memory_object_stream[list[VideoFrame] | Exception](0)
     expected = stream.declared_s
     waited = 0.0

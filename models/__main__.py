@@ -8,6 +8,7 @@ python -m models export cnn-lstm                    # the video pair (encoder + 
 python -m models export wav2vec2-audio              # the default audio model (hub or dev)
 python -m models export mtcnn                       # the face detector (weights ship with `mtcnn`)
 python -m models ensure                             # export the served models if missing
+python -m models calibrate vit-dima806 --data labeled.jsonl   # calibration map + operating points
 python -m models list                               # what the store holds (JSON lines)
 python -m models bento verity:latest                # what a built bento holds (`make build` runs it)
 
@@ -119,6 +120,23 @@ def _cmd_ensure(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from models.calibrate import calibrate, exports_to_calibrate, read_labelled
+    from models.export.save import refresh_metadata
+
+    settings = settings_or_exit(check_store=False)
+    data = Path(args.data)
+    if not data.is_file():
+        raise ValueError(f"no file {data}")
+    items = read_labelled(data)
+    for stored in exports_to_calibrate(args.model_id, args.precision):
+        log.info("calibrating %s on %d items of %s", stored.tag, len(items), data)
+        block = calibrate(settings, stored, data, items, args.method)
+        refresh_metadata(stored, {"calibration": block})
+        sys.stdout.write(json.dumps({"tag": stored.tag, "calibration": block}) + "\n")
+    return 0
+
+
 def _cmd_list(_: argparse.Namespace) -> int:
     from models.store import list_stored
 
@@ -175,6 +193,12 @@ def main(argv: list[str] | None = None) -> int:
     ensure = sub.add_parser("ensure", help="export the served models unless already stored")
     ensure.add_argument("--offline", action="store_true")
     ensure.set_defaults(func=_cmd_ensure)
+    cal = sub.add_parser("calibrate", help="fit a calibration map and operating points on labelled media")
+    cal.add_argument("model_id")
+    cal.add_argument("--data", required=True, help="JSONL: {media, label: fake|real, domain?} per line")
+    cal.add_argument("--method", default="auto", choices=["auto", "platt", "temperature", "isotonic"])
+    cal.add_argument("--precision", choices=["fp32", "int8"], help="default: every stored precision")
+    cal.set_defaults(func=_cmd_calibrate)
     sub.add_parser("list", help="list stored models as JSON lines").set_defaults(func=_cmd_list)
     bento = sub.add_parser("bento", help="describe a built bento: models, sizes, how to run it")
     bento.add_argument("tag")

@@ -131,6 +131,8 @@ class StoredModel:
                 )
             },
             "sha256": self.metadata.get("sha256"),
+            # python -m models calibrate: the map, the operating points' thresholds, the figures.
+            "calibration": self.metadata.get("calibration"),
             # A video head names the exact encoder export its features must come from.
             **({"encoder": self.metadata.get("encoder")} if self.modality == "video-head" else {}),
             **({"head": self.metadata.get("head")} if self.modality == "video-encoder" else {}),

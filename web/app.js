@@ -37,6 +37,13 @@ const VERDICT_WORDS = {
   REAL: "Likely real",
   UNCERTAIN: "Uncertain",
   NO_FACE: "No face found",
+  NOT_APPLICABLE: "Cannot be judged",
+};
+const VARIANT_WORDS = {
+  original: "As sent",
+  jpeg_q75: "Re-compressed (JPEG 75)",
+  "resize_0.75": "Resized to 75%",
+  "crop_0.9": "Cropped to the centre 90%",
 };
 const FRIENDLY = {
   unauthenticated: "Please sign in first.",
@@ -403,11 +410,19 @@ function modalityOf(file) {
 
 function options(modality) {
   if (modality === "image") {
-    return { faces: $("opt-faces").checked ? "auto" : "off", explain: $("opt-explain").checked };
+    return {
+      faces: $("opt-faces").checked ? "auto" : "off",
+      explain: $("opt-explain").checked,
+      stability: $("opt-stability").checked,
+    };
   }
   if (modality === "video") {
     const fps = $("opt-fps").value;
-    return { ...(fps ? { fps: Number(fps) } : {}), strategy: $("opt-strategy").value };
+    return {
+      ...(fps ? { fps: Number(fps) } : {}),
+      strategy: $("opt-strategy").value,
+      stability: $("opt-video-stability").checked,
+    };
   }
   return {};
 }
@@ -565,20 +580,27 @@ function showResult(result) {
   setVerdict($("verdict"), result.verdict);
   const p = result.fake_probability;
   $("probability").textContent = percent(p);
+  const unjudged = result.not_applicable ? `${result.not_applicable.message}, so nothing was scored` : null;
   $("probability-caption").textContent =
-    p === null ? "no face was found, so nothing was scored" : "chance it is fake";
+    p === null ? unjudged || "no face was found, so nothing was scored" : "chance it is fake";
   const bar = $("probability-bar");
   bar.style.setProperty("--p", p === null ? "0%" : `${(p * 100).toFixed(2)}%`);
   const colours = { FAKE: "var(--fake)", REAL: "var(--real)", UNCERTAIN: "var(--uncertain)" };
   bar.style.setProperty("--bar", colours[result.verdict] || "var(--noface)");
   $("threshold-mark").style.setProperty("--t", `${(result.threshold * 100).toFixed(2)}%`);
-  $("threshold").textContent = `FAKE at or above ${percent(result.threshold, 0)} (the model's threshold).`;
+  const point = result.operating_point;
+  $("threshold").textContent =
+    point && point.source === "calibration"
+      ? `FAKE at or above ${percent(result.threshold, 0)} (calibrated, ${point.name.replace("_", " ")} operating point).`
+      : `FAKE at or above ${percent(result.threshold, 0)} (the model's threshold).`;
 
   const warnings = $("warnings");
   warnings.replaceChildren(...(result.warnings || []).map((w) => el("li", { text: w.message, "data-code": w.code })));
   if (result.model && result.model.weights === "dev") showDevBanner([result.model.id]);
 
   showProvenance(result);
+  showStability(result);
+  showEnsemble(result);
   showMedia(result);
   showTimeline(result);
   showFaces(result);
@@ -773,6 +795,42 @@ function showProvenance(result) {
   ];
   $("provenance-meta").replaceChildren(
     ...rows.filter(([, v]) => v !== null).flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })]),
+  );
+}
+
+function showStability(result) {
+  const box = $("stability");
+  const block = result.stability;
+  box.hidden = !block;
+  if (!block) return;
+  box.dataset.stable = String(block.stable);
+  const sampled = block.frames ? ` on ${block.frames} sampled frame${block.frames === 1 ? "" : "s"}` : "";
+  $("stability-summary").textContent = block.stable
+    ? `The verdict holds when the media is re-compressed, resized or cropped${sampled} (spread ${percent(block.spread)}).`
+    : `The verdict flips when the media is re-compressed, resized or cropped${sampled} (spread ${percent(block.spread)}), so it is reported as uncertain.`;
+  $("stability-variants").replaceChildren(
+    ...block.variants.map((v) => {
+      const verdict = el("span", { className: "verdict" });
+      setVerdict(verdict, v.verdict);
+      const row = el("tr", { "data-variant": v.name });
+      row.append(el("td", { text: VARIANT_WORDS[v.name] || v.name }), el("td", { text: percent(v.fake_probability) }));
+      const cell = el("td");
+      cell.append(verdict);
+      row.append(cell);
+      return row;
+    }),
+  );
+}
+
+function showEnsemble(result) {
+  const box = $("ensemble");
+  box.hidden = !result.ensemble;
+  if (!result.ensemble) return;
+  $("ensemble-rule").textContent = `Combined: ${result.ensemble.rule}.`;
+  $("ensemble-models").replaceChildren(
+    ...(result.models || []).map((m) =>
+      el("li", { text: `${m.id}: ${percent(m.fake_probability)} (${(m.verdict || "").replace("_", " ")})` }),
+    ),
   );
 }
 

@@ -52,7 +52,7 @@ def _store(files: dict[str, Path], metadata: dict[str, Any], sha: str, extra: di
     if existing is not None:
         log.info("model %s already stored at %s", tag, existing.path)
         changed = {k: v for k, v in full.items() if existing.metadata.get(k) != v}
-        return _refresh_metadata(existing, changed) if changed else existing
+        return refresh_metadata(existing, changed) if changed else existing
     labels = {k: str(full[k]) for k in ("modality", "precision", "weights")}
     with bentoml.models.create(tag, labels=labels, metadata=full) as model:
         for name, path in files.items():
@@ -62,7 +62,7 @@ def _store(files: dict[str, Path], metadata: dict[str, Any], sha: str, extra: di
     return stored
 
 
-def _refresh_metadata(stored: StoredModel, added: dict[str, Any]) -> StoredModel:
+def refresh_metadata(stored: StoredModel, added: dict[str, Any]) -> StoredModel:
     """Record what this export measured on the same bytes that an older one did not, or measured
     otherwise (say, INT8 agreement now taken with rows run alone, as served): the same graph, so
     the figures describe the stored model. BentoML has no call for this; model.yaml is plain YAML."""

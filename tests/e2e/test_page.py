@@ -393,6 +393,22 @@ def test_an_image_shows_its_verdict_probability_and_face_boxes(page: Any) -> Non
     assert any(w["code"] == "dev_weights" for w in result["warnings"])
     assert page.locator("#warnings li[data-code='dev_weights']").is_visible()
     assert result["model"]["weights"] == "dev" and page.get_by_test_id("dev-banner").is_visible()
+    # The stability check is on by default: each variant's score and verdict in a table.
+    stability = page.get_by_test_id("stability")
+    assert (
+        stability.is_visible()
+        and stability.get_attribute("data-stable") == str(result["stability"]["stable"]).lower()
+    )
+    rows = stability.locator("tbody tr")
+    assert (
+        [rows.nth(i).get_attribute("data-variant") for i in range(rows.count())]
+        == [v["name"] for v in result["stability"]["variants"]]
+        == ["original", "jpeg_q75", "resize_0.75", "crop_0.9"]
+    )
+    assert (
+        rows.nth(1).locator("td").nth(1).inner_text()
+        == f"{result['stability']['variants'][1]['fake_probability'] * 100:.1f}%"
+    )
 
     # The raw JSON: hidden, then shown with a click, hidden again from the keyboard.
     raw = page.locator("#raw-json")

@@ -388,3 +388,75 @@ def test_readme_ops_cli_refusals_are_plain_errors(tmp_path: Path) -> None:
     assert re.search(r"^error: email_taken: ", again.stderr, re.M), again.stderr[-2000:]
     for done in (as_written, again):
         assert "Traceback" not in done.stderr and done.stdout == ""
+
+
+def test_readme_calibration_walk_through(model_store, bentoml_home: Path, tmp_path: Path) -> None:
+    """The calibration walk-through as the README tells it: the README's ``labeled.jsonl`` lines
+    (their media made here), its ``python -m models calibrate`` line on a model store of its own,
+    then ``make serve`` again and its curl line: the answer decides at the calibrated operating point."""
+    from tests.e2e.servers import signup_over_http
+
+    readme = README.read_text(encoding="utf-8")
+    (block,) = [b for b in walk_throughs() if "models calibrate" in b]
+    (jsonl,) = re.findall(r"```jsonl\n(.*?)```", readme, re.S)
+    lines = [json.loads(line) for line in jsonl.splitlines() if line.strip()]
+    assert {"media", "label", "domain"} <= set(lines[0]), lines
+    for i, line in enumerate(lines):
+        (tmp_path / line["media"]).write_bytes(jpeg_bytes(160, 120, seed=200 + i))
+    (tmp_path / "labeled.jsonl").write_text(jsonl, encoding="utf-8")
+    (tmp_path / "face.jpg").write_bytes(jpeg_bytes(320, 240))
+    home = tmp_path / "bentoml-home"
+    shutil.copytree(bentoml_home / "models", home / "models")  # calibration writes model.yaml
+
+    commands = [line.strip() for line in block.splitlines() if line.strip() and not line.startswith("#")]
+    calibrate = [c for c in commands if "models calibrate" in c]
+    curls = [c for c in commands if c.startswith("curl ")]
+    assert len(calibrate) == 1 and len(curls) == 1 and "operating_point=" in curls[0], commands
+    done = subprocess.run(
+        ["bash", "-c", calibrate[0].replace(".venv/bin/python", sys.executable)],
+        cwd=tmp_path,
+        env=server_env(home),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    point = re.search(r"operating_point=(\w+)", curls[0]).group(1)
+    thresholds = {
+        json.loads(line)["tag"]: json.loads(line)["calibration"]["thresholds"]
+        for line in done.stdout.splitlines()
+    }
+    assert len(thresholds) == 2  # fp32 and int8
+
+    port = free_port()
+    server = ServerProcess(
+        ["make", "--no-print-directory", "serve", "HOST=127.0.0.1", f"PORT={port}"],
+        port=port,
+        bentoml_home=home,
+        log_path=tmp_path / "make-serve.log",
+    )
+    try:
+        server.wait_ready(MAKE_READY_TIMEOUT_S)
+        account = signup_over_http(server.url)
+        body = tmp_path / "response.json"
+        runnable = curls[0].replace(README_ADDRESS, f"localhost:{port}")
+        runnable = re.sub(r"^curl ", f"curl -sS -o {body} -w '%{{http_code}}' ", runnable)
+        done = subprocess.run(
+            ["bash", "-c", runnable],
+            cwd=tmp_path,
+            env={**server_env(home), "VERITY_API_KEY": account.key},
+            capture_output=True,
+            text=True,
+            timeout=CURL_TIMEOUT_S,
+            check=False,
+        )
+        answer = json.loads(body.read_text(encoding="utf-8"))
+        assert done.stdout.strip() == "200", answer
+        assert answer["calibrated"] is True and answer["operating_point"]["name"] == point
+        served_tag = f"{answer['model']['id']}:{answer['model']['version']}"
+        assert answer["threshold"] == thresholds[served_tag][point]
+        listed = {m["id"]: m for m in httpx.get(f"{server.url}/v1/models").json()["models"]}
+        assert listed["vit-dima806"]["calibration"]["thresholds"] == thresholds[served_tag]
+    finally:
+        server.stop()
