@@ -110,6 +110,7 @@ bench: setup models
 	$(PY) -m bench.image
 	$(PY) -m bench.trust
 	$(PY) -m bench.audio
+	$(PY) -m bench.text
 	$(PY) -m bench.video
 	$(PY) -m bench.lambda_cold
 	$(PY) -m bench.jobs

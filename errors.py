@@ -250,6 +250,10 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "webhook_secret_missing": (409, "a `webhook_url` before any `POST /v1/webhook-secret`"),
     "payload_too_large": (413, "the body is over the route's cap, refused before it is read"),
     "file_too_large": (413, "the media is over its byte cap (image 10 MB, audio 20 MB, video 32 MB)"),
+    "text_too_long": (
+        413,
+        "the text is over VERITY_MAX_TEXT_BYTES bytes or VERITY_MAX_TEXT_CHARS characters",
+    ),
     "upload_too_large": (
         413,
         "an upload over `VERITY_MAX_UPLOAD_BYTES`, or a file over its form's declared size",
@@ -261,6 +265,8 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "too_many_frames": (413, "the video holds more frames per second than its duration cap allows"),
     "unsupported_media_type": (415, "not an allowed format for the route, by its magic bytes"),
     "unsupported_content_type": (415, "a request content type the route does not take"),
+    "not_text": (415, "text detection got a binary file (NUL bytes, or a picture, sound or video)"),
+    "invalid_text_encoding": (415, "the text is not UTF-8 (or holds an unpaired surrogate)"),
     "decoder_unavailable": (415, "the server lacks the tool this format needs (ffmpeg)"),
     "invalid_input": (422, "a bad query parameter or body field (the message names it)"),
     "invalid_email": (422, "not an email address"),
@@ -274,6 +280,8 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "modality_mismatch": (422, "(job error) the uploaded bytes are not of the job's modality"),
     "invalid_grace": (422, "a roll grace period out of range"),
     "missing_file": (422, "a multipart body without the media field"),
+    "missing_text": (422, 'a JSON body without a "text" string'),
+    "empty_text": (422, "the text is empty or only whitespace"),
     "missing_image": (422, "a JSON body without `image`"),
     "missing_audio": (422, "a JSON body without `audio`"),
     "missing_video": (422, "a JSON body without `video`"),

@@ -75,6 +75,10 @@ MEDIA_REJECTION_CODES = frozenset(
         "no_video",
         "no_frames",
         "modality_mismatch",
+        "text_too_long",
+        "not_text",
+        "invalid_text_encoding",
+        "empty_text",
     }
 )
 # What refused a 429 (``errors.QuotaExceeded.kind``).

@@ -257,6 +257,7 @@ COSTS = {
     "image_explain": 1 + EXPLAIN_UNITS,
     "audio_per_started_minute": AUDIO_UNITS_PER_MINUTE,
     "video_per_started_minute": VIDEO_UNITS_PER_MINUTE,
+    "text_per_started_10000_characters": 1,
 }
 
 

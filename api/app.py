@@ -31,9 +31,10 @@ from api.middleware import (
     RequestIdMiddleware,
     metrics_refusal,
 )
-from api.openapi import DETECT_ERRORS, error_responses, media_request_body
+from api.openapi import DETECT_ERRORS, error_responses, media_request_body, text_request_body
 from api.payload import UploadReference, read_media_payload
 from api.stream import add_stream_routes
+from api.text_payload import read_text_payload
 from api.uploaded import detect_uploaded
 from api.web import add_page_routes
 from auth.accounts import Accounts
@@ -46,6 +47,7 @@ from detect.audio import detect_audio, detect_audio_file
 from detect.engine import Engine
 from detect.image import detect_image, image_models_for
 from detect.results import DetectionResult
+from detect.text import detect_text
 from detect.video import detect_video, detect_video_file
 from errors import (
     InvalidInput,
@@ -226,6 +228,8 @@ def create_app(settings: Settings) -> FastAPI:
     video_limit = settings.max_video_bytes * 4 // 3 + MULTIPART_OVERHEAD
 
     upload_limit = settings.max_upload_bytes + MULTIPART_OVERHEAD
+    # JSON may escape each character as six (\\uXXXX): the text's own caps are checked once read.
+    text_limit = settings.max_text_bytes * 6 + MULTIPART_OVERHEAD
 
     def body_limit(path: str) -> int:
         if path.endswith(LOCAL_UPLOAD_PATH):
@@ -236,6 +240,8 @@ def create_app(settings: Settings) -> FastAPI:
             return audio_limit
         if path.endswith("/v1/detect/video"):
             return video_limit
+        if path.endswith("/v1/detect/text"):
+            return text_limit
         return settings.max_json_body_bytes
 
     # Outermost first on the wire: metrics -> request id -> auth + quotas -> body cap -> routes.
@@ -321,7 +327,12 @@ def create_app(settings: Settings) -> FastAPI:
                 "served": True,
                 # The default of its modality: what a request that names no model gets.
                 "default": mid
-                in (engine.default_image_model, engine.settings.audio_model, engine.settings.video_model),
+                in (
+                    engine.default_image_model,
+                    engine.settings.audio_model,
+                    engine.settings.video_model,
+                    engine.settings.text_model,
+                ),
                 "precision_reason": m.precision_reason,
                 "warnings": m.warnings,
             }
@@ -439,6 +450,36 @@ def create_app(settings: Settings) -> FastAPI:
                 result = await detect_uploaded(request, principal, data.upload_id, on_file)
             else:
                 result = await detect_audio(engine, data, model_id=model, operating_point=operating_point)
+        await record_detection(request, accounts, principal, result)
+        return JSONResponse(result)
+
+    @app.post(
+        "/v1/detect/text",
+        tags=["detect"],
+        response_model=DetectionResult,
+        responses=DETECT_ERRORS,
+        openapi_extra=text_request_body(),
+    )
+    async def detect_text_route(
+        request: Request,
+        principal: account_routes.DetectPrincipal,
+        accounts: account_routes.AccountsDep,
+        model: Annotated[str | None, Query(description="catalog id; default: the served default")] = None,
+        operating_point: Annotated[OperatingPointName | None, Query(description=OPERATING_POINT_HELP)] = None,
+    ) -> JSONResponse:
+        """JSON `{"text": "..."}`, a multipart UTF-8 `.txt` / `.md` file (field `file`), or a raw
+        `text/plain` body. Segments cover character ranges of the text."""
+        engine = engine_of(request)
+        engine.decision(engine.text_model(model), operating_point)
+        payload = await read_text_payload(request, settings)
+        result = await detect_text(
+            engine,
+            payload.text,
+            model_id=model,
+            text_format=payload.format,
+            byte_count=payload.bytes,
+            operating_point=operating_point,
+        )
         await record_detection(request, accounts, principal, result)
         return JSONResponse(result)
 

@@ -70,3 +70,30 @@ def media_request_body(field: str, media_types: str) -> dict[str, Any]:
             },
         }
     }
+
+
+def text_request_body() -> dict[str, Any]:
+    """``POST /v1/detect/text``'s body (api/text_payload.py reads the request itself)."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {"text": {"type": "string", "description": "the text, as UTF-8 JSON"}},
+                        "required": ["text"],
+                    }
+                },
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {"file": {"type": "string", "format": "binary"}},
+                        "required": ["file"],
+                        "description": "a UTF-8 .txt or .md file under `file` (or `text`)",
+                    }
+                },
+                "text/plain": {"schema": {"type": "string"}},
+            },
+        }
+    }

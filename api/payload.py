@@ -7,8 +7,9 @@ import binascii
 import json
 import re
 from dataclasses import dataclass
+from typing import Any
 
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
@@ -39,23 +40,45 @@ def decode_data_url(value: str) -> bytes:
         raise InvalidInput(f"media is not valid base64: {exc}", code="invalid_base64") from exc
 
 
+def content_type_of(request: Request) -> str:
+    """The request's media type, lower case, without parameters."""
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+async def read_form(request: Request) -> FormData:
+    """The multipart form (close it when done). Starlette refuses a body without a boundary, with
+    broken framing or with too many parts as its own HTTPException (MultiPartException outside an
+    app), which would reach the client under a code the error table does not list."""
+    try:
+        return await request.form(max_files=2, max_fields=20)
+    except (HTTPException, MultiPartException) as exc:
+        detail = exc.detail if isinstance(exc, HTTPException) else exc.message
+        raise BadRequest(f"the multipart body does not parse: {detail}", code="invalid_multipart") from exc
+
+
+async def read_json_object(request: Request) -> dict[str, Any]:
+    """The JSON body, which must be an object."""
+    try:
+        body = json.loads(await request.body())
+    except ValueError as exc:
+        # JSONDecodeError and UnicodeDecodeError are ValueErrors, and so is an integer past
+        # Python's 4300-digit conversion limit, which the parser raises as a bare ValueError.
+        raise BadRequest(f"body is not valid JSON: {exc}", code="invalid_json") from exc
+    except RecursionError as exc:  # [[[[...]]]] deeper than the parser's stack
+        raise BadRequest("body is JSON nested too deeply", code="invalid_json") from exc
+    if not isinstance(body, dict):
+        raise InvalidInput("JSON body must be an object", code="invalid_input")
+    return body
+
+
 async def read_media_payload(request: Request, kind: str) -> bytes | UploadReference:
     """The media bytes from multipart (field ``kind`` or ``file``), JSON (``{kind: data URL}``)
     or a raw ``kind/*`` body, or a reference to an upload (JSON ``{"upload_id": ...}``); ``kind``
     is "image", "audio" or "video"."""
     fields = (kind, "file")
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    content_type = content_type_of(request)
     if content_type == "multipart/form-data":
-        try:
-            form = await request.form(max_files=2, max_fields=20)
-        except (HTTPException, MultiPartException) as exc:
-            # Starlette refuses a body without a boundary, with broken framing or with too many
-            # parts as its own HTTPException (MultiPartException outside an app), which would
-            # reach the client under a code the error table does not list.
-            detail = exc.detail if isinstance(exc, HTTPException) else exc.message
-            raise BadRequest(
-                f"the multipart body does not parse: {detail}", code="invalid_multipart"
-            ) from exc
+        form = await read_form(request)
         try:
             upload = next((form[k] for k in fields if isinstance(form.get(k), UploadFile)), None)
             if upload is None:
@@ -66,16 +89,7 @@ async def read_media_payload(request: Request, kind: str) -> bytes | UploadRefer
         finally:
             await form.close()
     if content_type == "application/json":
-        try:
-            body = json.loads(await request.body())
-        except ValueError as exc:
-            # JSONDecodeError and UnicodeDecodeError are ValueErrors, and so is an integer past
-            # Python's 4300-digit conversion limit, which the parser raises as a bare ValueError.
-            raise BadRequest(f"body is not valid JSON: {exc}", code="invalid_json") from exc
-        except RecursionError as exc:  # [[[[...]]]] deeper than the parser's stack
-            raise BadRequest("body is JSON nested too deeply", code="invalid_json") from exc
-        if not isinstance(body, dict):
-            raise InvalidInput("JSON body must be an object", code="invalid_input")
+        body = await read_json_object(request)
         if "upload_id" in body and kind not in body:
             upload_id = body["upload_id"]
             if not isinstance(upload_id, str) or not UPLOAD_ID.fullmatch(upload_id):

@@ -36,6 +36,7 @@ def meter_for(method: str, path: str, settings: Settings) -> Meter | None:
     limits = {
         "/v1/detect/image": ("image", settings.rate_limit_image_per_min),
         "/v1/detect/audio": ("audio", settings.rate_limit_audio_per_min),
+        "/v1/detect/text": ("text", settings.rate_limit_text_per_min),
         "/v1/detect/video": ("video", settings.rate_limit_video_per_min),
         "/v1/jobs": ("jobs", settings.rate_limit_jobs_per_min),
     }
@@ -51,12 +52,16 @@ def meter_for(method: str, path: str, settings: Settings) -> Meter | None:
 EXPLAIN_UNITS = 5  # an occlusion map is ~50 more model inputs, in a few batched calls
 AUDIO_UNITS_PER_MINUTE = 1
 VIDEO_UNITS_PER_MINUTE = 2  # up to 128 face crops a clip, and its audio track as well
+TEXT_CHARS_PER_UNIT = 10_000  # ~7 windows of a base-size text model
 
 
 def cost_units(result: dict[str, Any]) -> int:
     """The units a finished detection costs: an image 1 (+5 with an explanation), audio 1 per
-    started minute, video 2 per started minute."""
+    started minute, video 2 per started minute, text 1 per started 10,000 characters."""
     modality = result.get("modality")
+    if modality == "text":
+        characters = int((result.get("media") or {}).get("characters") or 0)
+        return max(1, math.ceil(characters / TEXT_CHARS_PER_UNIT))
     duration_s = float((result.get("media") or {}).get("duration_s") or 0.0)
     minutes = max(1, math.ceil(duration_s / 60 - 1e-9))
     if modality == "audio":

@@ -44,7 +44,8 @@ async def answer(
             modality = item.modality or detected
             if modality is None:
                 raise UnsupportedMedia(
-                    "not an image, audio or video file by its content", code="unsupported_media_type"
+                    "not an image, audio or video file by its content, nor a .txt / .md text",
+                    code="unsupported_media_type",
                 )
             line["modality"] = modality
             options = parse_options(

@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     audio_model: str = Field(
         "wav2vec2-audio", description="catalog id of the audio model; empty serves no audio"
     )
+    text_model: str = Field(
+        "roberta-openai-detector", description="catalog id of the AI-text model; empty serves no text"
+    )
     face_model: str = Field("mtcnn", description="catalog id of the face detector; empty: none")
     video_model: str = Field(
         "cnn-lstm", description="catalog id of the video head (served with its encoder); empty: none"
@@ -152,6 +155,12 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(40_000_000, ge=1, description="width*height cap (bombs)")
     max_json_body_bytes: int = Field(1 * MB, ge=1, description="cap for non-media requests")
     max_audio_bytes: int = Field(20 * MB, ge=1)
+    # A text is at most this many UTF-8 bytes and characters (50,000 characters: ~12,000 tokens,
+    # ~33 windows of 512 tokens, a few seconds of a base-size model on 2 cores).
+    max_text_bytes: int = Field(
+        256 * 1024, ge=1, description="largest text (UTF-8 bytes) /v1/detect/text takes"
+    )
+    max_text_chars: int = Field(50_000, ge=1, description="longest text (characters) /v1/detect/text takes")
     max_audio_duration_s: float = Field(300.0, gt=0, description="inline audio duration cap")
     ffmpeg_timeout_s: float = Field(30.0, gt=0, description="time limit for decoding M4A/AAC")
     max_video_bytes: int = Field(32 * MB, ge=1, description="inline video cap (larger: uploads)")
@@ -299,6 +308,7 @@ class Settings(BaseSettings):
     daily_limit: int = Field(100, ge=0)
     rate_limit_image_per_min: int = Field(60, ge=0)
     rate_limit_audio_per_min: int = Field(30, ge=0)
+    rate_limit_text_per_min: int = Field(60, ge=0)
     rate_limit_video_per_min: int = Field(10, ge=0)
     rate_limit_jobs_per_min: int = Field(10, ge=0)
 
@@ -402,6 +412,10 @@ class Settings(BaseSettings):
     @property
     def served_audio_models(self) -> list[str]:
         return [self.audio_model] if self.audio_model else []
+
+    @property
+    def served_text_models(self) -> list[str]:
+        return [self.text_model] if self.text_model else []
 
     @property
     def served_face_models(self) -> list[str]:

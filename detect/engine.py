@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import numpy as np
@@ -19,6 +19,9 @@ from models.catalog import AudioInputSpec, SequenceInputSpec, load_catalog
 from models.store import StoredModel
 from provenance.manifests import ProvenanceReader, not_checked
 from provenance.signing import signer_from_settings
+
+if TYPE_CHECKING:
+    from models.text_tokens import TextTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +68,13 @@ class FaceFinder(Protocol):
     def detect(self, frames: list[np.ndarray]) -> list[list[Any]]: ...
 
 
+def _tokenizer_of(stored: StoredModel) -> TextTokenizer:
+    from models.text_tokens import TOKENIZER_FILE, TextTokenizer
+
+    spec = stored.text_spec
+    return TextTokenizer(stored.path / TOKENIZER_FILE, bos_id=spec.bos_id, eos_id=spec.eos_id)
+
+
 def audio_hop_s(settings: Settings, spec: AudioInputSpec) -> float:
     """Seconds between window starts: ``VERITY_AUDIO_HOP_S`` when set, else the catalog's."""
     hop_s = settings.audio_hop_s or spec.hop_s
@@ -81,6 +91,7 @@ class Engine:
         image_models: dict[str, ServedModel],
         audio_models: dict[str, ServedModel] | None = None,
         *,
+        text_models: dict[str, ServedModel] | None = None,
         video: VideoModels | None = None,
         face_detector: FaceFinder | None = None,
         face_stored: StoredModel | None = None,
@@ -89,6 +100,9 @@ class Engine:
         sandbox.configure(settings.decoder_memory_mb)  # every entry point builds an engine
         self.image_models = image_models
         self.audio_models = audio_models or {}
+        self.text_models = text_models or {}
+        # Text is tokenized here, in the API process, with each model's own tokenizer.json.
+        self._tokenizers = {mid: _tokenizer_of(m.stored) for mid, m in self.text_models.items()}
         self.video = video
         self.face_detector = face_detector
         self.face_stored = face_stored  # what /health/ready and /v1/models say about it
@@ -139,7 +153,7 @@ class Engine:
     @property
     def served(self) -> dict[str, ServedModel]:
         video = {m.stored.model_id: m for m in self.video.served} if self.video else {}
-        return {**self.image_models, **self.audio_models, **video}
+        return {**self.image_models, **self.audio_models, **self.text_models, **video}
 
     def video_models(self) -> VideoModels:
         if self.video is None:
@@ -148,6 +162,16 @@ class Engine:
 
     def image_model(self, model_id: str | None) -> ServedModel:
         return self._find(model_id or self.default_image_model, self.image_models, "image")
+
+    def text_model(self, model_id: str | None) -> ServedModel:
+        if model_id is None:
+            if not self.text_models:
+                raise ServiceUnavailable("no text model is served here", code="modality_unavailable")
+            model_id = next(iter(self.text_models))
+        return self._find(model_id, self.text_models, "text")
+
+    def tokenizer_for(self, served: ServedModel) -> TextTokenizer:
+        return self._tokenizers[served.stored.model_id]
 
     def audio_model(self, model_id: str | None) -> ServedModel:
         if model_id is None:

@@ -24,7 +24,9 @@ from errors import BadMedia, InvalidInput
 from media.sniff import AUDIO_FORMATS, IMAGE_FORMATS, SNIFF_BYTES, VIDEO_FORMATS, sniff
 from models.calibration import OperatingPoint
 
-MODALITIES = ("image", "audio", "video")
+MODALITIES = ("image", "audio", "video", "text")
+# Text has no magic bytes: a file is text by its name, and its content is checked when it runs.
+TEXT_SUFFIXES = (".txt", ".md", ".markdown")
 
 
 class _Options(BaseModel):
@@ -55,7 +57,17 @@ class VideoOptions(_Options):
     operating_point: OperatingPoint | None = None
 
 
-OPTIONS: dict[str, type[_Options]] = {"image": ImageOptions, "audio": AudioOptions, "video": VideoOptions}
+class TextOptions(_Options):
+    model: str | None = None
+    operating_point: OperatingPoint | None = None
+
+
+OPTIONS: dict[str, type[_Options]] = {
+    "image": ImageOptions,
+    "audio": AudioOptions,
+    "video": VideoOptions,
+    "text": TextOptions,
+}
 
 
 def parse_options(modality: str, raw: dict[str, Any], *, max_frames_cap: int) -> dict[str, Any]:
@@ -85,6 +97,8 @@ def check_models(engine: Engine, modality: str, options: dict[str, Any]) -> None
         else:
             deciding = engine.video_models().head
         engine.decision(deciding, point)
+    elif modality == "text":
+        engine.decision(engine.text_model(options.get("model")), point)
     elif modality == "image":
         members = image_models_for(
             engine, options.get("model"), options.get("models"), explain=bool(options.get("explain"))
@@ -96,9 +110,12 @@ def check_models(engine: Engine, modality: str, options: dict[str, Any]) -> None
 
 
 def modality_of(path: Path) -> str | None:
-    """The file's modality by its magic bytes ("image", "video", "audio"), or None."""
+    """The file's modality by its magic bytes ("image", "video", "audio"), or "text" for a
+    ``.txt`` / ``.md`` file that is none of those; else None."""
     with path.open("rb") as handle:
         kind = sniff(handle.read(SNIFF_BYTES))
+    if kind is None and path.suffix.lower() in TEXT_SUFFIXES:
+        return "text"
     if kind in IMAGE_FORMATS:
         return "image"
     if kind in VIDEO_FORMATS:
@@ -110,7 +127,10 @@ def modality_of(path: Path) -> str | None:
 
 def check_modality(detected: str | None, modality: str) -> None:
     """``BadMedia`` (``modality_mismatch``) unless a file detected as ``detected`` can be run as
-    ``modality``. A video container may be run as audio (its audio track)."""
+    ``modality``. A video container may be run as audio (its audio track); any file that is no
+    known media may be run as text (its bytes are checked as text then)."""
+    if modality == "text" and detected in (None, "text"):
+        return
     if detected is None or (detected != modality and not (detected == "video" and modality == "audio")):
         raise BadMedia(
             f"the file is not {modality} by its content (detected: {detected or 'unknown'})",
@@ -131,6 +151,21 @@ async def detect_file(
     ``detected`` is what ``modality_of`` said of the file (the caller has asked it already, to
     choose a modality or to report it); it must fit ``modality``. Bad media raises its typed error."""
     check_modality(detected, modality)
+    if modality == "text":
+        from detect.text import detect_text
+        from media.text import format_of, text_from_bytes
+
+        limit = engine.settings.max_text_bytes
+        data = await anyio.to_thread.run_sync(_read_at_most, path, limit + 1)  # one byte over: too long
+        payload = text_from_bytes(data, engine.settings, text_format=format_of(path.name))
+        return await detect_text(
+            engine,
+            payload.text,
+            model_id=options.get("model"),
+            text_format=payload.format,
+            byte_count=payload.bytes,
+            operating_point=options.get("operating_point"),
+        )
     if modality == "image":
         from detect.image import detect_image
         from media.image import read_image_file
@@ -169,3 +204,8 @@ async def detect_file(
         stability=bool(options.get("stability", False)),
         operating_point=options.get("operating_point"),
     )
+
+
+def _read_at_most(path: Path, size: int) -> bytes:
+    with path.open("rb") as handle:
+        return handle.read(size)

@@ -35,6 +35,7 @@ class ServedModels:
     image: dict[str, StoredModel]
     audio: dict[str, StoredModel]
     video: dict[str, StoredModel] = field(default_factory=dict)  # {"encoder": ..., "head": ...} or {}
+    text: dict[str, StoredModel] = field(default_factory=dict)
     face: StoredModel | None = None
     # Why each model is served at its precision (model id -> one sentence), for the log and /v1/models.
     precision_reasons: dict[str, str] = field(default_factory=dict)
@@ -106,6 +107,7 @@ def served_models(settings: Settings) -> ServedModels:
         image={mid: one(mid) for mid in settings.served_image_models},
         audio={mid: one(mid) for mid in settings.served_audio_models},
         video=video,
+        text={mid: one(mid) for mid in settings.served_text_models},
         # The face detector has one export, fp32 (models/export/mtcnn.py says why).
         face=_stored_or_fail(settings.face_model, "fp32") if settings.face_model else None,
         precision_reasons=reasons,
@@ -135,6 +137,7 @@ def build_engine(
         settings,
         {mid: served(s) for mid, s in models.image.items()},
         audio_models={mid: served(s) for mid, s in models.audio.items()},
+        text_models={mid: served(s) for mid, s in models.text.items()},
         video=video,
         face_detector=face_detector(settings, models.face) if models.face else None,
         face_stored=models.face,

@@ -38,10 +38,13 @@ class ResultWarning(BaseModel):
 
 
 class Segment(BaseModel):
-    """A stretch of the timeline (audio windows, seconds of video)."""
+    """A stretch of the timeline (audio windows, seconds of video), or of a text (its windows'
+    characters: Python string indices, end exclusive)."""
 
-    start_s: float = Field(ge=0.0)
-    end_s: float = Field(ge=0.0)
+    start_s: float | None = Field(None, ge=0.0)
+    end_s: float | None = Field(None, ge=0.0)
+    start_char: int | None = Field(None, ge=0, description="text: first character of the window")
+    end_char: int | None = Field(None, ge=0, description="text: one past its last character")
     fake_probability: float = Probability
     frames: int | None = Field(None, description="video: analysed frames in this stretch")
 
@@ -110,7 +113,7 @@ class Stability(BaseModel):
 
 
 class NotApplicable(BaseModel):
-    reason: Literal["too_small", "too_dark", "no_speech"]
+    reason: Literal["too_small", "too_dark", "no_speech", "too_short"]
     message: str
     measured: dict[str, Any]
 
@@ -122,12 +125,12 @@ class ResultSignature(BaseModel):
 
 
 class DetectionResult(BaseModel):
-    """``POST /v1/detect/{image,audio,video}``, and ``GET /v1/history/{id}``."""
+    """``POST /v1/detect/{image,audio,video,text}``, and ``GET /v1/history/{id}``."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     id: str = Field(pattern=r"^det_[0-9A-HJKMNP-TV-Z]{26}$", description="also the history id")
-    modality: Literal["image", "audio", "video"]
+    modality: Literal["image", "audio", "video", "text"]
     created_at: str
     verdict: Verdict
     fake_probability: float | None = Field(

@@ -6,6 +6,7 @@ python -m models export keras-cnn --source detector.h5
 python -m models export cnn-lstm --source video_model_v2.keras --encoder finetuned_model.h5
 python -m models export cnn-lstm                    # the video pair (encoder + LSTM head), dev weights
 python -m models export wav2vec2-audio              # the default audio model (hub or dev)
+python -m models export roberta-openai-detector     # the default text model (hub or dev)
 python -m models export mtcnn                       # the face detector (weights ship with `mtcnn`)
 python -m models ensure                             # export the served models if missing
 python -m models calibrate vit-dima806 --data labeled.jsonl   # calibration map + operating points
@@ -108,6 +109,7 @@ def _cmd_ensure(args: argparse.Namespace) -> int:
     for model_id in [
         *settings.served_image_models,
         *settings.served_audio_models,
+        *settings.served_text_models,
         *settings.served_video_models,
     ]:
         # auto serves int8 only beside its fp32 export (export_model stores both), else fp32.

@@ -113,11 +113,48 @@ class SequenceInputSpec:
         return asdict(self)
 
 
-InputSpec = ImageInputSpec | AudioInputSpec | SequenceInputSpec
+@dataclass(frozen=True)
+class TextInputSpec:
+    """How a text becomes a text classifier's input (``models/text_tokens.py``): windows of
+    ``max_tokens`` tokens, the model's ``<s>`` (``bos_id``) and ``</s>`` (``eos_id``) included,
+    overlapping by ``overlap_tokens``; a text under ``min_tokens`` tokens is not judged. Export
+    stores the checkpoint's special-token ids and caps ``max_tokens`` at its positions."""
+
+    max_tokens: int = 512
+    overlap_tokens: int = 128
+    min_tokens: int = 24
+    bos_id: int = 0
+    eos_id: int = 2
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> TextInputSpec:
+        spec = cls(
+            max_tokens=int(raw.get("max_tokens", 512)),
+            overlap_tokens=int(raw.get("overlap_tokens", 128)),
+            min_tokens=int(raw.get("min_tokens", 24)),
+            bos_id=int(raw.get("bos_id", 0)),
+            eos_id=int(raw.get("eos_id", 2)),
+        )
+        # A window holds max_tokens - 2 text tokens; the overlap must leave it a stride of one or more.
+        if not (
+            spec.max_tokens >= 4 and 0 <= spec.overlap_tokens <= spec.max_tokens - 3 and spec.min_tokens >= 1
+        ):
+            raise ValueError(
+                f"text input needs max_tokens >= 4 and 0 <= overlap_tokens <= max_tokens - 3: {raw}"
+            )
+        return spec
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+InputSpec = ImageInputSpec | AudioInputSpec | SequenceInputSpec | TextInputSpec
 
 
 def input_spec_from_dict(modality: str, raw: dict[str, Any]) -> InputSpec:
     """The ``input`` table of a catalog entry (or stored metadata) for its modality."""
+    if modality == "text":
+        return TextInputSpec.from_dict(raw)
     if modality == "audio":
         return AudioInputSpec.from_dict(raw)
     if modality == "video-head":
@@ -139,7 +176,7 @@ class CatalogEntry:
     # The modality's input spec: an ImageInputSpec for image entries and video encoders, an
     # AudioInputSpec for audio ones, a SequenceInputSpec for video heads (``audio`` and
     # ``sequence`` give the latter two typed, None for other modalities).
-    input: ImageInputSpec | AudioInputSpec | SequenceInputSpec
+    input: InputSpec
     license: str = ""
     dev_config: dict[str, Any] = field(default_factory=dict)
     # Video models come in pairs exported together: a head names its encoder, an encoder its head.
@@ -148,6 +185,10 @@ class CatalogEntry:
     @property
     def audio(self) -> AudioInputSpec | None:
         return self.input if isinstance(self.input, AudioInputSpec) else None
+
+    @property
+    def text(self) -> TextInputSpec | None:
+        return self.input if isinstance(self.input, TextInputSpec) else None
 
     @property
     def sequence(self) -> SequenceInputSpec | None:

@@ -14,15 +14,27 @@ from models.preprocess import normalize_pixels
 log = logging.getLogger(__name__)
 
 
+def _feed(session: ort.InferenceSession, batch: np.ndarray) -> dict[str, np.ndarray]:
+    """The session's inputs for ``batch``: float32 for pictures, sounds and features; int64 token
+    ids for a text model, with its all-ones ``attention_mask`` (text windows are never padded)."""
+    inputs = session.get_inputs()
+    if np.issubdtype(batch.dtype, np.integer):
+        ids = np.ascontiguousarray(batch, dtype=np.int64)
+        feed = {inputs[0].name: ids}
+        feed.update({extra.name: np.ones_like(ids) for extra in inputs[1:]})
+        return feed
+    return {inputs[0].name: np.ascontiguousarray(batch, dtype=np.float32)}
+
+
 def run_session(session: ort.InferenceSession, batch: np.ndarray, *, rows_alone: bool = False) -> np.ndarray:
-    """``batch`` (float32) through a single-input session, its first output; ``rows_alone`` one row
-    at a time (``OnnxModel`` says why). Export's checks run INT8 graphs through here too, so the
+    """``batch`` through the session (``_feed``), its first output; ``rows_alone`` one row at a
+    time (``OnnxModel`` says why). Export's checks run INT8 graphs through here too, so the
     agreement figures they store are measured exactly as serving runs the graph."""
-    name = session.get_inputs()[0].name
-    batch = np.ascontiguousarray(batch, dtype=np.float32)
     if rows_alone and len(batch) > 1:
-        return np.concatenate([session.run(None, {name: batch[i : i + 1]})[0] for i in range(len(batch))])
-    return session.run(None, {name: batch})[0]
+        return np.concatenate(
+            [session.run(None, _feed(session, batch[i : i + 1]))[0] for i in range(len(batch))]
+        )
+    return session.run(None, _feed(session, batch))[0]
 
 
 class OnnxModel:

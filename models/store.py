@@ -14,7 +14,7 @@ from typing import Any
 import bentoml
 from bentoml.exceptions import NotFound
 
-from models.catalog import AudioInputSpec, ImageInputSpec, SequenceInputSpec
+from models.catalog import AudioInputSpec, ImageInputSpec, SequenceInputSpec, TextInputSpec
 
 ONNX_FILE = "model.onnx"
 
@@ -81,6 +81,8 @@ class StoredModel:
             raise TypeError(f"{self.tag} is an audio model: use audio_spec")
         if self.modality == "video-head":
             raise TypeError(f"{self.tag} is a video head: use sequence_spec")
+        if self.modality == "text":
+            raise TypeError(f"{self.tag} is a text model: use text_spec")
         return ImageInputSpec.from_dict(self.metadata["input"])
 
     @property
@@ -89,6 +91,13 @@ class StoredModel:
         if self.modality != "video-head":
             raise TypeError(f"{self.tag} is a {self.modality} model, not a video head")
         return SequenceInputSpec.from_dict(self.metadata["input"])
+
+    @property
+    def text_spec(self) -> TextInputSpec:
+        """Windowing and special-token ids of a text model (stored under "input")."""
+        if self.modality != "text":
+            raise TypeError(f"{self.tag} is a {self.modality} model, not a text one")
+        return TextInputSpec.from_dict(self.metadata["input"])
 
     @property
     def audio_spec(self) -> AudioInputSpec:

@@ -50,7 +50,7 @@ import pytest  # noqa: E402
 from hypothesis import HealthCheck  # noqa: E402
 from hypothesis import settings as hypothesis_settings  # noqa: E402
 
-from tests.tiny import TINY_SIGLIP, TINY_VIT, TINY_WAV2VEC2  # noqa: E402
+from tests.tiny import TINY_ROBERTA, TINY_SIGLIP, TINY_VIT, TINY_WAV2VEC2  # noqa: E402
 
 # The video pair (models/export/keras_video.py): 2 conv blocks -> 8 pooled features, 4-frame
 # windows, LSTM(8) -> Dense(1, sigmoid). SmallCNN takes 0..1 pixels (EfficientNet's 0..255).
@@ -192,6 +192,9 @@ def model_store(bentoml_home: Path, face_model_store: list) -> dict[str, list]:
         "vit-dima806": export_model("vit-dima806", offline=True, dev_overrides=TINY_VIT),
         "siglip-open-deepfake": export_model("siglip-open-deepfake", offline=True, dev_overrides=TINY_SIGLIP),
         "wav2vec2-audio": export_model("wav2vec2-audio", offline=True, dev_overrides=TINY_WAV2VEC2),
+        "roberta-openai-detector": export_model(
+            "roberta-openai-detector", offline=True, dev_overrides=TINY_ROBERTA
+        ),
         # Four models: cnn-lstm-encoder and cnn-lstm (the head), each fp32 and int8.
         "cnn-lstm": export_model("cnn-lstm", offline=True, dev_overrides=TINY_CNN_LSTM),
     }

@@ -25,3 +25,13 @@ TINY_WAV2VEC2 = {
     "do_stable_layer_norm": False,
     "classifier_proj_size": 16,
 }
+
+# roberta-openai-detector, tiny: 2 layers of width 32 and a 1,000-token dev tokenizer; the
+# catalog's 512-token windows stay (texts of a few thousand characters make several windows).
+TINY_ROBERTA = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 37,
+    "tokenizer_vocab_size": 1000,
+}

@@ -387,9 +387,11 @@ function setMode(mode) {
   state.mode = mode;
   if (leaving) stopCamera();
   const camera = mode === "camera";
-  $("file-form").hidden = camera;
+  const text = mode === "text";
+  $("file-form").hidden = camera || text;
+  $("text-form").hidden = !text;
   $("camera-box").hidden = !camera;
-  if (!camera) {
+  if (!camera && !text) {
     const m = MODES[mode];
     $("file-label").textContent = m.label;
     $("file-hint").textContent = m.hint;
@@ -482,6 +484,34 @@ async function analyse(event) {
       ? await analyseAsJob(file, modality, chosen)
       : await analyseInline(file, modality, chosen);
     state.media.set(result.id, { modality, url: URL.createObjectURL(file) });
+    showResult(result);
+    refreshHistory(true);
+    refreshUsage();
+  } catch (error) {
+    showError("analyse-error", error);
+  } finally {
+    busy(form, false);
+    hideProgress();
+  }
+}
+
+// Text: pasted, or read from a chosen .txt / .md file, sent as JSON.
+async function analyseText(event) {
+  event.preventDefault();
+  showError("analyse-error", null);
+  const file = $("text-file").files[0];
+  const text = file ? await file.text() : $("text-input").value;
+  if (!text.trim()) {
+    showError("analyse-error", new Error("Paste a text or choose a file first."));
+    $("text-input").focus();
+    return;
+  }
+  const form = $("text-form");
+  busy(form, true);
+  try {
+    showProgress("Analysing…", null);
+    const result = await api("/v1/detect/text", { method: "POST", json: { text } });
+    state.media.set(result.id, { modality: "text", text });
     showResult(result);
     refreshHistory(true);
     refreshUsage();
@@ -622,6 +652,10 @@ function showMedia(result) {
   for (const note of $("media-box").querySelectorAll(".media-note")) note.remove();
   const { width, height } = result.media || {};
 
+  if (result.modality === "text") {
+    showText(stage, result, kept);
+    return;
+  }
   if (result.modality === "image") {
     const overlay = svg("svg", { class: "overlay", "aria-hidden": "true" });
     if (width && height) {
@@ -711,8 +745,40 @@ function drawFaces(overlay, faces, threshold) {
   });
 }
 
-function showTimeline(result) {
+// A text's windows over its characters: each stretch of the text shaded by the most-fake window
+// that covers it (windows overlap); without the text (a history item), the windows' ranges.
+function showText(stage, result, kept) {
+  stage.classList.add("text");
   const segments = result.segments || [];
+  const view = el("div", { className: "text-view", "data-testid": "text-view" });
+  if (kept && kept.text) {
+    const cuts = [...new Set([0, kept.text.length, ...segments.flatMap((s) => [s.start_char, s.end_char])])].sort((a, b) => a - b);
+    for (let i = 0; i + 1 < cuts.length; i += 1) {
+      const [a, b] = [cuts[i], cuts[i + 1]];
+      const covering = segments.filter((s) => s.start_char <= a && b <= s.end_char).map((s) => s.fake_probability);
+      const piece = kept.text.slice(a, b);
+      if (!covering.length) {
+        view.append(document.createTextNode(piece));
+        continue;
+      }
+      const p = Math.max(...covering);
+      const mark = el("mark", { text: piece, title: `${percent(p, 0)} fake`, "data-p": p.toFixed(3) });
+      mark.dataset.side = p >= result.threshold ? "fake" : "real";
+      mark.style.setProperty("--p", String(p));
+      view.append(mark);
+    }
+  } else {
+    view.append(el("p", { className: "hint", text: "The text is not kept by the server; its windows:" }));
+  }
+  const list = el("ol", { className: "windows", "data-testid": "text-windows" });
+  for (const s of segments) {
+    list.append(el("li", { text: `characters ${s.start_char}–${s.end_char}: ${percent(s.fake_probability)} fake` }));
+  }
+  stage.append(view, list);
+}
+
+function showTimeline(result) {
+  const segments = result.modality === "text" ? [] : result.segments || [];
   const box = $("timeline-box");
   const timeline = $("timeline");
   timeline.replaceChildren();
@@ -841,6 +907,7 @@ function showMeta(result) {
     ["What", `${result.modality}${media.format ? ` (${media.format})` : ""}`],
     ["Size", media.width ? `${media.width} × ${media.height} px` : null],
     ["Length", media.duration_s !== undefined ? seconds(media.duration_s) : null],
+    ["Text", media.characters !== undefined ? `${media.characters} characters, ${media.tokens} tokens, ${media.windows} window${media.windows === 1 ? "" : "s"}` : null],
     ["Model", `${model.id} ${model.version} (${model.precision}, ${model.weights} weights)`],
     ["Took", result.timing_ms && result.timing_ms.total !== undefined ? `${Math.round(result.timing_ms.total)} ms` : null],
     ["Cost", result.cost_units !== undefined && result.cost_units !== null ? `${result.cost_units} unit${result.cost_units === 1 ? "" : "s"}` : null],
@@ -1114,6 +1181,7 @@ function main() {
   $("key-form").addEventListener("submit", useKey);
   $("sign-out").addEventListener("click", () => signOut());
   $("file-form").addEventListener("submit", analyse);
+  $("text-form").addEventListener("submit", analyseText);
   $("cancel-job").addEventListener("click", cancelJob);
   $("history-refresh").addEventListener("click", () => refreshHistory(true));
   $("history-more").addEventListener("click", () => refreshHistory(false));

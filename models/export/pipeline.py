@@ -11,26 +11,34 @@ import numpy as np
 import onnx
 import onnxruntime
 
-from models.catalog import AudioInputSpec, get_entry
+from models.catalog import AudioInputSpec, TextInputSpec, get_entry
 from models.export.audio_probe import probe_audio_batches
 from models.export.parity import FP32_TOLERANCE, check_parity, int8_agreement, run_onnx
 from models.export.probe import probe_batch
 from models.export.quantize import INT8_SCHEME, quantize_int8
-from models.export.save import save_onnx
-from models.export.source import ExportSource, SourceInfo
-from models.store import StoredModel
+from models.export.save import save_onnx, save_onnx_files
+from models.export.source import ExportSource
+from models.store import ONNX_FILE, StoredModel
 
 log = logging.getLogger(__name__)
 
 PROBE_SIZE = 16
 # Audio (wav2vec2-style) INT8 covers the transformer's matrix products only: dynamic quantization
-# of the conv feature encoder and the weight-normed positional conv breaks them.
+# of the conv feature encoder and the weight-normed positional conv breaks them. Text models
+# (RoBERTa) likewise: their matrix products, not the embedding lookups.
 AUDIO_INT8_OP_TYPES = ["MatMul", "Gemm"]
 
 
-def probe_batches(info: SourceInfo, count: int = PROBE_SIZE) -> list[np.ndarray]:
+def probe_batches(src: ExportSource, count: int = PROBE_SIZE) -> list[np.ndarray]:
     """The probe set as model input, one array per input shape: pictures are one batch; audio
-    is full windows plus shorter clips (each length its own batch, as serving runs them)."""
+    is full windows plus shorter clips, text full token windows plus short texts (each length its
+    own batch, as serving runs them)."""
+    info = src.info
+    if isinstance(info.input, TextInputSpec):
+        from models.export.hf_text import HFTextSource, probe_text_batches
+
+        assert isinstance(src, HFTextSource)
+        return probe_text_batches(src, count)
     if isinstance(info.input, AudioInputSpec):
         return probe_audio_batches(info.input, count)
     return [probe_batch(info.input, count)]
@@ -67,6 +75,10 @@ def make_source(
         return KerasImageSource(entry, path=Path(source), fake_index=fake_index)
     if entry.source == "file":
         raise ValueError(f"{model_id} needs --source pointing at a .h5 or .keras file")
+    if entry.modality == "text":
+        from models.export.hf_text import HFTextSource
+
+        return HFTextSource(entry, source=source, offline=offline, dev_overrides=dev_overrides)
     if entry.modality == "audio":
         from models.export.hf_audio import HFAudioSource
 
@@ -81,8 +93,14 @@ def export_source(
 ) -> list[StoredModel]:
     info = src.info
     info.versions.update({"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__})
-    probe = probe_batches(info, PROBE_SIZE)
-    audio = info.modality == "audio"
+    probe = probe_batches(src, PROBE_SIZE)
+    matmul_only = info.modality in ("audio", "text")
+    # Files stored beside the graph (a text model's tokenizer.json).
+    extra: dict[str, Path] = src.extra_files() if hasattr(src, "extra_files") else {}
+
+    def save(path: Path, metadata: dict[str, Any]) -> StoredModel:
+        return save_onnx_files({ONNX_FILE: path, **extra}, metadata) if extra else save_onnx(path, metadata)
+
     stored: list[StoredModel] = []
     with tempfile.TemporaryDirectory(prefix="verity-export-") as tmp:
         fp32_path = Path(tmp) / "fp32.onnx"
@@ -97,10 +115,10 @@ def export_source(
             "parity_tolerance": tolerance,
             "parity_probe_size": PROBE_SIZE,
         }
-        stored.append(save_onnx(fp32_path, {**base, "precision": "fp32"}))
+        stored.append(save(fp32_path, {**base, "precision": "fp32"}))
         if int8:
             int8_path = quantize_int8(
-                fp32_path, Path(tmp) / "int8.onnx", op_types=AUDIO_INT8_OP_TYPES if audio else None
+                fp32_path, Path(tmp) / "int8.onnx", op_types=AUDIO_INT8_OP_TYPES if matmul_only else None
             )
             agreement = int8_agreement(
                 fp32_out,
@@ -117,7 +135,7 @@ def export_source(
                 agreement.mean_probability_diff,
             )
             stored.append(
-                save_onnx(
+                save(
                     int8_path,
                     {
                         **base,

@@ -9,7 +9,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from models.catalog import AudioInputSpec, ImageInputSpec
+from models.catalog import AudioInputSpec, ImageInputSpec, TextInputSpec
 
 # The base seed of every dev build (random weights from the catalog's config); see dev_seed.
 DEV_SEED = 20261121
@@ -38,7 +38,7 @@ class SourceInfo:
     fake_index: int
     output: Literal["logits", "probabilities"]
     threshold: float
-    input: ImageInputSpec | AudioInputSpec
+    input: ImageInputSpec | AudioInputSpec | TextInputSpec
     license: str = ""
     versions: dict[str, str] = field(default_factory=dict)
 

@@ -124,6 +124,35 @@ def test_a_folder_of_mixed_and_hostile_media(env: dict[str, str], tmp_path: Path
     assert "8 already answered" in again.stderr and "onnx session ready" not in again.stderr
 
 
+def test_a_folder_of_texts(env: dict[str, str], tmp_path: Path) -> None:
+    """.txt and .md files are text by their names; their bytes are checked as the API checks them."""
+    essay = "The committee met on Tuesday to review the budget and postponed the vote. " * 40
+    media = _files(
+        tmp_path / "texts",
+        {
+            "essay.txt": essay.encode(),
+            "notes.md": ("# Notes\n\n" + essay[:600]).encode(),
+            "short.txt": b"Too short.",
+            "binary.txt": b"\x00\x01\x02 not text",
+            "latin1.txt": "caf\u00e9 ".encode("latin-1") * 10,
+        },
+    )
+    output = tmp_path / "out.jsonl"
+    run = batch(env, "--input", str(media), "--output", str(output))
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = {line["id"]: line for line in lines_of(output)}
+    assert {k: v["modality"] for k, v in lines.items()} == dict.fromkeys(lines, "text")
+    result = lines["essay.txt"]["result"]
+    DetectionResult.model_validate(result)
+    assert (
+        result["media"]["windows"] == len(result["segments"]) >= 2 and result["signature"]["alg"] == "EdDSA"
+    )
+    assert lines["notes.md"]["result"]["media"]["format"] == "markdown"
+    assert lines["short.txt"]["result"]["verdict"] == "NOT_APPLICABLE"
+    assert lines["binary.txt"]["error"]["code"] == "not_text"
+    assert lines["latin1.txt"]["error"]["code"] == "invalid_text_encoding"
+
+
 def test_killed_mid_run_then_resumed_answers_every_item_once(env: dict[str, str], tmp_path: Path) -> None:
     count = 300  # enough that the run outlasts the poll that kills it by far
     media = _files(tmp_path / "media", {f"{i:03d}.jpg": jpeg_bytes(48, 48, seed=i) for i in range(count)})
@@ -162,7 +191,7 @@ def test_killed_mid_run_then_resumed_answers_every_item_once(env: dict[str, str]
 
 def test_dry_runs_list_each_shard_and_run_nothing(env: dict[str, str], tmp_path: Path) -> None:
     media = _files(tmp_path / "media", {f"{i}.jpg": jpeg_bytes(32, 32, seed=i) for i in range(12)})
-    (tmp_path / "media" / "note.txt").write_text("not media")
+    (tmp_path / "media" / "note.bin").write_text("not media")  # a .txt would be text
     manifest = tmp_path / "manifest.jsonl"
     manifest.write_text(
         "".join(
@@ -173,9 +202,9 @@ def test_dry_runs_list_each_shard_and_run_nothing(env: dict[str, str], tmp_path:
     whole = batch(env, "--input", str(media), "--output", str(tmp_path / "out.jsonl"), "--dry-run")
     assert whole.returncode == 0, whole.stderr
     listed = [json.loads(line) for line in whole.stdout.splitlines()]
-    assert [entry["id"] for entry in listed] == sorted([*(f"{i}.jpg" for i in range(12)), "note.txt"])
-    assert {entry["id"]: entry["modality"] for entry in listed}["note.txt"] is None
-    assert {entry["modality"] for entry in listed if entry["id"] != "note.txt"} == {"image"}
+    assert [entry["id"] for entry in listed] == sorted([*(f"{i}.jpg" for i in range(12)), "note.bin"])
+    assert {entry["id"]: entry["modality"] for entry in listed}["note.bin"] is None
+    assert {entry["modality"] for entry in listed if entry["id"] != "note.bin"} == {"image"}
 
     shards: list[set[str]] = []
     for index in range(3):  # as three Cloud Run tasks see it

@@ -34,7 +34,14 @@ log = logging.getLogger(__name__)
 BUILD_TIMEOUT_S = 300
 # Export-time only: none of these may reach the serving image.
 EXPORT_ONLY = {"torch", "tensorflow", "tensorflow-cpu", "transformers", "tf2onnx", "keras", "onnxscript"}
-SERVED = ("vit-dima806", "siglip-open-deepfake", "wav2vec2-audio", "cnn-lstm", "mtcnn")
+SERVED = (
+    "vit-dima806",
+    "siglip-open-deepfake",
+    "wav2vec2-audio",
+    "roberta-openai-detector",
+    "cnn-lstm",
+    "mtcnn",
+)
 
 
 def served_stored() -> list:
@@ -44,7 +51,13 @@ def served_stored() -> list:
     from detect.hosting import served_models
 
     served = served_models(Settings())
-    return [*served.image.values(), *served.audio.values(), *served.video.values(), served.face]
+    return [
+        *served.image.values(),
+        *served.audio.values(),
+        *served.text.values(),
+        *served.video.values(),
+        served.face,
+    ]
 
 
 def _run(argv: list[str], home: Path) -> str:
@@ -119,6 +132,7 @@ def test_bento_lists_the_served_models(built, model_store) -> None:
         "ImageDetector",
         "ImageDetector_siglip_open_deepfake",
         "AudioDetector",
+        "TextDetector",
         "FrameEncoder",
         "TemporalHead",
     }

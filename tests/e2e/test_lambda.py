@@ -129,6 +129,22 @@ def test_every_event_shape(handler: Any, shape: str) -> None:
     assert result["media"] == {"format": "jpeg", "width": 320, "height": 240, "mode": "RGB"}
     assert headers["x-request-id"] and int(headers["ratelimit-remaining"]) >= 0
 
+    # Text: tokenized and scored in the function's own process, like every other modality.
+    essay = ("The committee met on Tuesday to review the budget for the coming year. " * 12).encode()
+    status, _, body = invoke(
+        handler,
+        event(
+            "POST",
+            "/v1/detect/text",
+            headers={"content-type": "application/json", "x-api-key": key},
+            body=json.dumps({"text": essay.decode()}).encode(),
+        ),
+    )
+    assert status == 200, body
+    text_result = json.loads(body)
+    assert text_result["modality"] == "text" and text_result["model"]["id"] == "roberta-openai-detector"
+    assert text_result["segments"][0]["start_char"] == 0
+
     anonymous = event("POST", "/v1/detect/image", headers={"content-type": content_type}, body=picture)
     status, _, body = invoke(handler, anonymous)
     assert status == 401 and json.loads(body)["error"]["code"] == "unauthenticated"

@@ -90,6 +90,7 @@ def test_a_token_guards_bentomls_metrics_route(model_store, bentoml_home, tmp_pa
             "VERITY_METRICS_TOKEN": token,
             "VERITY_IMAGE_MODELS": "",
             "VERITY_AUDIO_MODEL": "",
+            "VERITY_TEXT_MODEL": "",
             "VERITY_VIDEO_MODEL": "",
         },
     )

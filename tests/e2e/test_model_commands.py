@@ -24,6 +24,7 @@ TIMEOUT_S = 300
 # Only the image model is served in the `ensure` tests: the others would be exported for real.
 IMAGE_ONLY = {
     "VERITY_AUDIO_MODEL": "",
+    "VERITY_TEXT_MODEL": "",
     "VERITY_VIDEO_MODEL": "",
     "VERITY_FACE_MODEL": "",
     "VERITY_IMAGE_MODELS": "",

@@ -476,6 +476,30 @@ def test_audio_shows_a_timeline_whose_segments_seek_the_player(page: Any) -> Non
     snap(page, "audio-timeline")
 
 
+def test_a_pasted_text_shows_its_windows_over_the_text(page: Any) -> None:
+    sign_up(page)
+    choose_mode(page, "Text")
+    text = "The committee met on Tuesday to review the budget and postponed the vote until March. " * 40
+    page.get_by_test_id("text-input").fill(text)
+    before = page.locator("#result-panel").get_attribute("data-id")
+    page.get_by_role("button", name="Analyse text").click()
+    page.wait_for_function(
+        "before => { const p = document.getElementById('result-panel');"
+        " return !p.hidden && p.dataset.id && p.dataset.id !== before; }",
+        arg=before,
+    )
+    result = raw_result(page)
+    assert result["modality"] == "text" and len(result["segments"]) >= 2
+    view = page.get_by_test_id("text-view")
+    assert view.is_visible() and view.inner_text().replace("\n", " ").strip() == text.strip()
+    marks = view.locator("mark")
+    assert marks.count() >= len(result["segments"])  # overlaps cut the text into more stretches
+    assert page.get_by_test_id("text-windows").locator("li").count() == len(result["segments"])
+    assert page.get_by_test_id("verdict").get_attribute("data-verdict") == result["verdict"]
+    assert not page.get_by_test_id("timeline").is_visible()
+    snap(page, "text-windows")
+
+
 def test_a_video_over_the_inline_cap_goes_through_an_upload_and_a_job(page: Any) -> None:
     clip = face_clip()
     assert len(clip) > VIDEO_INLINE_CAP

@@ -184,6 +184,10 @@ def test_readme_curl_example(
     make_serve: ServerProcess, readme_account: ReadmeAccount, command: str, tmp_path: Path
 ) -> None:
     (tmp_path / "face.jpg").write_bytes(jpeg_bytes(320, 240))
+    (tmp_path / "essay.txt").write_text(
+        "The committee met on Tuesday to review the budget and postponed the vote until March. " * 20,
+        encoding="utf-8",
+    )
     (tmp_path / "call.m4a").write_bytes(encode_ffmpeg(speech_like(6.0, 44_100), 44_100, "m4a"))
     (tmp_path / "clip.mp4").write_bytes(readme_clip())
     (tmp_path / "photo.jpg").write_bytes(
@@ -219,6 +223,9 @@ def test_readme_curl_example(
         assert answer["modality"] == "video" and answer["strategy"] == "temporal"
         assert answer["media"]["frames_analyzed"] == 3 and answer["faces"] and answer["segments"]
         assert answer["verdict"] in {"FAKE", "REAL", "UNCERTAIN"}
+    elif "/v1/detect/text" in command:
+        assert answer["modality"] == "text" and answer["verdict"] in {"FAKE", "REAL", "UNCERTAIN"}
+        assert answer["segments"][0]["start_char"] == 0
     elif "/v1/detect/image" in command:
         assert answer["verdict"] in {"FAKE", "REAL", "UNCERTAIN"}
         assert answer["media"]["width"] == 320

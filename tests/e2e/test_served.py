@@ -90,6 +90,7 @@ def test_ready_reports_dev_weights(http: httpx.Client) -> None:
         DEFAULT_MODEL: "dev",
         SECOND_MODEL: "dev",
         "wav2vec2-audio": "dev",
+        "roberta-openai-detector": "dev",
         "cnn-lstm": "dev",
         "cnn-lstm-encoder": "dev",
         "mtcnn": "pretrained",

@@ -73,6 +73,7 @@ def test_health_endpoints(client):
         "vit-dima806": "dev",
         "siglip-open-deepfake": "dev",
         "wav2vec2-audio": "dev",
+        "roberta-openai-detector": "dev",
         "cnn-lstm": "dev",
         "cnn-lstm-encoder": "dev",
         "mtcnn": "pretrained",  # the package's own weights
@@ -98,7 +99,7 @@ def test_models_lists_served_and_catalog(client):
     assert models["keras-cnn"]["served"] is False
     # The default of each modality is marked so: what a request that names no model gets.
     defaults = {mid for mid, m in models.items() if m.get("default")}
-    assert defaults == {"vit-dima806", "wav2vec2-audio", "cnn-lstm", "mtcnn"}
+    assert defaults == {"vit-dima806", "wav2vec2-audio", "roberta-openai-detector", "cnn-lstm", "mtcnn"}
 
 
 # --- detection -----------------------------------------------------------------------------

@@ -193,6 +193,7 @@ def test_midnight_rollover(engine, backend_store):
             "image_explain": 6,
             "audio_per_started_minute": 1,
             "video_per_started_minute": 2,
+            "text_per_started_10000_characters": 1,
         },
         "requests_today": 3,
         "total_requests": 3,

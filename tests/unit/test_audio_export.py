@@ -112,7 +112,7 @@ def test_audio_exports_stored_with_metadata(audio_store):
 
 
 def test_probe_set_covers_full_windows_and_short_clips(torch_source):
-    batches = probe_batches(torch_source.info, PROBE_SIZE)
+    batches = probe_batches(torch_source, PROBE_SIZE)
     assert sum(len(b) for b in batches) == PROBE_SIZE
     lengths = [b.shape[1] for b in batches]
     spec = torch_source.spec

@@ -166,7 +166,7 @@ def test_manifest_lines_become_items(tmp_path: Path) -> None:
         ({"id": "x"}, "exactly one of 'path' and 'uri'"),
         ({"id": "x", "path": "a", "uri": "s3://b/k"}, "exactly one of 'path' and 'uri'"),
         ({"id": "x", "uri": "http://example.com/a.jpg"}, "'uri' must be"),
-        ({"id": "x", "path": "a", "modality": "text"}, "'modality' must be one of"),
+        ({"id": "x", "path": "a", "modality": "hologram"}, "'modality' must be one of"),
         ({"id": "x", "path": "a", "modalty": "image"}, "unknown keys \\['modalty'\\]"),
         ({"id": "x", "path": "a", "modality": "video", "options": {"fps": 99}}, "options.fps"),
         ({"id": "x", "path": "a", "modality": "image", "options": {"fsp": 1}}, "options.fsp"),
