@@ -79,12 +79,27 @@ def run_baseline(texts: list[str], requests: int) -> dict[str, Any]:
     for i in range(requests):
         mark = time.perf_counter()
         scores = classify(texts[i % len(texts)], **kwargs)
+        if scores and isinstance(scores[0], list):  # some versions nest one input's scores
+            scores = scores[0]
         latencies.append(time.perf_counter() - mark)
         probabilities.append(
             next(s["score"] for s in scores if s["label"] == source.info.labels[source.info.fake_index])
         )
     wall = time.perf_counter() - start
+    # The same work as the served API: every window it scores, through the same PyTorch model.
+    windower = source.runtime_tokenizer()
+    same_work = []
+    with torch.no_grad():
+        for i in range(requests):
+            windows = windower.windows(
+                texts[i % len(texts)], source.spec.max_tokens, source.spec.overlap_tokens
+            )
+            mark = time.perf_counter()
+            for row in windows.ids:
+                source.predict(row[None])
+            same_work.append(time.perf_counter() - mark)
     return {
+        "same_windows": {"texts_per_s": requests / sum(same_work), "latency": latency_stats(same_work)},
         "requests": requests,
         "texts_per_s": requests / wall,
         "latency": latency_stats(latencies),
@@ -134,6 +149,10 @@ def markdown(results: dict[str, Any]) -> str:
         md_row(["---"] * 4),
         md_row(["transformers pipeline (PyTorch fp32, one at a time)", f"{base:.2f}",
                 f"{results['baseline']['latency']['p50_ms']:.0f} ms", "1.00×"]),
+        md_row(["PyTorch fp32 on the windows the API scores (the same work)",
+                f"{results['baseline']['same_windows']['texts_per_s']:.2f}",
+                f"{results['baseline']['same_windows']['latency']['p50_ms']:.0f} ms",
+                f"{results['baseline']['same_windows']['texts_per_s'] / base:.2f}×"]),
     ]  # fmt: skip
     for run in served["runs"]:
         lines.append(
@@ -148,7 +167,14 @@ def markdown(results: dict[str, Any]) -> str:
         )
     best = max(run["texts_per_s"] for run in served["runs"]) / base
     verdict = "MET" if best >= TARGET else "MISSED"
-    lines += ["", f"Target: served >= {TARGET:g}x the baseline: best {best:.2f}x, **{verdict}**."]
+    same = (
+        max(run["texts_per_s"] for run in served["runs"]) / results["baseline"]["same_windows"]["texts_per_s"]
+    )
+    lines += [
+        "",
+        f"Target: served >= {TARGET:g}x the baseline: best {best:.2f}x, **{verdict}**. "
+        f"Against PyTorch doing the same windows: {same:.2f}x.",
+    ]
     return "\n".join(lines) + "\n"
 
 

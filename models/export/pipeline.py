@@ -105,6 +105,8 @@ def export_source(
     with tempfile.TemporaryDirectory(prefix="verity-export-") as tmp:
         fp32_path = Path(tmp) / "fp32.onnx"
         src.export_onnx(fp32_path)
+        if hasattr(src, "optimize"):  # text models: fused kernels, kept only when exact (hf_text.py)
+            src.optimize(fp32_path)
         source_out = _source_outputs(src, probe)
         fp32_out = _onnx_outputs(fp32_path, probe)
         parity = check_parity(info.model_id, fp32_out, source_out, tolerance)
@@ -118,7 +120,10 @@ def export_source(
         stored.append(save(fp32_path, {**base, "precision": "fp32"}))
         if int8:
             int8_path = quantize_int8(
-                fp32_path, Path(tmp) / "int8.onnx", op_types=AUDIO_INT8_OP_TYPES if matmul_only else None
+                fp32_path,
+                Path(tmp) / "int8.onnx",
+                op_types=AUDIO_INT8_OP_TYPES if matmul_only else None,
+                fused_ops=hasattr(src, "optimize"),
             )
             agreement = int8_agreement(
                 fp32_out,

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import onnx
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
 log = logging.getLogger(__name__)
@@ -53,12 +54,16 @@ def _quiet_quantizer() -> Iterator[None]:
         root.removeFilter(chatter)
 
 
-def quantize_int8(fp32_path: Path, int8_path: Path, *, op_types: list[str] | None = None) -> Path:
+def quantize_int8(
+    fp32_path: Path, int8_path: Path, *, op_types: list[str] | None = None, fused_ops: bool = False
+) -> Path:
     """Quantize MatMul/Gemm (and, unless ``op_types`` narrows it, the other supported ops).
 
     wav2vec2-style models must pass ``op_types=["MatMul", "Gemm"]``: quantizing their
-    weight-normed convolutions breaks them.
+    weight-normed convolutions breaks them. ``fused_ops``: the graph holds ONNX Runtime's fused
+    kernels (com.microsoft domain), whose outputs ONNX shape inference cannot type; they are float.
     """
+    extra = {"DefaultTensorType": onnx.TensorProto.FLOAT} if fused_ops else {}
     with _quiet_quantizer():
         quantize_dynamic(
             str(fp32_path),
@@ -66,6 +71,7 @@ def quantize_int8(fp32_path: Path, int8_path: Path, *, op_types: list[str] | Non
             weight_type=QuantType.QInt8,
             op_types_to_quantize=op_types,
             per_channel=False,
+            extra_options=extra,
         )
     log.info("quantized %s -> %s", fp32_path.name, int8_path.name)
     return int8_path

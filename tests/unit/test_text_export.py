@@ -44,6 +44,8 @@ def test_the_stored_export_carries_its_tokenizer_and_figures(model_store) -> Non
         assert set(stored.metadata["files"]) == {"model.onnx", TOKENIZER_FILE}
         assert stored.text_spec.max_tokens == 512 and stored.text_spec.bos_id == 0
         assert stored.metadata["parity_max_abs_diff"] <= 1e-3
+        # ONNX Runtime's fused kernels were kept: they gave the plain graph's logits.
+        assert "SkipLayerNormalization" in stored.metadata["export_versions"]["graph_fusions"]
     assert int8.metadata["int8_agreement"] >= 0.9 and int8.precision == "int8"
 
 
