@@ -163,9 +163,7 @@ async def record_detection(
     """Every detection lands in its caller's history; the result's id is the history id. What
     it cost is in the result, and the auth middleware charges it when the answer starts."""
     result["cost_units"] = request.scope.setdefault("state", {})["cost_units"] = cost_units(result)
-    signer = engine_of(request).signer
-    if signer is not None:  # last: nothing may change in a result once it is signed
-        signer.sign(result)
+    engine_of(request).sign(result)  # last: nothing may change in a result once it is signed
     detection = Detection(
         id=result["id"],
         user_id=principal.user_id,

@@ -54,7 +54,7 @@ async def answer(
                 max_frames_cap=engine.settings.job_video_max_frames_cap,
             )
             result = await detect_file(engine, path, modality, options, detected=detected)
-            line["result"] = engine.signer.sign(result) if engine.signer is not None else result
+            line["result"] = engine.sign(result)
         finally:
             await anyio.to_thread.run_sync(copy.__exit__, None, None, None)
     except VerityError as exc:

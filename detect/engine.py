@@ -129,6 +129,12 @@ class Engine:
             for warning in served.warnings:
                 log.warning(warning["message"], extra={"model": served.stored.describe()})
 
+    def sign(self, result: dict[str, Any]) -> dict[str, Any]:
+        """``result`` signed where it is finished (the API, the job runner, the batch runner):
+        last, since nothing may change in a signed result; left unsigned when this process has
+        no signing key (said once at start)."""
+        return self.signer.sign(result) if self.signer is not None else result
+
     async def provenance_of(self, media: Any, media_format: str) -> dict[str, Any] | None:
         """The media's Content Credentials (``provenance/manifests.py``), or None when reading
         them is turned off (``VERITY_PROVENANCE=false``). A failure of the reader itself is

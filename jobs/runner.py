@@ -145,8 +145,7 @@ class JobRunner:
                 await heartbeat
         if result is not None:
             result["cost_units"] = cost_units(result)
-            if self.engine.signer is not None:  # last: nothing changes in a signed result
-                self.engine.signer.sign(result)
+            self.engine.sign(result)  # last: nothing changes in a signed result
         finished = await anyio.to_thread.run_sync(
             lambda: jobs.finish_job(
                 user_id, job_id, self.worker, status=status, at=iso_now(), result=result, error=error
