@@ -45,7 +45,8 @@ from blobs.local import LOCAL_UPLOAD_PATH
 from config import Settings
 from detect.audio import detect_audio, detect_audio_file
 from detect.engine import Engine
-from detect.image import detect_image, image_models_for
+from detect.files import check_models
+from detect.image import detect_image
 from detect.results import DetectionResult
 from detect.text import detect_text
 from detect.video import detect_video, detect_video_file
@@ -389,8 +390,11 @@ def create_app(settings: Settings) -> FastAPI:
         engine = engine_of(request)
         members = models.split(",") if models is not None else None
         # An unknown model or operating point: fail before reading a large body.
-        for served in image_models_for(engine, model, members, explain=explain):
-            engine.decision(served, operating_point)
+        check_models(
+            engine,
+            "image",
+            {"model": model, "models": members, "explain": explain, "operating_point": operating_point},
+        )
         options: dict[str, Any] = {
             "model_id": model,
             "explain": explain,
@@ -431,7 +435,7 @@ def create_app(settings: Settings) -> FastAPI:
         """Multipart field `audio` (or `file`), JSON `{"audio": "data:audio/...;base64,..."}`, or a
         raw `audio/*` body. WAV, FLAC, OGG/Opus, MP3, M4A/AAC."""
         engine = engine_of(request)
-        engine.decision(engine.audio_model(model), operating_point)
+        check_models(engine, "audio", {"model": model, "operating_point": operating_point})
         async with engine.heavy_gate.admit():  # shed (503) before the body is read, not after
             data = await read_media_payload(request, "audio")
             if isinstance(data, UploadReference):
@@ -468,7 +472,7 @@ def create_app(settings: Settings) -> FastAPI:
         """JSON `{"text": "..."}`, a multipart UTF-8 `.txt` / `.md` file (field `file`), or a raw
         `text/plain` body. Segments cover character ranges of the text."""
         engine = engine_of(request)
-        engine.decision(engine.text_model(model), operating_point)
+        check_models(engine, "text", {"model": model, "operating_point": operating_point})
         payload = await read_text_payload(request, settings)
         result = await detect_text(
             engine,
@@ -505,8 +509,9 @@ def create_app(settings: Settings) -> FastAPI:
         """Multipart field `video` (or `file`), JSON `{"video": "data:video/...;base64,..."}`, or a
         raw `video/*` body. MP4, MOV, AVI, WebM, MKV; up to 32 MB inline."""
         engine = engine_of(request)
-        deciding = engine.image_model(model) if strategy == "frames" else engine.video_models().head
-        engine.decision(deciding, operating_point)
+        check_models(
+            engine, "video", {"strategy": strategy, "model": model, "operating_point": operating_point}
+        )
         if max_frames is not None and max_frames > engine.settings.video_max_frames_cap:
             raise InvalidInput(
                 f"max_frames is at most {engine.settings.video_max_frames_cap}", code="invalid_max_frames"

@@ -45,7 +45,6 @@ def run(
     from PIL import Image
 
     from config import get_settings
-    from models.postprocess import fake_probabilities
     from models.preprocess import preprocess_image
     from models.runtime import OnnxModel
     from models.store import find_stored
@@ -63,9 +62,7 @@ def run(
     spec = stored.input_spec
     pool = [preprocess_image(Image.open(io.BytesIO(d)).convert("RGB"), spec) for d in images]
     outputs = session.run(pool[0][None])  # warm-up, and the equality-check figure
-    probability = float(
-        fake_probabilities(outputs, stored.metadata["output"], int(stored.metadata["fake_index"]))[0]
-    )
+    probability = float(stored.fake_probabilities(outputs)[0])
     session.run(np.stack(pool[:2]))
     rows = []
     for batch_size in batch_sizes:

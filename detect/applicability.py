@@ -10,6 +10,7 @@ Beside ``NO_FACE`` (a face model found no face), a result says ``NOT_APPLICABLE`
 * ``no_speech`` (audio, and a video's audio track): every window's RMS level is under
   ``VERITY_SILENCE_DBFS``; a voice-cloning detector has nothing to judge in silence. The check is
   energy-based: it finds silence, not music or noise.
+* ``too_short`` (text, ``detect/text.py``): under the model's ``min_tokens`` tokens.
 
 Such a result has ``fake_probability: null``, ``raw_score: null``, a ``not_applicable`` block
 (``reason``, ``message``, what was measured) and a warning with the same code. The model is not

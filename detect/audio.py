@@ -31,7 +31,7 @@ from media.audio import WindowCutter, decode_audio, make_windows
 from media.audio_files import AudioFileStream, open_audio_file
 from models.audio_features import normalize_windows
 from models.calibration import Decision
-from models.postprocess import fake_probabilities, verdict_for
+from models.postprocess import verdict_for
 from store.ids import new_id
 
 
@@ -104,7 +104,7 @@ async def score_audio(
     mark = time.perf_counter()
     outputs = await _run_windows(served, windows, spec.window_samples)
     inference_ms = _ms(mark)
-    probs = fake_probabilities(outputs, stored.metadata["output"], int(stored.metadata["fake_index"]))
+    probs = stored.fake_probabilities(outputs)
     media = {
         "format": decoded.format,
         "duration_s": round(decoded.duration_s, 3),
@@ -200,9 +200,7 @@ async def score_audio_stream(
         outputs = await _run_windows(served, windows, spec.window_samples)
         timing["inference"] += _ms(mark)
         stored = served.stored
-        probs.append(
-            fake_probabilities(outputs, stored.metadata["output"], int(stored.metadata["fake_index"]))
-        )
+        probs.append(stored.fake_probabilities(outputs))
 
     while True:
         mark = time.perf_counter()

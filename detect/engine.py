@@ -170,21 +170,23 @@ class Engine:
         return self._find(model_id or self.default_image_model, self.image_models, "image")
 
     def text_model(self, model_id: str | None) -> ServedModel:
-        if model_id is None:
-            if not self.text_models:
-                raise ServiceUnavailable("no text model is served here", code="modality_unavailable")
-            model_id = next(iter(self.text_models))
-        return self._find(model_id, self.text_models, "text")
+        return self._named_or_first(model_id, self.text_models, "text")
 
     def tokenizer_for(self, served: ServedModel) -> TextTokenizer:
         return self._tokenizers[served.stored.model_id]
 
     def audio_model(self, model_id: str | None) -> ServedModel:
+        return self._named_or_first(model_id, self.audio_models, "audio")
+
+    def _named_or_first(
+        self, model_id: str | None, served: dict[str, ServedModel], modality: str
+    ) -> ServedModel:
+        """``model_id`` among ``served``, or the modality's one served model when none is named."""
         if model_id is None:
-            if not self.audio_models:
-                raise ServiceUnavailable("no audio model is served here", code="modality_unavailable")
-            model_id = next(iter(self.audio_models))
-        return self._find(model_id, self.audio_models, "audio")
+            if not served:
+                raise ServiceUnavailable(f"no {modality} model is served here", code="modality_unavailable")
+            model_id = next(iter(served))
+        return self._find(model_id, served, modality)
 
     @staticmethod
     def _find(model_id: str, served: dict[str, ServedModel], modality: str) -> ServedModel:

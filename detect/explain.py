@@ -15,7 +15,6 @@ from collections.abc import Awaitable, Callable
 import numpy as np
 from PIL import Image
 
-from models.postprocess import fake_probabilities
 from models.store import StoredModel
 
 GRID = 7
@@ -56,7 +55,7 @@ async def occlusion_heatmap(
     # arrives mid-explanation waits for at most one copy, and the batcher's estimates stay right.
     # (Batching the copies would gain nothing per row on a CPU anyway.)
     outputs = np.concatenate([np.asarray(await predict(variant[None])) for variant in variants])
-    occluded_p = fake_probabilities(outputs, stored.metadata["output"], int(stored.metadata["fake_index"]))
+    occluded_p = stored.fake_probabilities(outputs)
     drop = np.clip(probability - occluded_p, 0.0, None).reshape(GRID, GRID)
     scale = float(drop.max())
     heat = drop / scale if scale > 0 else drop

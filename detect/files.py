@@ -153,11 +153,9 @@ async def detect_file(
     check_modality(detected, modality)
     if modality == "text":
         from detect.text import detect_text
-        from media.text import format_of, text_from_bytes
+        from media.text import read_text_file
 
-        limit = engine.settings.max_text_bytes
-        data = await anyio.to_thread.run_sync(_read_at_most, path, limit + 1)  # one byte over: too long
-        payload = text_from_bytes(data, engine.settings, text_format=format_of(path.name))
+        payload = await anyio.to_thread.run_sync(read_text_file, path, engine.settings)
         return await detect_text(
             engine,
             payload.text,
@@ -204,8 +202,3 @@ async def detect_file(
         stability=bool(options.get("stability", False)),
         operating_point=options.get("operating_point"),
     )
-
-
-def _read_at_most(path: Path, size: int) -> bytes:
-    with path.open("rb") as handle:
-        return handle.read(size)

@@ -44,7 +44,7 @@ from media.image import DecodedImage, decode_image
 from media.tools import decode_timeout
 from models.calibration import Decision
 from models.catalog import ImageInputSpec
-from models.postprocess import fake_probabilities, verdict_for
+from models.postprocess import verdict_for
 from models.preprocess import model_pixels, pixel_batch
 from store.ids import new_id
 
@@ -163,10 +163,7 @@ async def _classify_image(
     inference_ms = _ms(mark)
     # (subjects, rows per subject) per model: raw, then calibrated.
     raw = [
-        fake_probabilities(out, m.stored.metadata["output"], int(m.stored.metadata["fake_index"])).reshape(
-            -1, width
-        )
-        for m, out in zip(served, outputs, strict=True)
+        m.stored.fake_probabilities(out).reshape(-1, width) for m, out in zip(served, outputs, strict=True)
     ]
     calibrated = [d.probabilities(r) for d, r in zip(decisions, raw, strict=True)]
     combined = np.mean(calibrated, axis=0)  # one model: its own probabilities

@@ -23,8 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from detect.applicability import mark_not_applicable
 from detect.engine import Engine
-from models.postprocess import fake_probabilities, verdict_for
+from models.postprocess import verdict_for
 from store.ids import new_id
 
 
@@ -79,22 +80,23 @@ async def detect_text(
         "warnings": list(served.warnings),
     }
     if windows.tokens < spec.min_tokens:
-        message = f"the text is {windows.tokens} tokens; under {spec.min_tokens} tokens is too short to judge"
-        result["not_applicable"] = {
-            "reason": "too_short",
-            "message": message,
-            "measured": {"tokens": windows.tokens, "min_tokens": spec.min_tokens},
-        }
-        result["warnings"].append({"code": "too_short", "message": message})
         timing["total"] = _ms(started)
-        return result
+        return mark_not_applicable(
+            result,
+            {
+                "reason": "too_short",
+                "message": f"the text is {windows.tokens} tokens; "
+                f"under {spec.min_tokens} tokens is too short to judge",
+                "measured": {"tokens": windows.tokens, "min_tokens": spec.min_tokens},
+            },
+        )
     mark = time.perf_counter()
     if windows.ids.shape[1] == spec.max_tokens:
         outputs = await served.client.predict(windows.ids)
     else:  # shorter than one window: its own length, alone
         outputs = await served.client.predict_together(windows.ids)
     timing["inference"] = _ms(mark)
-    raw = fake_probabilities(outputs, stored.metadata["output"], int(stored.metadata["fake_index"]))
+    raw = stored.fake_probabilities(outputs)
     raw_mean = float(raw.mean())
     probs = decision.probabilities(raw)
     probability = decision.probability(raw_mean)

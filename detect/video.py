@@ -65,7 +65,7 @@ from media.video import (
     open_video_file,
 )
 from models.calibration import Decision
-from models.postprocess import fake_probabilities, verdict_for
+from models.postprocess import verdict_for
 from models.preprocess import pixel_batch
 from models.temporal import sequence_windows, window_batch
 from store.ids import new_id
@@ -134,9 +134,7 @@ async def _score_frames(
     if not batches:
         return served, [[] for _ in frames]
     outputs = await served.client.predict(np.concatenate(batches))
-    probs = fake_probabilities(
-        outputs, served.stored.metadata["output"], int(served.stored.metadata["fake_index"])
-    )
+    probs = served.stored.fake_probabilities(outputs)
     per_face, at = [], 0
     for found in faces:
         per_face.append([float(p) for p in probs[at : at + len(found)]])
@@ -176,9 +174,7 @@ async def _score_sequence(
             for at in range(0, len(windows), step)
         ]
     )
-    window_probs = fake_probabilities(
-        raw, head.stored.metadata["output"], int(head.stored.metadata["fake_index"])
-    )
+    window_probs = head.stored.fake_probabilities(raw)
     covering: list[list[float]] = [[] for _ in range(len(features))]
     for (start, end), p in zip(windows, window_probs, strict=True):
         for i in range(start, end):
@@ -197,9 +193,7 @@ async def _analyze_chunk(
     faces = await find_faces(engine, pixels)
     analysis.faces_ms += _ms(mark)
     if len(analysis.sample) < analysis.sample_size:
-        spec = (
-            engine.image_model(model_id) if strategy == "frames" else engine.video_models().encoder
-        ).stored.input_spec
+        spec = _per_face_model(engine, strategy, model_id).stored.input_spec
         margin = engine.settings.face_crop_margin
         for frame, found in zip(pixels, faces, strict=True):
             if found and len(analysis.sample) < analysis.sample_size:
@@ -413,6 +407,11 @@ async def _conclude(
     )
 
 
+def _per_face_model(engine: Engine, strategy: Strategy, model_id: str | None) -> ServedModel:
+    """The model that takes the face crops: the image model (``frames``), or the encoder."""
+    return engine.image_model(model_id) if strategy == "frames" else engine.video_models().encoder
+
+
 async def _stability(
     engine: Engine, analysis: _Analysis, outcome: _Outcome, strategy: Strategy, model_id: str | None
 ) -> dict[str, Any] | None:
@@ -424,31 +423,19 @@ async def _stability(
     if not sample or outcome.video_p is None:
         return None
     width = len(NAMES)
+    per_face = _per_face_model(engine, strategy, model_id)
+    rows = await anyio.to_thread.run_sync(
+        lambda: pixel_batch([v for crop in sample for v in with_variants(crop)], per_face.stored.input_spec)
+    )
+    outputs = await per_face.client.predict(rows)
     if strategy == "frames":
-        served = engine.image_model(model_id)
-        rows = await anyio.to_thread.run_sync(
-            lambda: pixel_batch([v for crop in sample for v in with_variants(crop)], served.stored.input_spec)
-        )
-        outputs = await served.client.predict(rows)
-        meta = served.stored.metadata
-        raw = (
-            fake_probabilities(outputs, meta["output"], int(meta["fake_index"]))
-            .reshape(-1, width)
-            .mean(axis=0)
-        )
+        raw = per_face.stored.fake_probabilities(outputs).reshape(-1, width).mean(axis=0)
     else:
-        video = engine.video_models()
-        rows = await anyio.to_thread.run_sync(
-            lambda: pixel_batch(
-                [v for crop in sample for v in with_variants(crop)], video.encoder.stored.input_spec
-            )
-        )
-        features = np.asarray(await video.encoder.client.predict(rows), dtype=np.float32)
+        features = np.asarray(outputs, dtype=np.float32)
         # (frames, variants, features) -> one sequence per variant, as the head takes them.
         sequences = np.ascontiguousarray(features.reshape(len(sample), width, -1).transpose(1, 0, 2))
-        outputs = await video.head.client.predict_together(sequences)
-        meta = video.head.stored.metadata
-        raw = fake_probabilities(outputs, meta["output"], int(meta["fake_index"]))
+        head = engine.video_models().head
+        raw = head.stored.fake_probabilities(await head.client.predict_together(sequences))
     scores = outcome.decision.probabilities(raw)
     return stability_block(
         list(scores), outcome.threshold, engine.settings.uncertain_band, frames=len(sample)

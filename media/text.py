@@ -11,7 +11,7 @@ offset; also a lone surrogate from a JSON escape), and an empty or whitespace-on
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import PurePath
+from pathlib import Path, PurePath
 
 from config import Settings
 from errors import InvalidInput, TooLarge, UnsupportedMedia
@@ -69,3 +69,12 @@ def checked_text(
 
 def format_of(filename: str | None) -> str:
     return "markdown" if filename and PurePath(filename).suffix.lower() in _MARKDOWN else "text"
+
+
+def read_text_file(path: Path, settings: Settings) -> TextPayload:
+    """A text on disk (a batch item), as ``media.image.read_image_file`` reads a picture: refused
+    by its size before it is read, then checked as an inline text is."""
+    size = path.stat().st_size
+    if size > settings.max_text_bytes:
+        raise TooLarge(f"the text is {size} bytes; at most {settings.max_text_bytes}", code="text_too_long")
+    return text_from_bytes(path.read_bytes(), settings, text_format=format_of(path.name))

@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import bentoml
+import numpy as np
 from bentoml.exceptions import NotFound
 
 from models.catalog import AudioInputSpec, ImageInputSpec, SequenceInputSpec, TextInputSpec
+from models.postprocess import fake_probabilities
 
 ONNX_FILE = "model.onnx"
 
@@ -105,6 +107,11 @@ class StoredModel:
         if self.modality != "audio":
             raise TypeError(f"{self.tag} is a {self.modality} model, not an audio one")
         return AudioInputSpec.from_dict(self.metadata["input"])
+
+    def fake_probabilities(self, outputs: np.ndarray) -> np.ndarray:
+        """(N,) probability that each row is fake, from this model's raw outputs, by the output
+        kind and fake index its export stored."""
+        return fake_probabilities(outputs, self.metadata["output"], int(self.metadata["fake_index"]))
 
     def summary(self) -> dict[str, Any]:
         """The ``model`` of a detection result: which export answered, and with what weights."""
